@@ -1,0 +1,218 @@
+//! Events: what publishers submit ([`NewEvent`]) and what the log stores and
+//! delivers ([`Event`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest exchange name and routing key, in bytes (AMQP's short-string limit).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Where an event came from: the peer (connector) id, the stream (connection)
+/// within it, and the sequence number within that stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The peer (connector) id, e.g. `http` or `ws`.
+    pub peer: String,
+    /// The stream id within the peer (a connection id; 0 for stateless requests).
+    pub stream: u64,
+    /// Sequence number within the stream.
+    pub seq: u64,
+}
+
+/// An event as submitted by a publisher, before the log assigns its id and time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// Exchange name.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// JSON payload, kept as its original text.
+    pub payload: Box<RawValue>,
+    /// Principals allowed to see it; `None` means any client whose grants cover it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<String>>,
+    /// Optional headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, Value>>,
+    /// Origin, filled in by the server, never trusted from a client.
+    #[serde(default, skip)]
+    pub origin: Option<Origin>,
+}
+
+/// Why a [`NewEvent`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The exchange name is empty.
+    #[error("exchange must not be empty")]
+    EmptyExchange,
+    /// A name is longer than 255 bytes.
+    #[error("{0} is longer than 255 bytes")]
+    NameTooLong(&'static str),
+    /// The payload is larger than allowed.
+    #[error("payload is {size} bytes, more than the limit of {limit}")]
+    PayloadTooLarge {
+        /// Actual size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// An ACL entry is not `user:<name>` or `group:<name>`.
+    #[error("acl entry `{0}` must be `user:<name>` or `group:<name>`")]
+    BadAcl(String),
+}
+
+impl NewEvent {
+    /// Check names, sizes and ACL entries.
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<(), EventError> {
+        if self.exchange.is_empty() {
+            return Err(EventError::EmptyExchange);
+        }
+        if self.exchange.len() > MAX_NAME_BYTES {
+            return Err(EventError::NameTooLong("exchange"));
+        }
+        if self.routing_key.len() > MAX_NAME_BYTES {
+            return Err(EventError::NameTooLong("routing_key"));
+        }
+        let size = self.payload.get().len();
+        if size > max_payload_bytes {
+            return Err(EventError::PayloadTooLarge { size, limit: max_payload_bytes });
+        }
+        if let Some(acl) = &self.acl {
+            for entry in acl {
+                let ok = entry
+                    .split_once(':')
+                    .is_some_and(|(kind, name)| (kind == "user" || kind == "group") && !name.is_empty());
+                if !ok {
+                    return Err(EventError::BadAcl(entry.chars().take(64).collect()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A committed event: durable in the log, with its id and time.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Event {
+    /// Strictly increasing id assigned by the log.
+    pub id: u64,
+    /// Commit time, microseconds since the Unix epoch (never decreases with id).
+    pub time_us: u64,
+    /// Exchange name.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// JSON payload text.
+    pub payload: Box<RawValue>,
+    /// ACL, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<String>>,
+    /// Headers, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, Value>>,
+    /// Origin, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// The payload parsed, computed on first use by a payload filter.
+    #[serde(skip)]
+    parsed: OnceLock<Value>,
+    /// The subscription-independent tail of the `event` frame, computed once.
+    #[serde(skip)]
+    frame_tail: OnceLock<String>,
+}
+
+impl Event {
+    /// Build a committed event from a submitted one.
+    pub fn commit(id: u64, time_us: u64, e: NewEvent) -> Event {
+        Event {
+            id,
+            time_us,
+            exchange: e.exchange,
+            routing_key: e.routing_key,
+            payload: e.payload,
+            acl: e.acl,
+            headers: e.headers,
+            origin: e.origin,
+            parsed: OnceLock::new(),
+            frame_tail: OnceLock::new(),
+        }
+    }
+
+    /// The payload as a parsed JSON value (parsed once, then cached).
+    pub fn payload_value(&self) -> &Value {
+        self.parsed.get_or_init(|| serde_json::from_str(self.payload.get()).unwrap_or(Value::Null))
+    }
+
+    /// The time as RFC 3339 with microseconds, UTC.
+    pub fn time_rfc3339(&self) -> String {
+        format_time_us(self.time_us)
+    }
+
+    /// The `event` frame tail shared by every subscription (see
+    /// [`herald_protocol::EventBody`]), encoded on first use.
+    pub fn frame_tail(&self) -> &str {
+        self.frame_tail.get_or_init(|| {
+            let time = self.time_rfc3339();
+            herald_protocol::EventBody {
+                id: self.id,
+                exchange: &self.exchange,
+                routing_key: &self.routing_key,
+                time: &time,
+                payload: &self.payload,
+                headers: self.headers.as_ref(),
+            }
+            .encode_tail()
+        })
+    }
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Format microseconds since the epoch as RFC 3339 UTC.
+pub fn format_time_us(us: u64) -> String {
+    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(us)).to_string()
+}
+
+/// Parse an RFC 3339 timestamp into microseconds since the epoch.
+pub fn parse_time_us(s: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_roundtrip() {
+        let us = 1_790_000_000_123_456;
+        let s = format_time_us(us);
+        assert!(s.ends_with('Z'));
+        assert_eq!(parse_time_us(&s), Some(us));
+        assert_eq!(parse_time_us("not a time"), None);
+    }
+
+    #[test]
+    fn validation() {
+        let mut e = NewEvent {
+            exchange: "x".into(),
+            routing_key: "a.b".into(),
+            payload: RawValue::from_string("1".into()).expect("raw"),
+            acl: Some(vec!["user:a".into(), "group:g".into()]),
+            headers: None,
+            origin: None,
+        };
+        assert_eq!(e.validate(10), Ok(()));
+        e.acl = Some(vec!["alice".into()]);
+        assert!(matches!(e.validate(10), Err(EventError::BadAcl(_))));
+        e.acl = None;
+        e.exchange = String::new();
+        assert_eq!(e.validate(10), Err(EventError::EmptyExchange));
+    }
+}

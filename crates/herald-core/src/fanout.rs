@@ -1,0 +1,458 @@
+//! [`FanOut`]: moves committed events to the subscriptions that want them.
+//!
+//! The log hands over each committed batch in id order. For each event the
+//! pattern index yields the candidate subscriptions; those that are *live*
+//! and whose filters and principal admit the event get a frame pushed into
+//! their connection's [`Outbox`]. The frame is encoded once per event and
+//! shared (`Bytes`) by every subscription with the same subscription id.
+//!
+//! A subscription that is not live — replaying history, catching up after a
+//! resume, or paused — is skipped here; the session layer reads what it
+//! missed from the log and then calls [`FanOut::try_go_live`], which makes it
+//! live only when its cursor has reached the fan-out head. Because both the
+//! head and the live flag change under one lock, no event is delivered twice
+//! or missed across that switch, and nothing is buffered without bound.
+
+use crate::event::Event;
+use crate::filter::Filter;
+use crate::index::PatternIndex;
+use crate::outbox::{Frame, Outbox, Overflow};
+use crate::pattern::Pattern;
+use crate::principal::Principal;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What a subscription asks for: bindings and filters.
+#[derive(Debug, Clone)]
+pub struct SubSpec {
+    /// `(exchange, pattern)` bindings.
+    pub bindings: Vec<(String, Pattern)>,
+    /// Filters, all of which must hold.
+    pub filters: Vec<Filter>,
+}
+
+impl SubSpec {
+    /// Whether an event matches a binding and every filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.bindings.iter().any(|(x, p)| *x == event.exchange && p.matches(&event.routing_key))
+            && self.filters.iter().all(|f| f.accepts(event))
+    }
+
+    /// The distinct exchanges named by the bindings.
+    pub fn exchanges(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.bindings.iter().map(|(x, _)| x.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Delivery mode of a registered subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Receiving events from the fan-out.
+    Live,
+    /// Reading missed events from the log.
+    CatchingUp,
+    /// Paused by the client; `cursor` is where it stopped.
+    Paused,
+    /// Unregistered.
+    Removed,
+}
+
+#[derive(Debug)]
+struct EntryState {
+    mode: Mode,
+    pause_requested: bool,
+}
+
+/// One registered subscription of one connection.
+#[derive(Debug)]
+pub struct SubEntry {
+    key: u64,
+    /// The client's subscription id.
+    pub sub: Arc<str>,
+    /// Bindings and filters.
+    pub spec: Arc<SubSpec>,
+    /// Who is subscribed.
+    pub principal: Arc<Principal>,
+    /// Where frames go.
+    pub outbox: Arc<Outbox>,
+    live: AtomicBool,
+    /// The highest id this subscription has been brought up to (delivered or
+    /// skipped as not matching). Meaningful while not live.
+    cursor: AtomicU64,
+    state: Mutex<EntryState>,
+    delivered: AtomicU64,
+}
+
+impl SubEntry {
+    /// Whether the event is for this subscription: bindings, filters and ACL.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.spec.matches(event) && self.principal.admitted_by_acl(event)
+    }
+
+    /// The catch-up cursor.
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+
+    /// Advance the catch-up cursor (only the catch-up task does this).
+    pub fn set_cursor(&self, id: u64) {
+        self.cursor.store(id, Ordering::Release);
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        self.state.lock().mode
+    }
+
+    /// Number of events pushed live (not counting replays).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// The catch-up task checks this between chunks: if a pause was
+    /// requested it parks the entry as paused and returns true.
+    pub fn park_if_pause_requested(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.mode == Mode::Removed {
+            return true;
+        }
+        if st.pause_requested {
+            st.pause_requested = false;
+            st.mode = Mode::Paused;
+            return true;
+        }
+        false
+    }
+
+    /// Encode the `event` frame for this subscription.
+    pub fn frame(&self, event: &Event) -> Bytes {
+        encode_frame(&self.sub, event)
+    }
+}
+
+fn encode_frame(sub: &str, event: &Event) -> Bytes {
+    let prefix = herald_protocol::event_frame_prefix(sub);
+    let tail = event.frame_tail();
+    let mut s = String::with_capacity(prefix.len() + tail.len());
+    s.push_str(&prefix);
+    s.push_str(tail);
+    Bytes::from(s)
+}
+
+/// How a subscription starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// Live from the current head.
+    Live,
+    /// Catch up from this cursor (the last id the client has), then go live.
+    CatchUp(u64),
+    /// Paused at this cursor.
+    Paused(u64),
+}
+
+/// Outcome of [`FanOut::try_go_live`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoLive {
+    /// The subscription is live.
+    Live,
+    /// The head moved past the cursor: read up to this id, then try again.
+    Behind(u64),
+    /// A pause was requested (or the subscription removed): stop catching up.
+    Stopped,
+}
+
+/// Counters kept by the fan-out.
+#[derive(Debug, Default)]
+pub struct FanOutStats {
+    /// Events dispatched.
+    pub events: AtomicU64,
+    /// Frames pushed to outboxes.
+    pub deliveries: AtomicU64,
+    /// Clients closed because their outbox overflowed.
+    pub slow_consumers: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    head: u64,
+    index: PatternIndex<u64>,
+    entries: HashMap<u64, Arc<SubEntry>>,
+    next_key: u64,
+}
+
+/// The fan-out: registered subscriptions and the dispatch of committed events.
+#[derive(Debug)]
+pub struct FanOut {
+    inner: Mutex<Inner>,
+    /// Counters.
+    pub stats: FanOutStats,
+}
+
+/// What [`FanOut::register`] needs to know about a new subscription.
+#[derive(Debug)]
+pub struct Registration {
+    /// The client's subscription id.
+    pub sub: Arc<str>,
+    /// Bindings and filters.
+    pub spec: Arc<SubSpec>,
+    /// Who subscribes.
+    pub principal: Arc<Principal>,
+    /// The connection's outbox.
+    pub outbox: Arc<Outbox>,
+}
+
+impl FanOut {
+    /// A fan-out whose head is the log's head.
+    pub fn new(head: u64) -> FanOut {
+        FanOut {
+            inner: Mutex::new(Inner { head, index: PatternIndex::new(), entries: HashMap::new(), next_key: 1 }),
+            stats: FanOutStats::default(),
+        }
+    }
+
+    /// The id of the last event dispatched.
+    pub fn head(&self) -> u64 {
+        self.inner.lock().head
+    }
+
+    /// Number of registered subscriptions.
+    pub fn len(&self) -> usize {
+        self.inner.lock().entries.len()
+    }
+
+    /// Whether no subscription is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Register a subscription. `announce` runs under the fan-out lock with
+    /// the head at registration, so a frame it queues (`subscribed`) precedes
+    /// every live event. Returns the entry and that head.
+    pub fn register(&self, reg: Registration, start: Start, announce: impl FnOnce(u64)) -> (Arc<SubEntry>, u64) {
+        let mut inner = self.inner.lock();
+        let head = inner.head;
+        let (mode, cursor) = match start {
+            Start::Live => (Mode::Live, head),
+            Start::CatchUp(c) => (Mode::CatchingUp, c.min(head)),
+            Start::Paused(c) => (Mode::Paused, c.min(head)),
+        };
+        let key = inner.next_key;
+        inner.next_key += 1;
+        let entry = Arc::new(SubEntry {
+            key,
+            sub: reg.sub,
+            spec: reg.spec,
+            principal: reg.principal,
+            outbox: reg.outbox,
+            live: AtomicBool::new(mode == Mode::Live),
+            cursor: AtomicU64::new(cursor),
+            state: Mutex::new(EntryState { mode, pause_requested: false }),
+            delivered: AtomicU64::new(0),
+        });
+        for (exchange, pattern) in &entry.spec.bindings {
+            inner.index.insert(exchange, pattern, key);
+        }
+        inner.entries.insert(key, entry.clone());
+        announce(head);
+        (entry, head)
+    }
+
+    /// Remove a subscription. Returns the cursor to resume from later: the
+    /// head if it was live, else its catch-up cursor.
+    pub fn unregister(&self, entry: &SubEntry) -> u64 {
+        let mut inner = self.inner.lock();
+        let mut st = entry.state.lock();
+        let cursor = if st.mode == Mode::Live { inner.head } else { entry.cursor() };
+        st.mode = Mode::Removed;
+        entry.live.store(false, Ordering::Release);
+        drop(st);
+        if inner.entries.remove(&entry.key).is_some() {
+            for (exchange, pattern) in &entry.spec.bindings {
+                inner.index.remove(exchange, pattern, &entry.key);
+            }
+        }
+        cursor
+    }
+
+    /// Called by the catch-up task when its cursor may have reached the head.
+    pub fn try_go_live(&self, entry: &SubEntry) -> GoLive {
+        let inner = self.inner.lock();
+        let mut st = entry.state.lock();
+        if st.mode != Mode::CatchingUp {
+            return GoLive::Stopped;
+        }
+        if st.pause_requested {
+            st.pause_requested = false;
+            st.mode = Mode::Paused;
+            return GoLive::Stopped;
+        }
+        let cursor = entry.cursor();
+        if cursor < inner.head {
+            return GoLive::Behind(inner.head);
+        }
+        st.mode = Mode::Live;
+        entry.live.store(true, Ordering::Release);
+        GoLive::Live
+    }
+
+    /// Pause a subscription. Events after this point are read from the log on resume.
+    pub fn pause(&self, entry: &SubEntry) {
+        let inner = self.inner.lock();
+        let mut st = entry.state.lock();
+        match st.mode {
+            Mode::Live => {
+                entry.live.store(false, Ordering::Release);
+                entry.set_cursor(inner.head);
+                st.mode = Mode::Paused;
+            }
+            Mode::CatchingUp => st.pause_requested = true,
+            Mode::Paused | Mode::Removed => {}
+        }
+    }
+
+    /// Resume a paused subscription. Returns true when the caller must start
+    /// a catch-up task for it.
+    pub fn resume(&self, entry: &SubEntry) -> bool {
+        let _inner = self.inner.lock();
+        let mut st = entry.state.lock();
+        match st.mode {
+            Mode::Paused => {
+                st.mode = Mode::CatchingUp;
+                true
+            }
+            Mode::CatchingUp => {
+                // The running catch-up task simply carries on.
+                st.pause_requested = false;
+                false
+            }
+            Mode::Live | Mode::Removed => false,
+        }
+    }
+
+    /// The cursor a subscription would resume from if the connection dropped now.
+    pub fn position(&self, entry: &SubEntry) -> u64 {
+        let inner = self.inner.lock();
+        let st = entry.state.lock();
+        if st.mode == Mode::Live {
+            inner.head
+        } else {
+            entry.cursor()
+        }
+    }
+
+    /// Dispatch a committed batch (ids ascending, all above the head).
+    pub fn dispatch(&self, batch: &[Arc<Event>]) {
+        let mut inner = self.inner.lock();
+        let mut keys: Vec<u64> = Vec::new();
+        // Frames already encoded for this event, by subscription id: most
+        // clients use few distinct ids, so they share one allocation.
+        let mut shared: Vec<(Arc<str>, Bytes)> = Vec::new();
+        let mut delivered = 0u64;
+        for event in batch {
+            if event.id <= inner.head {
+                continue;
+            }
+            keys.clear();
+            shared.clear();
+            inner.index.for_each_match(&event.exchange, &event.routing_key, |k| keys.push(*k));
+            for key in &keys {
+                let Some(entry) = inner.entries.get(key) else { continue };
+                if !entry.live.load(Ordering::Acquire) {
+                    continue;
+                }
+                if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.principal.admitted_by_acl(event) {
+                    continue;
+                }
+                let frame = match shared.iter().find(|(s, _)| **s == *entry.sub) {
+                    Some((_, b)) => b.clone(),
+                    None => {
+                        let b = encode_frame(&entry.sub, event);
+                        shared.push((entry.sub.clone(), b.clone()));
+                        b
+                    }
+                };
+                match entry.outbox.push(Frame::Text(frame)) {
+                    Ok(()) => {
+                        delivered += 1;
+                        entry.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Overflow::SlowConsumer) => {
+                        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(Overflow::Closed) => {}
+                }
+            }
+            inner.head = event.id;
+        }
+        self.stats.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::NewEvent;
+    use serde_json::value::RawValue;
+
+    fn event(id: u64, rk: &str) -> Arc<Event> {
+        Arc::new(Event::commit(
+            id,
+            id,
+            NewEvent {
+                exchange: "x".into(),
+                routing_key: rk.into(),
+                payload: RawValue::from_string("{}".into()).expect("raw"),
+                acl: None,
+                headers: None,
+                origin: None,
+            },
+        ))
+    }
+
+    fn reg(outbox: &Arc<Outbox>, pattern: &str) -> Registration {
+        Registration {
+            sub: "s".into(),
+            spec: Arc::new(SubSpec {
+                bindings: vec![("x".into(), Pattern::parse(pattern).expect("pattern"))],
+                filters: vec![],
+            }),
+            principal: Arc::new(Principal::anonymous()),
+            outbox: outbox.clone(),
+        }
+    }
+
+    fn count(o: &Outbox) -> usize {
+        let mut v = Vec::new();
+        o.take(&mut v);
+        v.len()
+    }
+
+    #[test]
+    fn catch_up_switch_is_gapless() {
+        let fan = FanOut::new(0);
+        let o = Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, String::new())));
+        let (e, head) = fan.register(reg(&o, "a.*"), Start::CatchUp(0), |_| {});
+        assert_eq!(head, 0);
+        fan.dispatch(&[event(1, "a.b"), event(2, "a.c")]);
+        assert_eq!(count(&o), 0, "not live yet");
+        assert_eq!(fan.try_go_live(&e), GoLive::Behind(2));
+        e.set_cursor(2);
+        assert_eq!(fan.try_go_live(&e), GoLive::Live);
+        fan.dispatch(&[event(3, "a.b"), event(4, "b.b")]);
+        assert_eq!(count(&o), 1);
+        fan.pause(&e);
+        fan.dispatch(&[event(5, "a.b")]);
+        assert_eq!(count(&o), 0);
+        assert_eq!(e.cursor(), 4);
+        assert!(fan.resume(&e));
+        assert_eq!(fan.unregister(&e), 4);
+        assert!(fan.is_empty());
+    }
+}

@@ -1,0 +1,25 @@
+//! Herald's heart: events, AMQP topic patterns and the index over them,
+//! subscription filters, per-connection outboxes, the fan-out that moves
+//! committed events to subscribers, and the session table.
+//!
+//! Data flows one way: the log hands committed batches to [`FanOut`], which
+//! matches them against the [`PatternIndex`] and pushes pre-encoded frames
+//! into each subscriber's [`Outbox`]. Nothing here does I/O.
+
+pub mod event;
+pub mod fanout;
+pub mod filter;
+pub mod index;
+pub mod outbox;
+pub mod pattern;
+pub mod principal;
+pub mod session;
+
+pub use event::{Event, EventError, NewEvent, Origin};
+pub use fanout::{FanOut, GoLive, Mode, Registration, Start, SubEntry, SubSpec};
+pub use filter::{Filter, FilterError};
+pub use index::PatternIndex;
+pub use outbox::{Frame, Outbox, Overflow};
+pub use pattern::{Pattern, PatternError};
+pub use principal::Principal;
+pub use session::{ResumeError, Session, SessionTable, SubRecord};

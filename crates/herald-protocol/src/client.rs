@@ -1,0 +1,204 @@
+//! Messages a client sends to the server.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A client-chosen request reference, echoed in the reply: a string or an integer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ref {
+    /// An integer reference.
+    Num(i64),
+    /// A string reference.
+    Str(String),
+}
+
+/// One `{exchange, pattern}` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Binding {
+    /// The exact exchange name.
+    pub exchange: String,
+    /// An AMQP topic pattern: `*` is one word, `#` is zero or more words.
+    pub pattern: String,
+}
+
+/// Credentials of an existing session, used to resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCredentials {
+    /// The session id from `welcome`.
+    pub id: String,
+    /// The session secret from `welcome`.
+    pub secret: String,
+}
+
+/// `hello`: opens the conversation, optionally resuming a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Optional request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// A bearer token (JWT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A session to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionCredentials>,
+    /// Free-form client identification (name and version), for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Value>,
+}
+
+/// The starting point of a subscription. Exactly one field is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, try_from = "SinceFields")]
+pub enum Since {
+    /// Every matching event with an id greater than `id`.
+    Id {
+        /// The last id the client already has.
+        id: u64,
+    },
+    /// The `last` most recent matching events.
+    Last {
+        /// How many events.
+        last: u64,
+    },
+    /// Events at or after `time` (RFC 3339).
+    Time {
+        /// An RFC 3339 timestamp.
+        time: String,
+    },
+}
+
+/// `subscribe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The client-chosen subscription id, unique on the connection.
+    pub sub: String,
+    /// One or more bindings.
+    pub bindings: Vec<Binding>,
+    /// Filters `[field, op, value]`, all of which must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Value>,
+    /// Starting point; absent means live only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+}
+
+/// A message that names only a subscription: `unsubscribe`, `pause`, `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubOnly {
+    /// Request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The subscription id.
+    pub sub: String,
+}
+
+/// `ack`: everything up to and including `id` on `sub` is processed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The subscription id.
+    pub sub: String,
+    /// The highest id processed.
+    pub id: u64,
+}
+
+/// `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+}
+
+/// `publish`: one event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publish {
+    /// Request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// Exchange name.
+    pub exchange: String,
+    /// Routing key (dot-separated words, may be empty).
+    pub routing_key: String,
+    /// Any JSON value.
+    pub payload: Box<RawValue>,
+    /// Principals allowed to see the event (`user:<name>`, `group:<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Vec<String>>,
+    /// Optional string headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, Value>>,
+}
+
+/// Every message a client may send.
+#[derive(Debug, Clone)]
+pub enum ClientMessage {
+    /// `hello`
+    Hello(Hello),
+    /// `subscribe`
+    Subscribe(Subscribe),
+    /// `unsubscribe`
+    Unsubscribe(SubOnly),
+    /// `pause`
+    Pause(SubOnly),
+    /// `resume`
+    Resume(SubOnly),
+    /// `ack`
+    Ack(Ack),
+    /// `ping`
+    Ping(Ping),
+    /// `publish`
+    Publish(Publish),
+    /// `request`, `serve` or `answer`: rendezvous messages, recognised so that
+    /// a server without rendezvous can say so precisely.
+    Rendezvous {
+        /// The message type.
+        kind: &'static str,
+        /// Request reference.
+        reference: Option<Ref>,
+    },
+}
+
+impl ClientMessage {
+    /// The `ref` of the message, if it carries one.
+    pub fn reference(&self) -> Option<&Ref> {
+        match self {
+            ClientMessage::Hello(m) => m.reference.as_ref(),
+            ClientMessage::Subscribe(m) => m.reference.as_ref(),
+            ClientMessage::Unsubscribe(m) | ClientMessage::Pause(m) | ClientMessage::Resume(m) => {
+                m.reference.as_ref()
+            }
+            ClientMessage::Ack(_) => None,
+            ClientMessage::Ping(m) => m.reference.as_ref(),
+            ClientMessage::Publish(m) => m.reference.as_ref(),
+            ClientMessage::Rendezvous { reference, .. } => reference.as_ref(),
+        }
+    }
+}
+
+/// The wire shape of `since`, checked to carry exactly one field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceFields {
+    id: Option<u64>,
+    last: Option<u64>,
+    time: Option<String>,
+}
+
+impl TryFrom<SinceFields> for Since {
+    type Error = String;
+
+    fn try_from(f: SinceFields) -> Result<Self, Self::Error> {
+        match (f.id, f.last, f.time) {
+            (Some(id), None, None) => Ok(Since::Id { id }),
+            (None, Some(last), None) => Ok(Since::Last { last }),
+            (None, None, Some(time)) => Ok(Since::Time { time }),
+            _ => Err("`since` takes exactly one of `id`, `last` or `time`".to_string()),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Herald wire protocol v1.
+//!
+//! A pure codec: message types, their JSON encoding and decoding, and the
+//! stable error and close codes. No I/O and no async here, so that the same
+//! crate serves the server, the CLI, the benchmark and the fuzz targets.
+//!
+//! `docs/protocol.md` in the repository is the normative specification; the
+//! names here follow it exactly.
+
+mod client;
+mod codes;
+mod decode;
+mod server;
+
+pub use client::{Ack, Binding, ClientMessage, Hello, Ping, Publish, Ref, SessionCredentials, Since, SubOnly, Subscribe};
+pub use codes::{CloseCode, ErrorCode};
+pub use decode::{decode_client, DecodeError, MAX_NUMBER};
+pub use server::{
+    encode, event_frame_prefix, EventBody, Limits, ServerInfo, ServerMessage, SessionInfo, StatusState,
+};

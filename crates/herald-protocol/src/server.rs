@@ -1,0 +1,224 @@
+//! Messages the server sends to a client, and their encoding.
+
+use crate::client::Ref;
+use crate::codes::ErrorCode;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// Session credentials handed out in `welcome`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Session secret: needed, with the id, to resume.
+    pub secret: String,
+}
+
+/// The limits in force for this connection, advertised in `welcome`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// Largest accepted text frame, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most subscriptions on one connection.
+    pub max_subscriptions: usize,
+    /// Most bindings in one subscription.
+    pub max_bindings: usize,
+    /// Most filters in one subscription.
+    pub max_filters: usize,
+    /// Most bytes queued for a client before it is closed as a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// Most events replayed for one `subscribe` (`since`) request.
+    pub max_replay: u64,
+    /// Largest event payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Seconds a session outlives an abrupt disconnect.
+    pub session_ttl_s: u64,
+}
+
+/// Server identification.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    /// Always `herald`.
+    pub name: &'static str,
+    /// Server version.
+    pub version: &'static str,
+}
+
+/// `state` of a `status` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusState {
+    /// The source delivers.
+    Up,
+    /// The source is unavailable; events from it are delayed, not lost.
+    Down,
+}
+
+/// Every message the server sends except `event` (see [`EventBody`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answer to `hello`.
+    Welcome {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// Session credentials.
+        session: SessionInfo,
+        /// Whether an existing session was resumed.
+        resumed: bool,
+        /// The server pings a connection silent for this long and closes one
+        /// silent for three times as long.
+        heartbeat_ms: u64,
+        /// Limits in force.
+        limits: Limits,
+        /// Server identification.
+        server: ServerInfo,
+    },
+    /// Answer to `subscribe`; also sent without `ref` for each subscription
+    /// restored by a session resume.
+    Subscribed {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// Subscription id.
+        sub: String,
+        /// The log head when the subscription went into place.
+        head: u64,
+        /// False when the requested history is no longer (or not) in the log.
+        recovered: bool,
+    },
+    /// Answer to `unsubscribe`.
+    Unsubscribed {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// Subscription id.
+        sub: String,
+    },
+    /// Answer to `pause`.
+    Paused {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// Subscription id.
+        sub: String,
+    },
+    /// Answer to `resume`.
+    Resumed {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// Subscription id.
+        sub: String,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+    },
+    /// Answer to `publish`, once the event is durable.
+    Published {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// The id the log assigned.
+        id: u64,
+    },
+    /// Health of an upstream source feeding the client's subscriptions.
+    Status {
+        /// The source (peer id).
+        source: String,
+        /// `up` or `down`.
+        state: StatusState,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// Something went wrong.
+    Error {
+        /// The reference of the request that failed, if any.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// The subscription concerned, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
+        /// Stable error code.
+        code: ErrorCode,
+        /// Human-readable message.
+        message: String,
+    },
+    /// The server is about to close the connection.
+    Closing {
+        /// Why.
+        reason: String,
+        /// How long to wait before reconnecting.
+        retry_after_ms: u64,
+    },
+}
+
+/// Encode a server message as one JSON text frame.
+pub fn encode(msg: &ServerMessage) -> String {
+    // Serialising these plain structs cannot fail: every map key is a string.
+    serde_json::to_string(msg).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#))
+}
+
+/// The subscription-independent part of an `event` frame.
+///
+/// Serialized once per event; the frame for a subscription is
+/// [`event_frame_prefix`] followed by these bytes.
+#[derive(Debug, Serialize)]
+pub struct EventBody<'a> {
+    /// Event id.
+    pub id: u64,
+    /// Exchange.
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// RFC 3339 time.
+    pub time: &'a str,
+    /// JSON payload.
+    pub payload: &'a RawValue,
+    /// Optional headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a serde_json::Map<String, Value>>,
+}
+
+impl EventBody<'_> {
+    /// The body as the tail of an object: `"id":..,...}` (the opening brace dropped).
+    pub fn encode_tail(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
+        s.remove(0);
+        s
+    }
+}
+
+/// `{"type":"event","sub":<sub>,` — to be followed by [`EventBody::encode_tail`].
+pub fn event_frame_prefix(sub: &str) -> String {
+    let quoted = serde_json::to_string(sub).unwrap_or_else(|_| String::from("\"\""));
+    format!(r#"{{"type":"event","sub":{quoted},"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_frame_is_valid_json() {
+        let payload = RawValue::from_string("{\"a\":1}".into()).expect("raw");
+        let body = EventBody { id: 7, exchange: "x", routing_key: "a.b", time: "2026-01-01T00:00:00Z", payload: &payload, headers: None };
+        let frame = format!("{}{}", event_frame_prefix("s\"1"), body.encode_tail());
+        let v: Value = serde_json::from_str(&frame).expect("json");
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["sub"], "s\"1");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["payload"]["a"], 1);
+    }
+
+    #[test]
+    fn error_encoding() {
+        let s = encode(&ServerMessage::Error { reference: Some(Ref::Num(3)), sub: None, code: ErrorCode::BadRequest, message: "x".into() });
+        assert_eq!(s, r#"{"type":"error","ref":3,"code":"bad_request","message":"x"}"#);
+    }
+}
