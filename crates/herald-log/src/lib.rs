@@ -1,1 +1,136 @@
-//! placeholder
+//! Herald's durable, ordered event log.
+//!
+//! The [`EventLog`] trait is all the rest of Herald knows about the log: it
+//! appends batches (answering only once they are durable), reads ranges by
+//! id, optionally for a set of exchanges, finds the first id at a time, and
+//! reports its bounds. [`EmbeddedLog`] implements it on local files; a
+//! clustered engine can implement it later without touching anything else.
+//!
+//! # The embedded log on disk
+//!
+//! A data directory holds a `log/` folder of *segments*. A segment is named
+//! for the id of its first event, zero-padded to 20 digits:
+//! `log/00000000000000000001.seg`. Ids are dense: the *n*-th record of the
+//! segment based at *b* has id *b + n*. Only the newest segment is written.
+//!
+//! Each segment starts with the 8-byte magic `HRLDSEG1`, then records:
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     body length L, u32 little-endian
+//! 4       4     CRC-32 (IEEE) of the body, u32 little-endian
+//! 8       L     body:
+//!                 0   8   id, u64 LE
+//!                 8   8   time, microseconds since the Unix epoch, u64 LE
+//!                 16  2   exchange length X, u16 LE
+//!                 18  X   exchange, UTF-8
+//!                 18+X    JSON object {routing_key, payload, acl?, headers?, origin?}
+//! ```
+//!
+//! The exchange and time are outside the JSON so that the start-up scan can
+//! rebuild the indexes without parsing payloads.
+//!
+//! **Writes and group commit.** One writer thread takes every pending append
+//! request from its queue, assigns ids and times, writes all their records
+//! with one `write`, calls `fdatasync` once, and only then answers each
+//! publisher and hands the batch to the fan-out. Many concurrent publishers
+//! therefore share one fsync. Times never decrease with ids (a clock that
+//! steps back is clamped), so a time lookup is a binary search.
+//!
+//! **Crash safety.** At start every record of every segment is checked:
+//! length, CRC and id. A bad record in the newest segment is a torn tail
+//! from a crash during a write (it was never acknowledged, since
+//! acknowledgement follows the fsync): the segment is cut at the last good
+//! record and a warning logged. A bad record in an older, sealed segment is
+//! corruption of acknowledged data: start-up fails with
+//! [`LogError::Corrupt`] naming the file and offset, for an operator to act on.
+//!
+//! **Indexes** live in memory and are rebuilt at start: per segment the
+//! offset of every record (8 bytes an event), and per exchange the list of
+//! its ids (8 bytes an event), so a replay for one exchange reads only that
+//! exchange's records.
+//!
+//! **Retention** removes whole segments, oldest first, never the one being
+//! written: a segment goes when all its events are older than `max_age`,
+//! when the events after it alone number at least `max_events`, or while the
+//! log is larger than `max_bytes`. Segments roll at `segment_bytes`, so that
+//! is the granularity of retention.
+
+mod config;
+mod embedded;
+mod error;
+mod record;
+
+pub use config::{opt_duration, LogConfig};
+pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
+pub use error::LogError;
+
+use herald_core::{Event, NewEvent};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A boxed, sendable future (keeps [`EventLog`] usable as a trait object).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A committed batch, in id order, as handed to the fan-out.
+pub type CommittedBatch = Arc<[Arc<Event>]>;
+
+/// A range read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadQuery {
+    /// Only these exchanges (`None` for all).
+    pub exchanges: Option<Vec<String>>,
+    /// Ids strictly greater than this.
+    pub after: u64,
+    /// Ids at most this.
+    pub upto: u64,
+    /// At most this many events.
+    pub limit: usize,
+    /// Newest first (to find the last N) instead of oldest first.
+    pub newest_first: bool,
+}
+
+/// The ids the log holds: `first..=head` (empty when `first > head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Oldest retained id.
+    pub first: u64,
+    /// Newest id (0 when nothing was ever written).
+    pub head: u64,
+}
+
+/// Counters and sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Retained events.
+    pub events: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Segment files.
+    pub segments: u64,
+    /// Write batches (fsyncs) since start.
+    pub commits: u64,
+    /// Events appended since start.
+    pub appended: u64,
+}
+
+/// The durable ordered store of events; the single place that assigns ids.
+pub trait EventLog: Send + Sync + 'static {
+    /// Append events; resolves with the committed events (ids assigned) once durable.
+    fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>>;
+    /// Read events in a range.
+    fn read(&self, query: ReadQuery) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>>;
+    /// The first retained id whose time is at or after `time_us` (`head + 1` if none).
+    fn first_at_or_after(&self, time_us: u64) -> BoxFuture<'_, Result<u64, LogError>>;
+    /// Time of the oldest retained event, if any.
+    fn first_time(&self) -> BoxFuture<'_, Result<Option<u64>, LogError>>;
+    /// Retained ids.
+    fn bounds(&self) -> Bounds;
+    /// Sizes and counters.
+    fn stats(&self) -> LogStats;
+    /// Apply retention now (also applied after every write).
+    fn enforce_retention(&self);
+    /// Flush and stop the writer; later appends fail with [`LogError::Closed`].
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,41 @@
+//! Log errors.
+
+use std::path::PathBuf;
+
+/// What can go wrong in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An I/O operation failed.
+    #[error("log I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Acknowledged data is damaged.
+    #[error("log corrupt in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    /// The log was closed, or its writer stopped after an unrecoverable error.
+    #[error("the log is closed")]
+    Closed,
+    /// A write failed earlier and could not be undone; the log refuses writes.
+    #[error("the log failed and refuses writes until restarted: {0}")]
+    Failed(String),
+}
+
+impl LogError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LogError {
+        LogError::Io { path: path.into(), source }
+    }
+}

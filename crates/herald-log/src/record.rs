@@ -1,0 +1,131 @@
+//! Record encoding and decoding (format in the crate docs).
+
+use herald_core::event::Origin;
+use herald_core::{Event, NewEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// Magic at the start of every segment file.
+pub(crate) const MAGIC: &[u8; 8] = b"HRLDSEG1";
+/// Record header: length and CRC.
+pub(crate) const HEADER: usize = 8;
+/// Fixed part of the body before the exchange.
+pub(crate) const FIXED: usize = 18;
+/// Largest body accepted when scanning (anything larger is damage).
+pub(crate) const MAX_BODY: usize = 64 << 20;
+
+#[derive(Serialize)]
+struct RestOut<'a> {
+    routing_key: &'a str,
+    payload: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<&'a serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a Origin>,
+}
+
+#[derive(Deserialize)]
+struct RestIn {
+    routing_key: String,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    acl: Option<Vec<String>>,
+    #[serde(default)]
+    headers: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    origin: Option<Origin>,
+}
+
+/// Append the record for `event` to `buf`.
+pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; HEADER]);
+    buf.extend_from_slice(&event.id.to_le_bytes());
+    buf.extend_from_slice(&event.time_us.to_le_bytes());
+    // Exchange names are validated to at most 255 bytes before they get here.
+    buf.extend_from_slice(&(event.exchange.len() as u16).to_le_bytes());
+    buf.extend_from_slice(event.exchange.as_bytes());
+    let rest = RestOut {
+        routing_key: &event.routing_key,
+        payload: &event.payload,
+        acl: event.acl.as_ref(),
+        headers: event.headers.as_ref(),
+        origin: event.origin.as_ref(),
+    };
+    // Writing JSON into a Vec cannot fail for these types.
+    let _ = serde_json::to_writer(&mut *buf, &rest);
+    let body_len = (buf.len() - start - HEADER) as u32;
+    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    buf[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The indexable fields of a record body.
+#[derive(Debug)]
+pub(crate) struct Meta<'a> {
+    pub(crate) id: u64,
+    pub(crate) time_us: u64,
+    pub(crate) exchange: &'a str,
+}
+
+/// Outcome of reading one record from a buffer.
+pub(crate) enum Scan<'a> {
+    /// A valid record of `len` bytes (header included).
+    Ok { len: usize, meta: Meta<'a>, body: &'a [u8] },
+    /// Not enough bytes for a whole record.
+    Incomplete,
+    /// The bytes are not a valid record.
+    Invalid(String),
+}
+
+/// Read the record at the start of `buf`.
+pub(crate) fn scan(buf: &[u8]) -> Scan<'_> {
+    if buf.len() < HEADER {
+        return Scan::Incomplete;
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if !(FIXED..=MAX_BODY).contains(&len) {
+        return Scan::Invalid(format!("impossible record length {len}"));
+    }
+    if buf.len() < HEADER + len {
+        return Scan::Incomplete;
+    }
+    let body = &buf[HEADER..HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return Scan::Invalid("checksum mismatch".to_string());
+    }
+    match meta(body) {
+        Some(meta) => Scan::Ok { len: HEADER + len, meta, body },
+        None => Scan::Invalid("malformed record body".to_string()),
+    }
+}
+
+fn meta(body: &[u8]) -> Option<Meta<'_>> {
+    let id = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
+    let time_us = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    let xlen = u16::from_le_bytes(body.get(16..18)?.try_into().ok()?) as usize;
+    let exchange = std::str::from_utf8(body.get(FIXED..FIXED + xlen)?).ok()?;
+    Some(Meta { id, time_us, exchange })
+}
+
+/// Decode a verified body into an event.
+pub(crate) fn decode(body: &[u8]) -> Result<Event, String> {
+    let m = meta(body).ok_or("malformed record body")?;
+    let rest: RestIn = serde_json::from_slice(&body[FIXED + m.exchange.len()..]).map_err(|e| e.to_string())?;
+    Ok(Event::commit(
+        m.id,
+        m.time_us,
+        NewEvent {
+            exchange: m.exchange.to_string(),
+            routing_key: rest.routing_key,
+            payload: rest.payload,
+            acl: rest.acl,
+            headers: rest.headers,
+            origin: rest.origin,
+        },
+    ))
+}
