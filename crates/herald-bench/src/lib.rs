@@ -1,1 +1,115 @@
-//! placeholder
+//! `herald bench`: one command that measures a whole gateway.
+//!
+//! It starts a gateway (this same executable, `serve` on a free port and a
+//! temporary data directory) or targets a running one, then measures in
+//! order: publish throughput into the log (WebSocket, pipelined, and HTTP
+//! batches), fan-out (one publisher, N subscribers: deliveries per second
+//! and publish-to-receive latency), replay throughput, and resident memory
+//! per idle connection. Every figure comes from real sockets on loopback.
+
+mod client;
+mod gateway;
+mod scenarios;
+
+use clap::Args;
+use serde::Serialize;
+
+/// Options of `herald bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Bench a running gateway at this URL instead of starting one
+    /// (memory per connection is then measured only with --target-pid).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// PID of the target gateway, to read its resident memory.
+    #[arg(long)]
+    pub target_pid: Option<u32>,
+    /// Subscribers in the fan-out test.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Events published in the fan-out test.
+    #[arg(long, default_value_t = 5_000)]
+    pub fanout_events: u64,
+    /// Events published in the publish-throughput test (and then replayed).
+    #[arg(long, default_value_t = 50_000)]
+    pub publish_events: u64,
+    /// Concurrent publishing connections in the publish-throughput test.
+    #[arg(long, default_value_t = 8)]
+    pub publishers: usize,
+    /// Payload size in bytes (approximate).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Idle connections for the memory measurement (0 to skip).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The figures one run produces.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Events per second published over WebSocket (pipelined, acknowledged once durable).
+    pub publish_ws_events_per_s: f64,
+    /// Events per second published over HTTP in batches of 100.
+    pub publish_http_batch_events_per_s: f64,
+    /// Subscribers in the fan-out test.
+    pub fanout_subscribers: usize,
+    /// Events published in the fan-out test.
+    pub fanout_events: u64,
+    /// Deliveries per second in the fan-out test (events x subscribers / time).
+    pub fanout_deliveries_per_s: f64,
+    /// Publish-to-receive latency, median, milliseconds.
+    pub fanout_latency_p50_ms: f64,
+    /// Publish-to-receive latency, 99th percentile, milliseconds.
+    pub fanout_latency_p99_ms: f64,
+    /// Events per second replayed to one subscriber (`since: {id: 0}`).
+    pub replay_events_per_s: f64,
+    /// Idle connections opened.
+    pub idle_connections: usize,
+    /// Resident memory added per idle connection (session included), bytes.
+    pub idle_bytes_per_connection: Option<f64>,
+}
+
+/// Run the benchmark and print its report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (gateway, base, pid) = match &args.target {
+        Some(url) => (None, url.trim_end_matches('/').to_string(), args.target_pid),
+        None => {
+            let g = gateway::Gateway::start().await?;
+            let base = g.base_url.clone();
+            let pid = g.pid();
+            (Some(g), base, pid)
+        }
+    };
+    eprintln!("bench: gateway at {base}");
+    let report = scenarios::run_all(&args, &base, pid).await;
+    if let Some(g) = gateway {
+        g.stop().await;
+    }
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!("herald bench");
+    println!("  publish, WebSocket pipelined:   {:>12.0} events/s", r.publish_ws_events_per_s);
+    println!("  publish, HTTP batches of 100:   {:>12.0} events/s", r.publish_http_batch_events_per_s);
+    println!(
+        "  fan-out, 1 -> {} subscribers:  {:>12.0} deliveries/s ({} events)",
+        r.fanout_subscribers, r.fanout_deliveries_per_s, r.fanout_events
+    );
+    println!("  fan-out latency p50 / p99:      {:>8.2} ms / {:.2} ms", r.fanout_latency_p50_ms, r.fanout_latency_p99_ms);
+    println!("  replay to one subscriber:       {:>12.0} events/s", r.replay_events_per_s);
+    match r.idle_bytes_per_connection {
+        Some(b) => println!("  memory per idle connection:     {:>12.0} bytes ({} connections)", b, r.idle_connections),
+        None => println!("  memory per idle connection:     not measured"),
+    }
+}

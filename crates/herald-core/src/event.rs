@@ -24,6 +24,7 @@ pub struct Origin {
 
 /// An event as submitted by a publisher, before the log assigns its id and time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// Exchange name.
     pub exchange: String,

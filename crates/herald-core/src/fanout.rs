@@ -130,6 +130,12 @@ impl SubEntry {
         false
     }
 
+    /// Whether a pause was requested while catching up (checked per event).
+    pub fn pause_pending(&self) -> bool {
+        let st = self.state.lock();
+        st.pause_requested || st.mode == Mode::Removed
+    }
+
     /// Encode the `event` frame for this subscription.
     pub fn frame(&self, event: &Event) -> Bytes {
         encode_frame(&self.sub, event)
@@ -154,6 +160,9 @@ pub enum Start {
     CatchUp(u64),
     /// Paused at this cursor.
     Paused(u64),
+    /// Not live, cursor at the head: the caller sets the cursor (for example
+    /// after searching for the last N events) and then starts catching up.
+    Hold,
 }
 
 /// Outcome of [`FanOut::try_go_live`].
@@ -165,6 +174,9 @@ pub enum GoLive {
     Behind(u64),
     /// A pause was requested (or the subscription removed): stop catching up.
     Stopped,
+    /// The cursor is past the fan-out head (events committed but not yet
+    /// dispatched): wait briefly and try again.
+    Ahead,
 }
 
 /// Counters kept by the fan-out.
@@ -239,8 +251,9 @@ impl FanOut {
         let head = inner.head;
         let (mode, cursor) = match start {
             Start::Live => (Mode::Live, head),
-            Start::CatchUp(c) => (Mode::CatchingUp, c.min(head)),
-            Start::Paused(c) => (Mode::Paused, c.min(head)),
+            Start::CatchUp(c) => (Mode::CatchingUp, c),
+            Start::Paused(c) => (Mode::Paused, c),
+            Start::Hold => (Mode::CatchingUp, head),
         };
         let key = inner.next_key;
         inner.next_key += 1;
@@ -295,6 +308,9 @@ impl FanOut {
         let cursor = entry.cursor();
         if cursor < inner.head {
             return GoLive::Behind(inner.head);
+        }
+        if cursor > inner.head {
+            return GoLive::Ahead;
         }
         st.mode = Mode::Live;
         entry.live.store(true, Ordering::Release);

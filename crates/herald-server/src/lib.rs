@@ -1,1 +1,18 @@
-//! placeholder
+//! Herald's network front: the axum application with the WebSocket protocol
+//! (`/v1/ws`), HTTP publish, health endpoints, and the tasks that connect the
+//! log to the fan-out.
+//!
+//! [`Server::start`] opens the log, starts the background tasks and binds the
+//! listener; [`app`] builds the router so tests can drive it directly.
+
+mod app;
+pub mod config;
+mod connections;
+mod http;
+mod state;
+mod subscription;
+mod ws;
+
+pub use app::{app, Server, ServerError};
+pub use config::Config;
+pub use state::AppState;

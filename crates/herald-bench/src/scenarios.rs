@@ -1,0 +1,210 @@
+//! The measurements.
+
+use crate::client::{connect, next_json, send, Rx, Tx};
+use crate::gateway::rss_bytes;
+use crate::{BenchArgs, Report};
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+const PUBLISH_EXCHANGE: &str = "bench.publish";
+const FANOUT_EXCHANGE: &str = "bench.fanout";
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn payload(pad: &str) -> Value {
+    json!({"t": now_us(), "pad": pad})
+}
+
+pub(crate) async fn run_all(args: &BenchArgs, base: &str, pid: Option<u32>) -> anyhow::Result<Report> {
+    let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
+    let mut r = Report { fanout_subscribers: args.subscribers, fanout_events: args.fanout_events, ..Report::default() };
+
+    eprintln!("bench: publish over WebSocket ({} events, {} connections)", args.publish_events, args.publishers);
+    r.publish_ws_events_per_s = publish_ws(base, args.publish_events, args.publishers, &pad).await?;
+    eprintln!("bench: publish over HTTP ({} events in batches of 100)", args.publish_events);
+    r.publish_http_batch_events_per_s = publish_http(base, args.publish_events, &pad).await?;
+
+    eprintln!("bench: fan-out ({} subscribers, {} events)", args.subscribers, args.fanout_events);
+    let (rate, p50, p99) = fanout(base, args.subscribers, args.fanout_events, &pad).await?;
+    r.fanout_deliveries_per_s = rate;
+    r.fanout_latency_p50_ms = p50;
+    r.fanout_latency_p99_ms = p99;
+
+    eprintln!("bench: replay ({} events)", args.publish_events * 2);
+    r.replay_events_per_s = replay(base, args.publish_events * 2).await?;
+
+    if args.idle_connections > 0 {
+        eprintln!("bench: {} idle connections", args.idle_connections);
+        r.idle_connections = args.idle_connections;
+        r.idle_bytes_per_connection = idle_memory(base, args.idle_connections, pid).await?;
+    }
+    Ok(r)
+}
+
+async fn publish_ws(base: &str, total: u64, publishers: usize, pad: &str) -> anyhow::Result<f64> {
+    let per = total / publishers as u64;
+    let mut conns = Vec::new();
+    for _ in 0..publishers {
+        conns.push(connect(base).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut tx, mut rx) in conns {
+        let pad = pad.to_string();
+        let sender = tokio::spawn(async move {
+            for i in 0..per {
+                let msg = json!({"type": "publish", "ref": i, "exchange": PUBLISH_EXCHANGE, "routing_key": "a.b", "payload": payload(&pad)});
+                send(&mut tx, msg).await?;
+            }
+            anyhow::Ok(tx)
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut acked = 0;
+            while acked < per {
+                let v = next_json(&mut rx).await?;
+                match v["type"].as_str() {
+                    Some("published") => acked += 1,
+                    _ => bail!("unexpected reply while publishing: {v}"),
+                }
+            }
+            let _tx = sender.await??;
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((per * publishers as u64) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn publish_http(base: &str, total: u64, pad: &str) -> anyhow::Result<f64> {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/publish");
+    let batches = total / 100;
+    let sem = Arc::new(Semaphore::new(4));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..batches {
+        let permit = sem.clone().acquire_owned().await?;
+        let body: Vec<Value> =
+            (0..100).map(|_| json!({"exchange": PUBLISH_EXCHANGE, "routing_key": "a.c", "payload": payload(pad)})).collect();
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = client.post(&url).json(&body).send().await?;
+            if !resp.status().is_success() {
+                bail!("HTTP publish failed: {}", resp.status());
+            }
+            drop(permit);
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((batches * 100) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn subscribe(tx: &mut Tx, rx: &mut Rx, exchange: &str, since: Option<Value>) -> anyhow::Result<()> {
+    let mut msg = json!({"type": "subscribe", "ref": "s", "sub": "s", "bindings": [{"exchange": exchange, "pattern": "#"}]});
+    if let Some(since) = since {
+        msg["since"] = since;
+    }
+    send(tx, msg).await?;
+    let v = next_json(rx).await?;
+    if v["type"] != "subscribed" {
+        bail!("subscribe failed: {v}");
+    }
+    Ok(())
+}
+
+async fn fanout(base: &str, subscribers: usize, events: u64, pad: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let mut receivers = Vec::new();
+    for _ in 0..subscribers {
+        let (mut tx, mut rx) = connect(base).await?;
+        subscribe(&mut tx, &mut rx, FANOUT_EXCHANGE, None).await?;
+        receivers.push(tokio::spawn(async move {
+            let _keep = tx;
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut got = 0;
+            while got < events {
+                let v = next_json(&mut rx).await?;
+                if v["type"] == "event" {
+                    let sent = v["payload"]["t"].as_u64().unwrap_or(0);
+                    hist.saturating_record(now_us().saturating_sub(sent));
+                    got += 1;
+                }
+            }
+            anyhow::Ok((hist, Instant::now()))
+        }));
+    }
+    let (mut tx, mut rx) = connect(base).await?;
+    let start = Instant::now();
+    // At most `window` publishes in flight, so latency measures delivery, not a queue we built.
+    let window = 64u64;
+    let (mut sent, mut acked) = (0u64, 0u64);
+    while acked < events {
+        while sent < events && sent - acked < window {
+            let msg = json!({"type": "publish", "ref": sent, "exchange": FANOUT_EXCHANGE, "routing_key": "x.y", "payload": payload(pad)});
+            send(&mut tx, msg).await?;
+            sent += 1;
+        }
+        let v = next_json(&mut rx).await?;
+        if v["type"] == "published" {
+            acked += 1;
+        }
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    let mut end = start;
+    for r in receivers {
+        let (h, t) = tokio::time::timeout(Duration::from_secs(120), r).await.context("fan-out receivers timed out")???;
+        all.add(h)?;
+        end = end.max(t);
+    }
+    let rate = (events * subscribers as u64) as f64 / end.duration_since(start).as_secs_f64();
+    Ok((rate, all.value_at_quantile(0.5) as f64 / 1000.0, all.value_at_quantile(0.99) as f64 / 1000.0))
+}
+
+async fn replay(base: &str, expected: u64) -> anyhow::Result<f64> {
+    let (mut tx, mut rx) = connect(base).await?;
+    let start = Instant::now();
+    subscribe(&mut tx, &mut rx, PUBLISH_EXCHANGE, Some(json!({"id": 0}))).await?;
+    let mut got = 0;
+    while got < expected {
+        let v = next_json(&mut rx).await?;
+        if v["type"] == "event" {
+            got += 1;
+        }
+    }
+    Ok(got as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn idle_memory(base: &str, n: usize, pid: Option<u32>) -> anyhow::Result<Option<f64>> {
+    let Some(pid) = pid else { return Ok(None) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(pid).context("cannot read the gateway's memory")?;
+    let sem = Arc::new(Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let base = base.to_string();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&base).await;
+            drop(permit);
+            c
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for t in tasks {
+        conns.push(t.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_bytes(pid).context("cannot read the gateway's memory")?;
+    drop(conns);
+    Ok(Some(after.saturating_sub(before) as f64 / n as f64))
+}

@@ -1,0 +1,153 @@
+//! Building the router and running the server.
+
+use crate::config::Config;
+use crate::http;
+use crate::state::AppState;
+use crate::ws;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::FanOut;
+use herald_log::{EmbeddedLog, EventLog, RETENTION_INTERVAL};
+use herald_protocol::{encode, ServerMessage};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The router, with every endpoint.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.get().config.limits.max_request_bytes;
+    Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/publish", post(http::publish::publish))
+        .route("/healthz", get(http::health::healthz))
+        .route("/readyz", get(http::health::readyz))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A started server: log open, background tasks running, listener bound.
+pub struct Server {
+    state: AppState,
+    listener: TcpListener,
+    log: Arc<EmbeddedLog>,
+    drain_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Open the log, start the fan-out and sweepers, bind the listener.
+    pub async fn start(mut config: Config) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        config.log.dir = config.data.join("log");
+        let (log, mut committed) = EmbeddedLog::open(config.log.clone())?;
+        let fanout = Arc::new(FanOut::new(log.bounds().head));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let dyn_log: Arc<dyn EventLog> = log.clone();
+        let state = AppState::new(config.clone(), dyn_log, fanout.clone(), drain_rx);
+
+        // Log -> fan-out: committed batches in id order.
+        tokio::spawn(async move {
+            while let Some(batch) = committed.recv().await {
+                fanout.dispatch(&batch);
+            }
+        });
+
+        // Heartbeats, session expiry and time-based retention: one task, no per-connection timers.
+        let sweeper = state.clone();
+        tokio::spawn(async move {
+            let s = sweeper.get();
+            let heartbeat_ms = s.config.heartbeat.as_millis() as u64;
+            let mut tick = tokio::time::interval(Duration::from_millis((heartbeat_ms / 3).clamp(50, 1000)));
+            let mut last_retention = Instant::now();
+            loop {
+                tick.tick().await;
+                s.connections.sweep(s.now_ms(), heartbeat_ms);
+                for expired in s.sessions.sweep(Instant::now()) {
+                    info!(session = %expired.id, "Session expired.");
+                }
+                if last_retention.elapsed() >= RETENTION_INTERVAL {
+                    s.log.enforce_retention();
+                    last_retention = Instant::now();
+                }
+            }
+        });
+
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
+        Ok(Server { state, listener, log, drain_tx })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The shared state (for tests and the CLI).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then drain: tell every client to
+    /// reconnect (`closing` and close code 1001), wait up to the grace period
+    /// for connections to finish, and close the log.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let Server { state, listener, log, drain_tx } = self;
+        let grace = state.get().config.shutdown_grace;
+        let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let drain_state = state.clone();
+        let graceful = async move {
+            shutdown.await;
+            info!("Shutting down: draining connections.");
+            let _ = drain_tx.send(true);
+            let s = drain_state.get();
+            let closing = encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });
+            for c in s.connections.all() {
+                c.outbox.close_with(Some(closing.clone().into()), 1001, "server shutting down");
+            }
+        };
+        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
+        let s2 = state.clone();
+        let result = tokio::select! {
+            r = serve => r.map_err(ServerError::Serve),
+            _ = async move {
+                // Enforce the grace period once draining has begun.
+                let mut rx = s2.get().draining.clone();
+                let _ = rx.wait_for(|d| *d).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                warn!(remaining = state.get().connections.len(), "Grace period over; closing remaining connections.");
+                Ok(())
+            }
+        };
+        log.close().await;
+        info!("Event log closed.");
+        result
+    }
+}
+
+/// Why the server could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    /// The log could not be opened.
+    #[error(transparent)]
+    Log(#[from] herald_log::LogError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+}

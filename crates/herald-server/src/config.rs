@@ -1,0 +1,160 @@
+//! The one configuration struct, loaded from TOML, validated at start-up.
+//!
+//! Every field is documented in `docs/configuration.md`; defaults live here
+//! and only here.
+
+use herald_log::LogConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Herald's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on, `host:port` (port 0 picks a free port).
+    pub listen: String,
+    /// Data directory (the log lives in `<data>/log`).
+    pub data: PathBuf,
+    /// The embedded log.
+    pub log: LogConfig,
+    /// Per-connection and per-request limits.
+    pub limits: LimitsConfig,
+    /// Sessions.
+    pub session: SessionConfig,
+    /// Idle connections are pinged after this long and closed after three times as long.
+    #[serde(with = "duration")]
+    pub heartbeat: Duration,
+    /// On shutdown, how long to wait for connections to drain before exiting.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// Limits (all advertised to clients in `welcome.limits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket text frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most subscriptions on one connection (session).
+    pub max_subscriptions: usize,
+    /// Most bindings in one subscription.
+    pub max_bindings: usize,
+    /// Most filters in one subscription.
+    pub max_filters: usize,
+    /// Most bytes queued for one client before it is closed as a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// Most events one `since` request may ask to replay (`since.last`).
+    pub max_replay: u64,
+    /// Largest event payload (JSON text), in bytes.
+    pub max_payload_bytes: usize,
+    /// Most events in one `POST /v1/publish` array.
+    pub max_publish_batch: usize,
+    /// Largest HTTP request body, in bytes.
+    pub max_request_bytes: usize,
+}
+
+/// Session settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How long a session outlives an abrupt disconnect.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7070".to_string(),
+            data: PathBuf::from("herald-data"),
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
+            session: SessionConfig::default(),
+            heartbeat: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 1 << 20,
+            max_subscriptions: 100,
+            max_bindings: 32,
+            max_filters: 32,
+            max_outbound_bytes: 8 << 20,
+            max_replay: 100_000,
+            max_payload_bytes: 512 << 10,
+            max_publish_batch: 1000,
+            max_request_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ttl: Duration::from_secs(120) }
+    }
+}
+
+impl Config {
+    /// Check every setting; returns all problems at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut p = self.log.validate();
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("listen: `{}` is not an address such as 127.0.0.1:7070", self.listen));
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_frame_bytes", l.max_frame_bytes),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.max_bindings", l.max_bindings),
+            ("limits.max_outbound_bytes", l.max_outbound_bytes),
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+            ("limits.max_publish_batch", l.max_publish_batch),
+            ("limits.max_request_bytes", l.max_request_bytes),
+        ] {
+            if v == 0 {
+                p.push(format!("{name} must be at least 1"));
+            }
+        }
+        if l.max_frame_bytes < 1024 {
+            p.push("limits.max_frame_bytes must be at least 1024".into());
+        }
+        if l.max_outbound_bytes < l.max_frame_bytes {
+            p.push("limits.max_outbound_bytes must be at least limits.max_frame_bytes".into());
+        }
+        if l.max_payload_bytes > l.max_request_bytes {
+            p.push("limits.max_payload_bytes must not exceed limits.max_request_bytes".into());
+        }
+        if self.heartbeat < Duration::from_millis(100) {
+            p.push("heartbeat must be at least 100ms".into());
+        }
+        if self.session.ttl.is_zero() {
+            p.push("session.ttl must be positive".into());
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+}
+
+/// `Duration` as a humantime string (`"15s"`, `"2m"`).
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)")))
+    }
+}

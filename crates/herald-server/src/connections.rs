@@ -1,0 +1,58 @@
+//! The registry of open WebSocket connections, for heartbeats and draining.
+//!
+//! Connections carry no timer each: one sweeper task walks this registry,
+//! pings connections that have been silent for a heartbeat and closes those
+//! silent for three.
+
+use herald_core::{Frame, Outbox};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the registry knows of one connection.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    pub(crate) outbox: Arc<Outbox>,
+    /// Milliseconds since server start of the last frame received.
+    pub(crate) last_seen_ms: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    map: Mutex<HashMap<u64, Arc<ConnHandle>>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64) -> (u64, Arc<ConnHandle>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms) });
+        self.map.lock().insert(id, handle.clone());
+        (id, handle)
+    }
+
+    pub(crate) fn remove(&self, id: u64) {
+        self.map.lock().remove(&id);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<ConnHandle>> {
+        self.map.lock().values().cloned().collect()
+    }
+
+    /// Ping connections silent for `heartbeat_ms`, close those silent for three times that.
+    pub(crate) fn sweep(&self, now_ms: u64, heartbeat_ms: u64) {
+        for c in self.all() {
+            let idle = now_ms.saturating_sub(c.last_seen_ms.load(Ordering::Relaxed));
+            if idle >= 3 * heartbeat_ms {
+                c.outbox.close_with(None, 1001, "heartbeat timeout");
+            } else if idle >= heartbeat_ms {
+                let _ = c.outbox.push(Frame::Ping);
+            }
+        }
+    }
+}

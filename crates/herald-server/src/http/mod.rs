@@ -1,0 +1,31 @@
+//! HTTP endpoints: publish and health.
+
+pub(crate) mod health;
+pub(crate) mod publish;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use herald_protocol::ErrorCode;
+
+/// An HTTP error: a status derived from the code, and a JSON body
+/// `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,65 @@
+//! `POST /v1/publish`: one event (an object) or several (an array).
+//!
+//! The request is all or nothing: every event is validated first, and the
+//! answer (`{"id": N}` or `{"ids": [..]}`) comes once all of them are durable.
+
+use super::ApiError;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use herald_core::event::Origin;
+use herald_core::NewEvent;
+use herald_protocol::ErrorCode;
+use serde_json::{json, Value};
+use tracing::error;
+
+pub(crate) async fn publish(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let s = state.get();
+    if s.is_draining() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+    }
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
+    let trimmed = text.trim_start();
+    let (events, single) = if trimmed.starts_with('[') {
+        let events: Vec<NewEvent> = serde_json::from_str(text)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid event array: {e}")))?;
+        (events, false)
+    } else {
+        let event: NewEvent =
+            serde_json::from_str(text).map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid event: {e}")))?;
+        (vec![event], true)
+    };
+    let limits = &s.config.limits;
+    if events.is_empty() {
+        return Err(ApiError::new(ErrorCode::BadRequest, "the array is empty"));
+    }
+    if events.len() > limits.max_publish_batch {
+        return Err(ApiError::new(
+            ErrorCode::LimitExceeded,
+            format!("{} events in one request; the limit is {} (limits.max_publish_batch)", events.len(), limits.max_publish_batch),
+        ));
+    }
+    let mut events = events;
+    for (i, e) in events.iter_mut().enumerate() {
+        e.validate(limits.max_payload_bytes).map_err(|err| {
+            let code = if matches!(err, herald_core::EventError::PayloadTooLarge { .. }) {
+                ErrorCode::LimitExceeded
+            } else {
+                ErrorCode::BadRequest
+            };
+            let at = if single { String::new() } else { format!("event #{i}: ") };
+            ApiError::new(code, format!("{at}{err}"))
+        })?;
+        e.origin = Some(Origin { peer: "http".into(), stream: 0, seq: i as u64 });
+    }
+    let committed = s.log.append(events).await.map_err(|e| {
+        error!(error = %e, "Publish failed: the log did not store the events.");
+        ApiError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
+    })?;
+    if single {
+        Ok(Json(json!({"id": committed.first().map(|e| e.id)})))
+    } else {
+        Ok(Json(json!({"ids": committed.iter().map(|e| e.id).collect::<Vec<_>>()})))
+    }
+}

@@ -1,0 +1,78 @@
+//! Shared state of a running server.
+
+use crate::config::Config;
+use crate::connections::Connections;
+use herald_core::{FanOut, SessionTable};
+use herald_log::EventLog;
+use herald_protocol::{Limits, ServerInfo};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// The parts of [`AppState`].
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) fanout: Arc<FanOut>,
+    pub(crate) sessions: SessionTable,
+    pub(crate) connections: Connections,
+    pub(crate) started: Instant,
+    /// Flips to true when the server starts draining.
+    pub(crate) draining: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub(crate) fn new(config: Config, log: Arc<dyn EventLog>, fanout: Arc<FanOut>, draining: watch::Receiver<bool>) -> AppState {
+        let sessions = SessionTable::new(config.session.ttl);
+        AppState {
+            inner: Arc::new(Inner {
+                config,
+                log,
+                fanout,
+                sessions,
+                connections: Connections::default(),
+                started: Instant::now(),
+                draining,
+            }),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Inner {
+    /// The limits advertised in `welcome`.
+    pub(crate) fn limits(&self) -> Limits {
+        let l = &self.config.limits;
+        Limits {
+            max_frame_bytes: l.max_frame_bytes,
+            max_subscriptions: l.max_subscriptions,
+            max_bindings: l.max_bindings,
+            max_filters: l.max_filters,
+            max_outbound_bytes: l.max_outbound_bytes,
+            max_replay: l.max_replay,
+            max_payload_bytes: l.max_payload_bytes,
+            session_ttl_s: self.config.session.ttl.as_secs(),
+        }
+    }
+
+    /// Milliseconds since the server started (a cheap monotonic clock for activity stamps).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
+/// Server identification sent in `welcome`.
+pub(crate) const SERVER_INFO: ServerInfo = ServerInfo { name: "herald", version: env!("CARGO_PKG_VERSION") };

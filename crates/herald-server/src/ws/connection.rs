@@ -1,0 +1,593 @@
+//! One WebSocket connection: reads client messages and acts on them.
+//!
+//! Every reply goes through the connection's outbox, the same queue as
+//! events, so a reply is always ordered correctly against the events around
+//! it (for example `subscribed` precedes the subscription's first event).
+
+use super::writer;
+use crate::state::AppState;
+use crate::subscription::spawn_catch_up;
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use herald_core::event::{parse_time_us, Origin};
+use herald_core::fanout::Registration;
+use herald_core::{Filter, Frame, NewEvent, Outbox, Pattern, Principal, ResumeError, Session, Start, SubRecord, SubSpec};
+use herald_log::ReadQuery;
+use herald_protocol::{
+    decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, ServerMessage, SessionInfo,
+    Since, SubOnly, Subscribe,
+};
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Longest subscription id, in bytes.
+const MAX_SUB_ID_BYTES: usize = 128;
+/// Publishes waiting for the log, per connection, before reading pauses.
+const PUBLISH_QUEUE: usize = 256;
+
+type Publication = (NewEvent, Option<Ref>);
+
+struct Connection {
+    state: AppState,
+    conn_id: u64,
+    outbox: Arc<Outbox>,
+    principal: Arc<Principal>,
+    session: Option<Arc<Session>>,
+    publisher: Option<mpsc::Sender<Publication>>,
+    publish_seq: u64,
+}
+
+pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr) {
+    let s = state.get();
+    let (sink, mut stream) = socket.split();
+    let slow = encode(&ServerMessage::Error {
+        reference: None,
+        sub: None,
+        code: ErrorCode::SlowConsumer,
+        message: format!(
+            "more than {} bytes were waiting to be sent (limits.max_outbound_bytes); closing",
+            s.config.limits.max_outbound_bytes
+        ),
+    });
+    let outbox = Arc::new(Outbox::new(
+        s.config.limits.max_outbound_bytes,
+        slow.into(),
+        (CloseCode::SlowConsumer.code(), "slow consumer".into()),
+    ));
+    let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms());
+    debug!(conn = conn_id, %peer, "WebSocket connected.");
+    let mut writer = tokio::spawn(writer::run(sink, outbox.clone()));
+    let mut conn = Connection {
+        state: state.clone(),
+        conn_id,
+        outbox: outbox.clone(),
+        principal: Arc::new(Principal::anonymous()),
+        session: None,
+        publisher: None,
+        publish_seq: 0,
+    };
+    if s.is_draining() {
+        let closing = encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });
+        outbox.close_with(Some(closing.into()), CloseCode::Draining.code(), "server shutting down");
+    }
+    let mut orderly = false;
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                handle.last_seen_ms.store(s.now_ms(), Ordering::Relaxed);
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if conn.on_text(text.as_str()).await.is_break() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        conn.error(None, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) => {
+                        // A close the client started ends the session; one the
+                        // server started (drain, slow consumer) does not.
+                        orderly = !outbox.is_closed();
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        debug!(conn = conn_id, error = %e, "WebSocket read failed.");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            _ = &mut writer => break,
+        }
+    }
+    conn.finish(orderly);
+    s.connections.remove(conn_id);
+    if !writer.is_finished() {
+        outbox.close_with(None, CloseCode::Normal.code(), "bye");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    }
+    debug!(conn = conn_id, orderly, "WebSocket closed.");
+}
+
+impl Connection {
+    fn send(&self, msg: &ServerMessage) {
+        let _ = self.outbox.push(Frame::Text(encode(msg).into()));
+    }
+
+    fn error(&self, reference: Option<Ref>, sub: Option<String>, code: ErrorCode, message: impl Into<String>) {
+        self.send(&ServerMessage::Error { reference, sub, code, message: message.into() });
+    }
+
+    /// Send an error and close the connection with `close`.
+    fn fatal(&self, reference: Option<Ref>, code: ErrorCode, message: &str, close: CloseCode) -> ControlFlow<()> {
+        let frame = encode(&ServerMessage::Error { reference, sub: None, code, message: message.to_string() });
+        self.outbox.close_with(Some(frame.into()), close.code(), message);
+        ControlFlow::Break(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> ControlFlow<()> {
+        let max = self.state.get().config.limits.max_frame_bytes;
+        if text.len() > max {
+            self.error(
+                None,
+                None,
+                ErrorCode::LimitExceeded,
+                format!("frame of {} bytes exceeds limits.max_frame_bytes ({max})", text.len()),
+            );
+            return ControlFlow::Continue(());
+        }
+        let msg = match decode_client(text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(e.reference, None, e.code, e.message);
+                return ControlFlow::Continue(());
+            }
+        };
+        let Some(session) = self.session.clone() else {
+            return match msg {
+                ClientMessage::Hello(h) => self.hello(h),
+                other => self.fatal(
+                    other.reference().cloned(),
+                    ErrorCode::BadRequest,
+                    "the first message must be `hello`",
+                    CloseCode::ProtocolViolation,
+                ),
+            };
+        };
+        match msg {
+            ClientMessage::Hello(h) => {
+                self.error(h.reference, None, ErrorCode::Conflict, "`hello` was already sent on this connection");
+            }
+            ClientMessage::Subscribe(m) => self.subscribe(&session, m).await,
+            ClientMessage::Unsubscribe(m) => self.unsubscribe(&session, m),
+            ClientMessage::Pause(m) => self.pause(&session, m),
+            ClientMessage::Resume(m) => self.resume(&session, m),
+            ClientMessage::Ack(m) => self.ack(&session, m),
+            ClientMessage::Ping(m) => self.send(&ServerMessage::Pong { reference: m.reference }),
+            ClientMessage::Publish(m) => self.publish(m).await,
+            ClientMessage::Rendezvous { kind, reference } => self.error(
+                reference,
+                None,
+                ErrorCode::Unavailable,
+                format!("`{kind}` (rendezvous) is not available on this server yet"),
+            ),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn welcome(&self, reference: Option<Ref>, session: &Session, resumed: bool) {
+        let s = self.state.get();
+        self.send(&ServerMessage::Welcome {
+            reference,
+            session: SessionInfo { id: session.id.clone(), secret: session.secret().to_string() },
+            resumed,
+            heartbeat_ms: s.config.heartbeat.as_millis() as u64,
+            limits: s.limits(),
+            server: crate::state::SERVER_INFO,
+        });
+    }
+
+    fn hello(&mut self, h: Hello) -> ControlFlow<()> {
+        let s = self.state.get();
+        let user = self.principal.user.clone();
+        if let Some(creds) = h.session {
+            match s.sessions.find(&creds.id, &creds.secret, user.as_deref()) {
+                Ok(session) => {
+                    self.resume_session(h.reference, session);
+                    return ControlFlow::Continue(());
+                }
+                Err(ResumeError::Mismatch) => {
+                    warn!(conn = self.conn_id, session = %creds.id.chars().take(64).collect::<String>(), "Refused a session resume with wrong credentials.");
+                    return self.fatal(h.reference, ErrorCode::Unauthorized, "session credentials do not match", CloseCode::Unauthorized);
+                }
+                Err(ResumeError::NotFound) => {
+                    // Expired or unknown: start afresh; `resumed: false` tells the
+                    // client to subscribe again from its own last ids.
+                    debug!(conn = self.conn_id, "Resume of an unknown or expired session; starting a new one.");
+                }
+            }
+        }
+        let session = s.sessions.create(user, self.outbox.clone());
+        debug!(conn = self.conn_id, session = %session.id, "Session started.");
+        self.welcome(h.reference, &session, false);
+        self.session = Some(session);
+        ControlFlow::Continue(())
+    }
+
+    fn resume_session(&mut self, reference: Option<Ref>, session: Arc<Session>) {
+        let s = self.state.get();
+        let mut st = session.state.lock();
+        if let Some(old) = st.attached.take() {
+            let closing = encode(&ServerMessage::Closing { reason: "session resumed on another connection".into(), retry_after_ms: 0 });
+            old.close_with(Some(closing.into()), CloseCode::SessionTakenOver.code(), "session taken over");
+        }
+        for rec in st.subs.values_mut() {
+            if let Some(e) = rec.entry.take() {
+                s.fanout.unregister(&e);
+            }
+        }
+        st.attached = Some(self.outbox.clone());
+        st.detached_at = None;
+        self.welcome(reference, &session, true);
+        let first = s.log.bounds().first;
+        let mut catch_up = Vec::new();
+        for (sub, rec) in st.subs.iter_mut() {
+            let reg = Registration {
+                sub: Arc::from(sub.as_str()),
+                spec: rec.spec.clone(),
+                principal: self.principal.clone(),
+                outbox: self.outbox.clone(),
+            };
+            let start = if rec.paused { Start::Paused(rec.acked) } else { Start::CatchUp(rec.acked) };
+            let recovered = rec.acked + 1 >= first;
+            let (entry, _) = s.fanout.register(reg, start, |head| {
+                self.send(&ServerMessage::Subscribed { reference: None, sub: sub.clone(), head, recovered });
+            });
+            if !recovered {
+                self.error(None, Some(sub.clone()), ErrorCode::HistoryTruncated, truncated_message(rec.acked, first));
+            }
+            if !rec.paused {
+                catch_up.push(entry.clone());
+            }
+            rec.entry = Some(entry);
+        }
+        drop(st);
+        info!(conn = self.conn_id, session = %session.id, subscriptions = catch_up.len(), "Session resumed.");
+        self.session = Some(session);
+        for entry in catch_up {
+            spawn_catch_up(self.state.clone(), entry);
+        }
+    }
+
+    fn validate_subscribe(&self, m: &Subscribe) -> Result<SubSpec, (ErrorCode, String)> {
+        let limits = &self.state.get().config.limits;
+        let bad = |msg: String| (ErrorCode::BadRequest, msg);
+        if m.sub.is_empty() || m.sub.len() > MAX_SUB_ID_BYTES {
+            return Err(bad(format!("`sub` must be 1 to {MAX_SUB_ID_BYTES} bytes")));
+        }
+        if m.bindings.is_empty() {
+            return Err(bad("`bindings` must name at least one {exchange, pattern}".into()));
+        }
+        if m.bindings.len() > limits.max_bindings {
+            return Err((
+                ErrorCode::LimitExceeded,
+                format!("{} bindings; the limit is {} (limits.max_bindings)", m.bindings.len(), limits.max_bindings),
+            ));
+        }
+        if m.filters.len() > limits.max_filters {
+            return Err((
+                ErrorCode::LimitExceeded,
+                format!("{} filters; the limit is {} (limits.max_filters)", m.filters.len(), limits.max_filters),
+            ));
+        }
+        let mut bindings = Vec::with_capacity(m.bindings.len());
+        for (i, b) in m.bindings.iter().enumerate() {
+            if b.exchange.is_empty() || b.exchange.len() > herald_core::event::MAX_NAME_BYTES {
+                return Err(bad(format!("binding #{i}: exchange must be 1 to 255 bytes")));
+            }
+            let pattern = Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
+            bindings.push((b.exchange.clone(), pattern));
+        }
+        let filters = Filter::compile_all(&m.filters).map_err(|e| bad(e.to_string()))?;
+        Ok(SubSpec { bindings, filters })
+    }
+
+    async fn subscribe(&mut self, session: &Arc<Session>, m: Subscribe) {
+        let s = self.state.get();
+        let spec = match self.validate_subscribe(&m) {
+            Ok(spec) => Arc::new(spec),
+            Err((code, msg)) => return self.error(m.reference, Some(m.sub), code, msg),
+        };
+        {
+            let st = session.state.lock();
+            if st.subs.contains_key(&m.sub) {
+                return self.error(m.reference, Some(m.sub), ErrorCode::Conflict, "a subscription with this `sub` already exists");
+            }
+            if st.subs.len() >= s.config.limits.max_subscriptions {
+                let msg = format!("the limit is {} subscriptions (limits.max_subscriptions)", s.config.limits.max_subscriptions);
+                return self.error(m.reference, Some(m.sub), ErrorCode::LimitExceeded, msg);
+            }
+        }
+        let reg = Registration {
+            sub: Arc::from(m.sub.as_str()),
+            spec: spec.clone(),
+            principal: self.principal.clone(),
+            outbox: self.outbox.clone(),
+        };
+        let bounds = s.log.bounds();
+        let sub = m.sub.clone();
+        let subscribed = |head: u64, recovered: bool| ServerMessage::Subscribed {
+            reference: m.reference.clone(),
+            sub: sub.clone(),
+            head,
+            recovered,
+        };
+        let (entry, cursor, live) = match m.since {
+            None => {
+                let (entry, head) = s.fanout.register(reg, Start::Live, |head| self.send(&subscribed(head, true)));
+                (entry, head, true)
+            }
+            Some(Since::Id { id }) => {
+                let ahead = id > bounds.head;
+                let truncated = id + 1 < bounds.first;
+                let cursor = if ahead { bounds.head } else { id };
+                let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
+                    self.send(&subscribed(head, !(ahead || truncated)));
+                });
+                if ahead {
+                    let msg = format!("since.id {id} is beyond the newest event ({}); delivering from there", bounds.head);
+                    self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, msg);
+                } else if truncated {
+                    self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, truncated_message(id, bounds.first));
+                }
+                (entry, cursor, false)
+            }
+            Some(Since::Time { time }) => {
+                let Some(t) = parse_time_us(&time) else {
+                    return self.error(
+                        m.reference,
+                        Some(m.sub),
+                        ErrorCode::BadRequest,
+                        "since.time must be an RFC 3339 UTC time such as 2026-01-02T03:04:05Z",
+                    );
+                };
+                let first = match s.log.first_at_or_after(t).await {
+                    Ok(first) => first,
+                    Err(e) => return self.error(m.reference, Some(m.sub), ErrorCode::Internal, format!("history lookup failed: {e}")),
+                };
+                let truncated = bounds.first > 1 && first <= bounds.first;
+                let cursor = first - 1;
+                let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
+                    self.send(&subscribed(head, !truncated));
+                });
+                if truncated {
+                    self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, format!(
+                        "events before id {} are no longer kept; some events at or after since.time may be missing",
+                        bounds.first
+                    ));
+                }
+                (entry, cursor, false)
+            }
+            Some(Since::Last { last }) => {
+                if last > s.config.limits.max_replay {
+                    let msg = format!("since.last {last} exceeds limits.max_replay ({})", s.config.limits.max_replay);
+                    return self.error(m.reference, Some(m.sub), ErrorCode::LimitExceeded, msg);
+                }
+                let (entry, head) = s.fanout.register(reg, Start::Hold, |_| {});
+                match self.find_last(&entry, head, last).await {
+                    Ok((cursor, found)) => {
+                        let truncated = found < last && bounds.first > 1;
+                        entry.set_cursor(cursor);
+                        self.send(&subscribed(head, !truncated));
+                        if truncated {
+                            self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, format!(
+                                "only {found} matching events are still kept (oldest kept id {})",
+                                bounds.first
+                            ));
+                        }
+                        (entry, cursor, false)
+                    }
+                    Err(e) => {
+                        s.fanout.unregister(&entry);
+                        return self.error(m.reference, Some(m.sub), ErrorCode::Internal, format!("history lookup failed: {e}"));
+                    }
+                }
+            }
+        };
+        session.state.lock().subs.insert(
+            m.sub.clone(),
+            SubRecord { spec, acked: cursor, paused: false, entry: Some(entry.clone()) },
+        );
+        if !live {
+            spawn_catch_up(self.state.clone(), entry);
+        }
+    }
+
+    /// Find where to start so that exactly the last `n` matching events up to
+    /// `head` are replayed: returns (cursor, how many were found).
+    async fn find_last(&self, entry: &herald_core::SubEntry, head: u64, n: u64) -> Result<(u64, u64), herald_log::LogError> {
+        let log = &self.state.get().log;
+        let exchanges = entry.spec.exchanges();
+        let (mut found, mut cursor, mut before) = (0u64, head, head);
+        while found < n && before > 0 {
+            let chunk = log
+                .read(ReadQuery { exchanges: Some(exchanges.clone()), after: 0, upto: before, limit: 512, newest_first: true })
+                .await?;
+            let Some(oldest) = chunk.last() else { break };
+            before = oldest.id - 1;
+            for e in &chunk {
+                if entry.wants(e) {
+                    found += 1;
+                    cursor = e.id - 1;
+                    if found == n {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((cursor, found))
+    }
+
+    fn with_entry(&self, session: &Session, m: &SubOnly, f: impl FnOnce(&mut SubRecord) -> ServerMessage) {
+        let reply = {
+            let mut st = session.state.lock();
+            st.subs.get_mut(&m.sub).map(f)
+        };
+        match reply {
+            Some(msg) => self.send(&msg),
+            None => self.error(m.reference.clone(), Some(m.sub.clone()), ErrorCode::NotFound, "no subscription with this `sub`"),
+        }
+    }
+
+    fn unsubscribe(&self, session: &Session, m: SubOnly) {
+        let removed = session.state.lock().subs.remove(&m.sub);
+        match removed {
+            Some(rec) => {
+                if let Some(e) = rec.entry {
+                    self.state.get().fanout.unregister(&e);
+                }
+                self.send(&ServerMessage::Unsubscribed { reference: m.reference, sub: m.sub });
+            }
+            None => self.error(m.reference, Some(m.sub), ErrorCode::NotFound, "no subscription with this `sub`"),
+        }
+    }
+
+    fn pause(&self, session: &Session, m: SubOnly) {
+        let fanout = self.state.get().fanout.clone();
+        self.with_entry(session, &m, |rec| {
+            if let Some(e) = &rec.entry {
+                fanout.pause(e);
+            }
+            rec.paused = true;
+            ServerMessage::Paused { reference: m.reference.clone(), sub: m.sub.clone() }
+        });
+    }
+
+    fn resume(&self, session: &Session, m: SubOnly) {
+        let fanout = self.state.get().fanout.clone();
+        let mut restart = None;
+        self.with_entry(session, &m, |rec| {
+            if let Some(e) = &rec.entry {
+                if fanout.resume(e) {
+                    restart = Some(e.clone());
+                }
+            }
+            rec.paused = false;
+            ServerMessage::Resumed { reference: m.reference.clone(), sub: m.sub.clone() }
+        });
+        if let Some(entry) = restart {
+            spawn_catch_up(self.state.clone(), entry);
+        }
+    }
+
+    fn ack(&self, session: &Session, m: Ack) {
+        let mut st = session.state.lock();
+        match st.subs.get_mut(&m.sub) {
+            Some(rec) => rec.acked = rec.acked.max(m.id),
+            None => {
+                drop(st);
+                self.error(None, Some(m.sub), ErrorCode::NotFound, "ack for an unknown subscription");
+            }
+        }
+    }
+
+    async fn publish(&mut self, m: Publish) {
+        let s = self.state.get();
+        let mut event = NewEvent {
+            exchange: m.exchange,
+            routing_key: m.routing_key,
+            payload: m.payload,
+            acl: m.acl,
+            headers: m.headers,
+            origin: None,
+        };
+        if let Err(e) = event.validate(s.config.limits.max_payload_bytes) {
+            let code = if matches!(e, herald_core::EventError::PayloadTooLarge { .. }) {
+                ErrorCode::LimitExceeded
+            } else {
+                ErrorCode::BadRequest
+            };
+            return self.error(m.reference, None, code, e.to_string());
+        }
+        self.publish_seq += 1;
+        event.origin = Some(Origin { peer: "ws".into(), stream: self.conn_id, seq: self.publish_seq });
+        let tx = self.publisher.get_or_insert_with(|| spawn_publisher(self.state.clone(), self.outbox.clone())).clone();
+        // Waiting here when the queue is full stops reading from this client:
+        // backpressure, not buffering.
+        let _ = tx.send((event, m.reference)).await;
+    }
+
+    /// The connection ended: detach the session (abrupt end) or end it (orderly close).
+    fn finish(&mut self, orderly: bool) {
+        let Some(session) = self.session.take() else { return };
+        let s = self.state.get();
+        let mut st = session.state.lock();
+        let mine = st.attached.as_ref().is_some_and(|o| Arc::ptr_eq(o, &self.outbox));
+        if !mine {
+            return; // taken over by another connection
+        }
+        for rec in st.subs.values_mut() {
+            if let Some(e) = rec.entry.take() {
+                s.fanout.unregister(&e);
+            }
+        }
+        if orderly {
+            drop(st);
+            s.sessions.remove(&session.id);
+            debug!(conn = self.conn_id, session = %session.id, "Session ended by the client.");
+        } else {
+            st.attached = None;
+            st.detached_at = Some(Instant::now());
+            debug!(conn = self.conn_id, session = %session.id, "Session detached; it can be resumed.");
+        }
+    }
+}
+
+fn truncated_message(after: u64, first: u64) -> String {
+    format!("events after id {after} up to id {} are no longer kept; delivering from id {first}", first.saturating_sub(1))
+}
+
+/// A per-connection task that appends this connection's publishes in order,
+/// as many per log commit as are waiting.
+fn spawn_publisher(state: AppState, outbox: Arc<Outbox>) -> mpsc::Sender<Publication> {
+    let (tx, mut rx) = mpsc::channel::<Publication>(PUBLISH_QUEUE);
+    tokio::spawn(async move {
+        let mut batch: Vec<Publication> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < PUBLISH_QUEUE {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (events, refs): (Vec<NewEvent>, Vec<Option<Ref>>) = batch.drain(..).unzip();
+            match state.get().log.append(events).await {
+                Ok(committed) => {
+                    for (e, reference) in committed.iter().zip(refs) {
+                        let msg = ServerMessage::Published { reference, id: e.id };
+                        let _ = outbox.push(Frame::Text(encode(&msg).into()));
+                    }
+                }
+                Err(err) => {
+                    for reference in refs {
+                        let msg = ServerMessage::Error {
+                            reference,
+                            sub: None,
+                            code: ErrorCode::Unavailable,
+                            message: format!("the log could not store the event: {err}"),
+                        };
+                        let _ = outbox.push(Frame::Text(encode(&msg).into()));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}

@@ -1,0 +1,24 @@
+//! The WebSocket endpoint `/v1/ws`.
+
+mod connection;
+mod writer;
+
+use crate::state::AppState;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use std::net::SocketAddr;
+
+/// Upgrade to WebSocket. Frames larger than four times `max_frame_bytes`
+/// are refused by the WebSocket layer itself (close 1009); smaller oversized
+/// frames get a `limit_exceeded` error and the connection stays open.
+pub(crate) async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let max = state.get().config.limits.max_frame_bytes;
+    ws.max_message_size(max.saturating_mul(4))
+        .max_frame_size(max.saturating_mul(4))
+        .on_upgrade(move |socket| connection::run(socket, state, peer))
+}

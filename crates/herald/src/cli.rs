@@ -1,0 +1,101 @@
+//! Command-line interface.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Herald: a real-time event gateway.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Publish one event (or one per stdin line) through the HTTP API.
+    Publish(PublishArgs),
+    /// Subscribe and print events as JSON lines.
+    Tail(TailArgs),
+    /// Measure a gateway: fan-out, publish, replay and memory per idle connection.
+    Bench(herald_bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Configuration file (TOML). Settings not in it take their defaults.
+    #[arg(long, short = 'c', env = "HERALD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`), e.g. 0.0.0.0:7070; port 0 picks a free port.
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// Data directory (overrides `data`).
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
+    /// Development mode: verbose logs and ready-to-use URLs printed at start.
+    #[arg(long)]
+    pub(crate) dev: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HERALD_LOG_FORMAT")]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PublishArgs {
+    /// Gateway base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7070", env = "HERALD_URL")]
+    pub(crate) url: String,
+    /// Exchange name.
+    pub(crate) exchange: String,
+    /// Routing key.
+    pub(crate) routing_key: String,
+    /// JSON payload; omit to read one payload per line from standard input.
+    pub(crate) payload: Option<String>,
+    /// ACL entry (`user:NAME` or `group:NAME`); repeat for several.
+    #[arg(long)]
+    pub(crate) acl: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// Gateway base URL (http:// or ws://).
+    #[arg(long, default_value = "http://127.0.0.1:7070", env = "HERALD_URL")]
+    pub(crate) url: String,
+    /// Binding as EXCHANGE=PATTERN (for example `orders=eu.#`); repeat for several.
+    #[arg(long = "bind", short = 'b', required = true)]
+    pub(crate) bindings: Vec<String>,
+    /// Start after this event id (replays everything newer).
+    #[arg(long, conflicts_with_all = ["last", "since_time"])]
+    pub(crate) since: Option<u64>,
+    /// Start with the N most recent matching events.
+    #[arg(long, conflicts_with = "since_time")]
+    pub(crate) last: Option<u64>,
+    /// Start at this RFC 3339 time.
+    #[arg(long)]
+    pub(crate) since_time: Option<String>,
+    /// Filter as JSON, e.g. '["payload/status","=","done"]'; repeat for several.
+    #[arg(long)]
+    pub(crate) filter: Vec<String>,
+    /// Exit after printing this many events.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+}
+
+pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => crate::serve::run(a).await,
+        Command::Publish(a) => crate::publish::run(a).await,
+        Command::Tail(a) => crate::tail::run(a).await,
+        Command::Bench(a) => herald_bench::run(a).await,
+    }
+}

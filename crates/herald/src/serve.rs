@@ -1,0 +1,47 @@
+//! `herald serve`.
+
+use crate::cli::{LogFormat, ServeArgs};
+use herald_server::Server;
+use tracing_subscriber::EnvFilter;
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let default_level = if args.dev { "info,herald_server=debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    // Many idle WebSocket connections need many descriptors.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "Could not raise the open-file limit.");
+    }
+    let config = crate::config::load(&args)?;
+    let server = Server::start(config).await?;
+    let addr = server.local_addr().ok_or_else(|| anyhow::anyhow!("no local address"))?;
+    // The first stdout line is machine-readable: tests and `herald bench` wait for it.
+    println!("herald listening on http://{addr}");
+    if args.dev {
+        println!("  WebSocket:  ws://{addr}/v1/ws");
+        println!("  Publish:    curl -d '{{\"exchange\":\"demo\",\"routing_key\":\"a.b\",\"payload\":{{}}}}' http://{addr}/v1/publish");
+        println!("  Tail:       herald tail --url http://{addr} --bind 'demo=#'");
+    }
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
