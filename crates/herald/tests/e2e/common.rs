@@ -1,0 +1,257 @@
+//! Helpers: start a gateway process, talk to it.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running gateway process with its own data directory.
+pub struct Gateway {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+    pub data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    config: Option<PathBuf>,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Self::start_with("")
+    }
+
+    /// Start with extra TOML configuration.
+    pub fn start_with(toml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let (child, base) = Self::spawn(&data, &config, "127.0.0.1:0");
+        let addr = base.strip_prefix("http://").expect("http").to_string();
+        Gateway { child, base, addr, data, _dir: Some(dir), config: Some(config) }
+    }
+
+    fn spawn(data: &Path, config: &Path, listen: &str) -> (Child, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", listen, "--config"])
+            .arg(config)
+            .arg("--data")
+            .arg(data)
+            .env("HERALD_LOG", "warn,herald_log=info")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("herald printed nothing").expect("read stdout");
+        let base = first.strip_prefix("herald listening on ").expect("listening line").to_string();
+        std::thread::spawn(move || for _ in lines {});
+        (child, base)
+    }
+
+    /// Kill (SIGKILL) and start again on the same data directory and port.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+        let config = self.config.clone().expect("config");
+        self.child = Self::spawn(&self.data, &config, &self.addr).0;
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+
+    pub fn restart(&mut self) {
+        let config = self.config.clone().expect("config");
+        self.child = Self::spawn(&self.data, &config, &self.addr).0;
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// A client that has said hello.
+    pub async fn hello(&self) -> (Client, Value) {
+        let mut c = self.client().await;
+        let w = c.request(json!({"type": "hello"})).await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        (c, w)
+    }
+
+    /// Publish over HTTP; returns the ids.
+    pub async fn publish(&self, events: Value) -> Vec<u64> {
+        let resp = reqwest::Client::new().post(format!("{}/v1/publish", self.base)).json(&events).send().await.expect("publish");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        assert!(status.is_success(), "{status} {body}");
+        if let Some(id) = body["id"].as_u64() {
+            vec![id]
+        } else {
+            body["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id")).collect()
+        }
+    }
+
+    /// Publish `n` events to `exchange` with routing key `rk` and payload `{"n": i}`.
+    pub async fn publish_n(&self, exchange: &str, rk: &str, n: u64) -> Vec<u64> {
+        let events: Vec<Value> = (0..n).map(|i| json!({"exchange": exchange, "routing_key": rk, "payload": {"n": i}})).collect();
+        let mut ids = Vec::new();
+        for chunk in events.chunks(500) {
+            ids.extend(self.publish(Value::Array(chunk.to_vec())).await);
+        }
+        ids
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw protocol client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_ref: u64,
+    /// Messages received while waiting for a reply, returned by later `recv`s.
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        Client { ws, next_ref: 0, pending: Default::default() }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Next JSON message (panics on timeout or close).
+    pub async fn recv(&mut self) -> Value {
+        match self.try_recv(TIMEOUT).await {
+            Ok(v) => v,
+            Err(e) => panic!("expected a message: {e}"),
+        }
+    }
+
+    /// Next JSON message, or why there is none.
+    pub async fn try_recv(&mut self, wait: Duration) -> Result<Value, String> {
+        if let Some(v) = self.pending.pop_front() {
+            return Ok(v);
+        }
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next()).await.map_err(|_| "timeout".to_string())?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON")),
+                Some(Ok(Message::Close(f))) => return Err(format!("closed {:?}", f.map(|f| (u16::from(f.code), f.reason.to_string())))),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("error {e}")),
+                None => return Err("ended".into()),
+            }
+        }
+    }
+
+    /// Expect nothing for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(v) = self.try_recv(wait).await {
+            panic!("expected nothing, got {v}");
+        }
+    }
+
+    /// Wait for the close frame; returns its code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("close within timeout");
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Send a request with a fresh ref and return the reply with that ref;
+    /// other messages received meanwhile are kept for later `recv`s.
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        self.next_ref += 1;
+        let r = format!("r{}", self.next_ref);
+        v["ref"] = json!(r);
+        self.send(v).await;
+        let mut held = Vec::new();
+        let reply = loop {
+            let m = match self.pending.pop_front() {
+                Some(m) => m,
+                None => match self.try_recv(TIMEOUT).await {
+                    Ok(m) => m,
+                    Err(e) => panic!("no reply to {r}: {e}"),
+                },
+            };
+            if m["ref"] == json!(r) {
+                break m;
+            }
+            held.push(m);
+        };
+        for m in held.into_iter().rev() {
+            self.pending.push_front(m);
+        }
+        reply
+    }
+
+    pub async fn subscribe(&mut self, sub: &str, bindings: Value, extra: Value) -> Value {
+        let mut msg = json!({"type": "subscribe", "sub": sub, "bindings": bindings});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                msg[k] = v;
+            }
+        }
+        self.request(msg).await
+    }
+
+    /// Collect `n` events (skipping other messages), returning them.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let m = self.recv().await;
+            if m["type"] == "event" {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Drop the TCP connection without a close handshake.
+    pub fn abort(self) {
+        drop(self.ws.into_inner());
+    }
+}
+
+pub fn ids(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["id"].as_u64().expect("id")).collect()
+}
+
+pub fn binding(exchange: &str, pattern: &str) -> Value {
+    json!([{"exchange": exchange, "pattern": pattern}])
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: a real `herald` process, real sockets.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+mod cli;
+mod durability;
+mod protocol;
+mod publish;
+mod replay;
+mod sessions;
+mod subscribe;

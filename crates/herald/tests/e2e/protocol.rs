@@ -1,0 +1,89 @@
+//! hello/welcome, ping, errors that keep the connection, protocol violations.
+
+use crate::common::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn welcome_carries_session_limits_and_server() {
+    let g = Gateway::start();
+    let (_c, w) = g.hello().await;
+    assert!(w["session"]["id"].as_str().is_some_and(|s| s.len() >= 16), "{w}");
+    assert!(w["session"]["secret"].as_str().is_some_and(|s| s.len() >= 32), "{w}");
+    assert_eq!(w["resumed"], false);
+    assert!(w["heartbeat_ms"].as_u64().is_some_and(|h| h > 0));
+    assert_eq!(w["limits"]["max_subscriptions"], 100);
+    assert_eq!(w["server"]["name"], "herald");
+}
+
+#[tokio::test]
+async fn ping_pong_echoes_ref() {
+    let g = Gateway::start();
+    let (mut c, _) = g.hello().await;
+    c.send(json!({"type": "ping", "ref": 42})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong", "ref": 42}));
+}
+
+#[tokio::test]
+async fn bad_input_gets_an_error_and_the_connection_goes_on() {
+    let g = Gateway::start();
+    let (mut c, _) = g.hello().await;
+    c.send_raw(Message::text("{not json")).await;
+    let e = c.recv().await;
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["code"], "bad_request");
+    assert!(e["message"].as_str().unwrap_or("").contains("malformed JSON"), "{e}");
+
+    c.send(json!({"type": "frobnicate", "ref": "x"})).await;
+    let e = c.recv().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("bad_request"), Some("x")), "{e}");
+
+    c.send(json!({"type": "subscribe", "ref": 5, "sub": "s"})).await;
+    let e = c.recv().await;
+    assert_eq!(e["ref"], 5);
+    assert!(e["message"].as_str().unwrap_or("").contains("bindings"), "{e}");
+
+    c.send_raw(Message::binary(vec![1u8, 2, 3])).await;
+    let e = c.recv().await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+
+    c.send(json!({"type": "hello", "ref": 9})).await;
+    let e = c.recv().await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_i64()), (Some("conflict"), Some(9)), "{e}");
+
+    // Still usable.
+    let r = c.request(json!({"type": "ping"})).await;
+    assert_eq!(r["type"], "pong");
+}
+
+#[tokio::test]
+async fn anything_before_hello_is_a_protocol_violation() {
+    let g = Gateway::start();
+    let mut c = g.client().await;
+    c.send(json!({"type": "ping", "ref": 1})).await;
+    let e = c.recv().await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert_eq!(c.expect_close().await, 4400);
+}
+
+#[tokio::test]
+async fn rendezvous_messages_are_answered_not_ignored() {
+    let g = Gateway::start();
+    let (mut c, _) = g.hello().await;
+    let e = c.request(json!({"type": "request", "service": "s", "body": {}})).await;
+    assert_eq!(e["code"], "unavailable", "{e}");
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused_and_connection_continues() {
+    let g = Gateway::start_with("[limits]\nmax_frame_bytes = 2048\nmax_outbound_bytes = 65536\n");
+    let (mut c, w) = g.hello().await;
+    assert_eq!(w["limits"]["max_frame_bytes"], 2048);
+    let big = "x".repeat(4000);
+    c.send(json!({"type": "ping", "ref": 1, "pad": big})).await;
+    let e = c.recv().await;
+    assert_eq!(e["code"], "limit_exceeded", "{e}");
+    c.expect_silence(Duration::from_millis(100)).await;
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+}
