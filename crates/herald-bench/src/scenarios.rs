@@ -14,23 +14,44 @@ const PUBLISH_EXCHANGE: &str = "bench.publish";
 const FANOUT_EXCHANGE: &str = "bench.fanout";
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn payload(pad: &str) -> Value {
     json!({"t": now_us(), "pad": pad})
 }
 
-pub(crate) async fn run_all(args: &BenchArgs, base: &str, pid: Option<u32>) -> anyhow::Result<Report> {
+pub(crate) async fn run_all(
+    args: &BenchArgs,
+    base: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<Report> {
     let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
-    let mut r = Report { fanout_subscribers: args.subscribers, fanout_events: args.fanout_events, ..Report::default() };
+    let mut r = Report {
+        fanout_subscribers: args.subscribers,
+        fanout_events: args.fanout_events,
+        ..Report::default()
+    };
 
-    eprintln!("bench: publish over WebSocket ({} events, {} connections)", args.publish_events, args.publishers);
-    r.publish_ws_events_per_s = publish_ws(base, args.publish_events, args.publishers, &pad).await?;
-    eprintln!("bench: publish over HTTP ({} events in batches of 100)", args.publish_events);
+    eprintln!(
+        "bench: publish over WebSocket ({} events, {} connections)",
+        args.publish_events, args.publishers
+    );
+    r.publish_ws_events_per_s =
+        publish_ws(base, args.publish_events, args.publishers, &pad).await?;
+    eprintln!(
+        "bench: publish over HTTP ({} events in batches of 100)",
+        args.publish_events
+    );
     r.publish_http_batch_events_per_s = publish_http(base, args.publish_events, &pad).await?;
 
-    eprintln!("bench: fan-out ({} subscribers, {} events)", args.subscribers, args.fanout_events);
+    eprintln!(
+        "bench: fan-out ({} subscribers, {} events)",
+        args.subscribers, args.fanout_events
+    );
     let (rate, p50, p99) = fanout(base, args.subscribers, args.fanout_events, &pad).await?;
     r.fanout_deliveries_per_s = rate;
     r.fanout_latency_p50_ms = p50;
@@ -110,7 +131,12 @@ async fn publish_http(base: &str, total: u64, pad: &str) -> anyhow::Result<f64> 
     Ok((batches * 100) as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn subscribe(tx: &mut Tx, rx: &mut Rx, exchange: &str, since: Option<Value>) -> anyhow::Result<()> {
+async fn subscribe(
+    tx: &mut Tx,
+    rx: &mut Rx,
+    exchange: &str,
+    since: Option<Value>,
+) -> anyhow::Result<()> {
     let mut msg = json!({"type": "subscribe", "ref": "s", "sub": "s", "bindings": [{"exchange": exchange, "pattern": "#"}]});
     if let Some(since) = since {
         msg["since"] = since;
@@ -123,29 +149,47 @@ async fn subscribe(tx: &mut Tx, rx: &mut Rx, exchange: &str, since: Option<Value
     Ok(())
 }
 
-async fn fanout(base: &str, subscribers: usize, events: u64, pad: &str) -> anyhow::Result<(f64, f64, f64)> {
+/// Events in the paced latency phase of the fan-out test, and their rate.
+const LATENCY_EVENTS: u64 = 1000;
+const LATENCY_RATE_PER_S: u64 = 500;
+
+/// Fan-out in two phases: flat out (deliveries per second), then paced at
+/// a moderate rate (publish-to-receive latency without self-inflicted queueing).
+async fn fanout(
+    base: &str,
+    subscribers: usize,
+    events: u64,
+    pad: &str,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let total = events + LATENCY_EVENTS;
     let mut receivers = Vec::new();
     for _ in 0..subscribers {
         let (mut tx, mut rx) = connect(base).await?;
         subscribe(&mut tx, &mut rx, FANOUT_EXCHANGE, None).await?;
         receivers.push(tokio::spawn(async move {
             let _keep = tx;
-            let mut hist = Histogram::<u64>::new(3)?;
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut got = 0;
-            while got < events {
+            let mut throughput_done = Instant::now();
+            while got < total {
                 let v = next_json(&mut rx).await?;
                 if v["type"] == "event" {
-                    let sent = v["payload"]["t"].as_u64().unwrap_or(0);
-                    hist.saturating_record(now_us().saturating_sub(sent));
                     got += 1;
+                    if got == events {
+                        throughput_done = Instant::now();
+                    }
+                    if v["payload"]["lat"] == true {
+                        let sent = v["payload"]["t"].as_u64().unwrap_or(0);
+                        hist.saturating_record(now_us().saturating_sub(sent).max(1));
+                    }
                 }
             }
-            anyhow::Ok((hist, Instant::now()))
+            anyhow::Ok((hist, throughput_done))
         }));
     }
     let (mut tx, mut rx) = connect(base).await?;
     let start = Instant::now();
-    // At most `window` publishes in flight, so latency measures delivery, not a queue we built.
+    // Phase 1: at most `window` publishes in flight.
     let window = 64u64;
     let (mut sent, mut acked) = (0u64, 0u64);
     while acked < events {
@@ -159,15 +203,45 @@ async fn fanout(base: &str, subscribers: usize, events: u64, pad: &str) -> anyho
             acked += 1;
         }
     }
-    let mut all = Histogram::<u64>::new(3)?;
+    // Phase 2: paced publishing, each event stamped with its send time.
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / LATENCY_RATE_PER_S));
+    let (tx2, rx2) = (&mut tx, &mut rx);
+    let reader = async move {
+        let mut n = 0;
+        while n < LATENCY_EVENTS {
+            if next_json(rx2).await?["type"] == "published" {
+                n += 1;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let writer = async move {
+        for i in 0..LATENCY_EVENTS {
+            tick.tick().await;
+            let msg = json!({"type": "publish", "ref": i, "exchange": FANOUT_EXCHANGE, "routing_key": "x.y",
+                             "payload": {"t": now_us(), "lat": true, "pad": pad}});
+            send(tx2, msg).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (r, w) = tokio::join!(reader, writer);
+    r?;
+    w?;
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut end = start;
     for r in receivers {
-        let (h, t) = tokio::time::timeout(Duration::from_secs(120), r).await.context("fan-out receivers timed out")???;
+        let (h, t) = tokio::time::timeout(Duration::from_secs(120), r)
+            .await
+            .context("fan-out receivers timed out")???;
         all.add(h)?;
         end = end.max(t);
     }
     let rate = (events * subscribers as u64) as f64 / end.duration_since(start).as_secs_f64();
-    Ok((rate, all.value_at_quantile(0.5) as f64 / 1000.0, all.value_at_quantile(0.99) as f64 / 1000.0))
+    Ok((
+        rate,
+        all.value_at_quantile(0.5) as f64 / 1000.0,
+        all.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
 }
 
 async fn replay(base: &str, expected: u64) -> anyhow::Result<f64> {

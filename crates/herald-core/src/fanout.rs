@@ -37,7 +37,9 @@ pub struct SubSpec {
 impl SubSpec {
     /// Whether an event matches a binding and every filter.
     pub fn matches(&self, event: &Event) -> bool {
-        self.bindings.iter().any(|(x, p)| *x == event.exchange && p.matches(&event.routing_key))
+        self.bindings
+            .iter()
+            .any(|(x, p)| *x == event.exchange && p.matches(&event.routing_key))
             && self.filters.iter().all(|f| f.accepts(event))
     }
 
@@ -223,7 +225,12 @@ impl FanOut {
     /// A fan-out whose head is the log's head.
     pub fn new(head: u64) -> FanOut {
         FanOut {
-            inner: Mutex::new(Inner { head, index: PatternIndex::new(), entries: HashMap::new(), next_key: 1 }),
+            inner: Mutex::new(Inner {
+                head,
+                index: PatternIndex::new(),
+                entries: HashMap::new(),
+                next_key: 1,
+            }),
             stats: FanOutStats::default(),
         }
     }
@@ -246,7 +253,12 @@ impl FanOut {
     /// Register a subscription. `announce` runs under the fan-out lock with
     /// the head at registration, so a frame it queues (`subscribed`) precedes
     /// every live event. Returns the entry and that head.
-    pub fn register(&self, reg: Registration, start: Start, announce: impl FnOnce(u64)) -> (Arc<SubEntry>, u64) {
+    pub fn register(
+        &self,
+        reg: Registration,
+        start: Start,
+        announce: impl FnOnce(u64),
+    ) -> (Arc<SubEntry>, u64) {
         let mut inner = self.inner.lock();
         let head = inner.head;
         let (mode, cursor) = match start {
@@ -265,7 +277,10 @@ impl FanOut {
             outbox: reg.outbox,
             live: AtomicBool::new(mode == Mode::Live),
             cursor: AtomicU64::new(cursor),
-            state: Mutex::new(EntryState { mode, pause_requested: false }),
+            state: Mutex::new(EntryState {
+                mode,
+                pause_requested: false,
+            }),
             delivered: AtomicU64::new(0),
         });
         for (exchange, pattern) in &entry.spec.bindings {
@@ -281,7 +296,11 @@ impl FanOut {
     pub fn unregister(&self, entry: &SubEntry) -> u64 {
         let mut inner = self.inner.lock();
         let mut st = entry.state.lock();
-        let cursor = if st.mode == Mode::Live { inner.head } else { entry.cursor() };
+        let cursor = if st.mode == Mode::Live {
+            inner.head
+        } else {
+            entry.cursor()
+        };
         st.mode = Mode::Removed;
         entry.live.store(false, Ordering::Release);
         drop(st);
@@ -376,13 +395,19 @@ impl FanOut {
             }
             keys.clear();
             shared.clear();
-            inner.index.for_each_match(&event.exchange, &event.routing_key, |k| keys.push(*k));
+            inner
+                .index
+                .for_each_match(&event.exchange, &event.routing_key, |k| keys.push(*k));
             for key in &keys {
-                let Some(entry) = inner.entries.get(key) else { continue };
+                let Some(entry) = inner.entries.get(key) else {
+                    continue;
+                };
                 if !entry.live.load(Ordering::Acquire) {
                     continue;
                 }
-                if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.principal.admitted_by_acl(event) {
+                if !entry.spec.filters.iter().all(|f| f.accepts(event))
+                    || !entry.principal.admitted_by_acl(event)
+                {
                     continue;
                 }
                 let frame = match shared.iter().find(|(s, _)| **s == *entry.sub) {
@@ -406,8 +431,12 @@ impl FanOut {
             }
             inner.head = event.id;
         }
-        self.stats.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        self.stats
+            .events
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .deliveries
+            .fetch_add(delivered, Ordering::Relaxed);
     }
 }
 

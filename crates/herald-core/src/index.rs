@@ -19,13 +19,21 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { children: HashMap::new(), star: None, hash: None, values: Vec::new() }
+        Node {
+            children: HashMap::new(),
+            star: None,
+            hash: None,
+            values: Vec::new(),
+        }
     }
 }
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.children.is_empty() && self.star.is_none() && self.hash.is_none()
+        self.values.is_empty()
+            && self.children.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
     }
 }
 
@@ -38,7 +46,10 @@ pub struct PatternIndex<T> {
 
 impl<T> Default for PatternIndex<T> {
     fn default() -> Self {
-        PatternIndex { exchanges: HashMap::new(), len: 0 }
+        PatternIndex {
+            exchanges: HashMap::new(),
+            len: 0,
+        }
     }
 }
 
@@ -74,7 +85,9 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
 
     /// Remove one occurrence of `value` under `(exchange, pattern)`; returns whether it was there.
     pub fn remove(&mut self, exchange: &str, pattern: &Pattern, value: &T) -> bool {
-        let Some(root) = self.exchanges.get_mut(exchange) else { return false };
+        let Some(root) = self.exchanges.get_mut(exchange) else {
+            return false;
+        };
         let removed = remove_at(root, pattern.words(), value);
         if removed {
             self.len -= 1;
@@ -87,7 +100,9 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
 
     /// Call `f` once for every distinct value whose binding matches.
     pub fn for_each_match(&self, exchange: &str, routing_key: &str, mut f: impl FnMut(&T)) {
-        let Some(root) = self.exchanges.get(exchange) else { return };
+        let Some(root) = self.exchanges.get(exchange) else {
+            return;
+        };
         let words = split_words(routing_key);
         let mut out: Vec<&T> = Vec::new();
         let mut visited: HashSet<(usize, usize)> = HashSet::new();
@@ -112,13 +127,17 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
 
 fn remove_at<T: Eq>(node: &mut Node<T>, words: &[Word], value: &T) -> bool {
     let Some((first, rest)) = words.split_first() else {
-        let Some(pos) = node.values.iter().position(|v| v == value) else { return false };
+        let Some(pos) = node.values.iter().position(|v| v == value) else {
+            return false;
+        };
         node.values.swap_remove(pos);
         return true;
     };
     match first {
         Word::Lit(w) => {
-            let Some(child) = node.children.get_mut(w.as_str()) else { return false };
+            let Some(child) = node.children.get_mut(w.as_str()) else {
+                return false;
+            };
             let removed = remove_at(child, rest, value);
             if removed && child.is_empty() {
                 node.children.remove(w.as_str());
@@ -126,8 +145,14 @@ fn remove_at<T: Eq>(node: &mut Node<T>, words: &[Word], value: &T) -> bool {
             removed
         }
         Word::Star | Word::Hash => {
-            let slot = if matches!(first, Word::Star) { &mut node.star } else { &mut node.hash };
-            let Some(child) = slot.as_deref_mut() else { return false };
+            let slot = if matches!(first, Word::Star) {
+                &mut node.star
+            } else {
+                &mut node.hash
+            };
+            let Some(child) = slot.as_deref_mut() else {
+                return false;
+            };
             let removed = remove_at(child, rest, value);
             if removed && child.is_empty() {
                 *slot = None;
@@ -203,11 +228,21 @@ mod tests {
     }
 
     fn word() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just(String::new()), Just("*".to_string()), Just("#".to_string())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just(String::new()),
+            Just("*".to_string()),
+            Just("#".to_string())
+        ]
     }
 
     fn key_word() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just(String::new())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just(String::new())
+        ]
     }
 
     proptest! {

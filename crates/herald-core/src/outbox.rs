@@ -90,8 +90,12 @@ impl Outbox {
             let dropped: usize = st.frames.drain(..).map(|f| f.cost()).sum();
             st.bytes -= dropped;
             st.closed = true;
-            st.frames.push_back(Frame::Text(self.slow_consumer_frame.clone()));
-            st.frames.push_back(Frame::Close(self.slow_consumer_close.0, self.slow_consumer_close.1.clone()));
+            st.frames
+                .push_back(Frame::Text(self.slow_consumer_frame.clone()));
+            st.frames.push_back(Frame::Close(
+                self.slow_consumer_close.0,
+                self.slow_consumer_close.1.clone(),
+            ));
             drop(st);
             self.ready.notify_one();
             self.space.notify_waiters();
@@ -178,10 +182,20 @@ mod tests {
 
     #[test]
     fn overflow_closes_and_drops() {
-        let o = Outbox::new(10, Bytes::from_static(b"slow"), (4408, "slow consumer".into()));
+        let o = Outbox::new(
+            10,
+            Bytes::from_static(b"slow"),
+            (4408, "slow consumer".into()),
+        );
         assert!(o.push(Frame::Text(Bytes::from_static(b"12345"))).is_ok());
-        assert_eq!(o.push(Frame::Text(Bytes::from_static(b"123456"))), Err(Overflow::SlowConsumer));
-        assert_eq!(o.push(Frame::Text(Bytes::from_static(b"1"))), Err(Overflow::Closed));
+        assert_eq!(
+            o.push(Frame::Text(Bytes::from_static(b"123456"))),
+            Err(Overflow::SlowConsumer)
+        );
+        assert_eq!(
+            o.push(Frame::Text(Bytes::from_static(b"1"))),
+            Err(Overflow::Closed)
+        );
         let mut out = Vec::new();
         o.take(&mut out);
         assert_eq!(out.len(), 2);
@@ -192,12 +206,14 @@ mod tests {
     #[test]
     fn bytes_are_freed_after_write() {
         let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
-        o.push(Frame::Text(Bytes::from_static(b"12345678"))).expect("fits");
+        o.push(Frame::Text(Bytes::from_static(b"12345678")))
+            .expect("fits");
         let mut out = Vec::new();
         o.take(&mut out);
         assert_eq!(o.queued_bytes(), 8);
         o.written(&out);
         assert_eq!(o.queued_bytes(), 0);
-        o.push(Frame::Text(Bytes::from_static(b"12345678"))).expect("fits again");
+        o.push(Frame::Text(Bytes::from_static(b"12345678")))
+            .expect("fits again");
     }
 }

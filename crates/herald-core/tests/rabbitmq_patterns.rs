@@ -7,8 +7,8 @@
 
 use herald_core::{Pattern, PatternIndex};
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -34,27 +34,53 @@ fn sequences(alphabet: &[&str], max_len: usize) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn matcher_agrees_with_rabbitmq() {
-    let url = std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let conn = Connection::connect(&url, ConnectionProperties::default()).await.expect("RabbitMQ must be running for this test");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-    let exchange = format!("herald-test-patterns-{}", std::process::id());
-    ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions::default(), FieldTable::default())
+    let url = std::env::var("HERALD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
-        .expect("exchange");
+        .expect("RabbitMQ must be running for this test");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let exchange = format!("herald-test-patterns-{}", std::process::id());
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("exchange");
 
-    let patterns: Vec<String> = sequences(&["a", "b", "", "*", "#", "a*"], 3).into_iter().collect();
+    let patterns: Vec<String> = sequences(&["a", "b", "", "*", "#", "a*"], 3)
+        .into_iter()
+        .collect();
     let keys: Vec<String> = sequences(&["a", "b", "", "a*"], 3).into_iter().collect();
     let mut queues = Vec::new();
     let mut index = PatternIndex::new();
     for (i, p) in patterns.iter().enumerate() {
         let q = ch
-            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .expect("queue");
-        ch.queue_bind(q.name().clone(), exchange.as_str().into(), p.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .expect("bind");
+        ch.queue_bind(
+            q.name().clone(),
+            exchange.as_str().into(),
+            p.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
         queues.push(q.name().clone());
         index.insert("x", &Pattern::parse(p).expect("pattern"), i);
     }
@@ -80,7 +106,10 @@ async fn matcher_agrees_with_rabbitmq() {
             .await
             .expect("get")
         {
-            let k: usize = std::str::from_utf8(&msg.delivery.data).expect("utf8").parse().expect("index");
+            let k: usize = std::str::from_utf8(&msg.delivery.data)
+                .expect("utf8")
+                .parse()
+                .expect("index");
             routed.insert(k);
         }
         let pattern = Pattern::parse(&patterns[i]).expect("pattern");
@@ -90,12 +119,27 @@ async fn matcher_agrees_with_rabbitmq() {
             let ours = pattern.matches(key);
             let indexed = index.matches("x", key).contains(&i);
             if rabbit != ours || rabbit != indexed {
-                mismatches.push(format!("pattern {:?} key {:?}: rabbitmq {rabbit}, matcher {ours}, index {indexed}", patterns[i], key));
+                mismatches.push(format!(
+                    "pattern {:?} key {:?}: rabbitmq {rabbit}, matcher {ours}, index {indexed}",
+                    patterns[i], key
+                ));
             }
         }
     }
-    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.expect("cleanup");
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("cleanup");
     let _ = conn.close(200, "done".into()).await;
     assert!(checked > 10_000, "{checked}");
-    assert!(mismatches.is_empty(), "{} mismatches, e.g.:\n{}", mismatches.len(), mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches, e.g.:\n{}",
+        mismatches.len(),
+        mismatches
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -82,9 +82,11 @@ pub mod opt_duration {
         let s: Option<String> = Option::deserialize(d)?;
         match s.as_deref() {
             None | Some("none") | Some("") => Ok(None),
-            Some(s) => humantime::parse_duration(s)
-                .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 90s, 15m, 12h, 7d)"))),
+            Some(s) => humantime::parse_duration(s).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration `{s}`: {e} (use e.g. 90s, 15m, 12h, 7d)"
+                ))
+            }),
         }
     }
 }

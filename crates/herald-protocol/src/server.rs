@@ -161,7 +161,9 @@ pub enum ServerMessage {
 /// Encode a server message as one JSON text frame.
 pub fn encode(msg: &ServerMessage) -> String {
     // Serialising these plain structs cannot fail: every map key is a string.
-    serde_json::to_string(msg).unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#))
+    serde_json::to_string(msg).unwrap_or_else(|_| {
+        String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#)
+    })
 }
 
 /// The subscription-independent part of an `event` frame.
@@ -207,7 +209,14 @@ mod tests {
     #[test]
     fn event_frame_is_valid_json() {
         let payload = RawValue::from_string("{\"a\":1}".into()).expect("raw");
-        let body = EventBody { id: 7, exchange: "x", routing_key: "a.b", time: "2026-01-01T00:00:00Z", payload: &payload, headers: None };
+        let body = EventBody {
+            id: 7,
+            exchange: "x",
+            routing_key: "a.b",
+            time: "2026-01-01T00:00:00Z",
+            payload: &payload,
+            headers: None,
+        };
         let frame = format!("{}{}", event_frame_prefix("s\"1"), body.encode_tail());
         let v: Value = serde_json::from_str(&frame).expect("json");
         assert_eq!(v["type"], "event");
@@ -218,7 +227,15 @@ mod tests {
 
     #[test]
     fn error_encoding() {
-        let s = encode(&ServerMessage::Error { reference: Some(Ref::Num(3)), sub: None, code: ErrorCode::BadRequest, message: "x".into() });
-        assert_eq!(s, r#"{"type":"error","ref":3,"code":"bad_request","message":"x"}"#);
+        let s = encode(&ServerMessage::Error {
+            reference: Some(Ref::Num(3)),
+            sub: None,
+            code: ErrorCode::BadRequest,
+            message: "x".into(),
+        });
+        assert_eq!(
+            s,
+            r#"{"type":"error","ref":3,"code":"bad_request","message":"x"}"#
+        );
     }
 }

@@ -95,7 +95,9 @@ impl Default for LimitsConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { ttl: Duration::from_secs(120) }
+        SessionConfig {
+            ttl: Duration::from_secs(120),
+        }
     }
 }
 
@@ -104,7 +106,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = self.log.validate();
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!("listen: `{}` is not an address such as 127.0.0.1:7070", self.listen));
+            p.push(format!(
+                "listen: `{}` is not an address such as 127.0.0.1:7070",
+                self.listen
+            ));
         }
         let l = &self.limits;
         for (name, v) in [
@@ -154,7 +159,10 @@ mod duration {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)"
+            ))
+        })
     }
 }

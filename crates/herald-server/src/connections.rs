@@ -27,7 +27,10 @@ pub(crate) struct Connections {
 impl Connections {
     pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64) -> (u64, Arc<ConnHandle>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let handle = Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms) });
+        let handle = Arc::new(ConnHandle {
+            outbox,
+            last_seen_ms: AtomicU64::new(now_ms),
+        });
         self.map.lock().insert(id, handle.clone());
         (id, handle)
     }

@@ -28,7 +28,12 @@ pub(crate) struct Inner {
 }
 
 impl AppState {
-    pub(crate) fn new(config: Config, log: Arc<dyn EventLog>, fanout: Arc<FanOut>, draining: watch::Receiver<bool>) -> AppState {
+    pub(crate) fn new(
+        config: Config,
+        log: Arc<dyn EventLog>,
+        fanout: Arc<FanOut>,
+        draining: watch::Receiver<bool>,
+    ) -> AppState {
         let sessions = SessionTable::new(config.session.ttl);
         AppState {
             inner: Arc::new(Inner {
@@ -75,4 +80,7 @@ impl Inner {
 }
 
 /// Server identification sent in `welcome`.
-pub(crate) const SERVER_INFO: ServerInfo = ServerInfo { name: "herald", version: env!("CARGO_PKG_VERSION") };
+pub(crate) const SERVER_INFO: ServerInfo = ServerInfo {
+    name: "herald",
+    version: env!("CARGO_PKG_VERSION"),
+};

@@ -39,7 +39,13 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
             GoLive::Behind(head) => head,
         };
         let cursor = entry.cursor();
-        let query = ReadQuery { exchanges: Some(exchanges.clone()), after: cursor, upto: target, limit: CHUNK, newest_first: false };
+        let query = ReadQuery {
+            exchanges: Some(exchanges.clone()),
+            after: cursor,
+            upto: target,
+            limit: CHUNK,
+            newest_first: false,
+        };
         let events = match s.log.read(query).await {
             Ok(events) => events,
             Err(e) => {
@@ -50,7 +56,9 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
                     code: ErrorCode::Internal,
                     message: "history could not be read; reconnect to resume".into(),
                 });
-                entry.outbox.close_with(Some(msg.into()), 1011, "internal error");
+                entry
+                    .outbox
+                    .close_with(Some(msg.into()), 1011, "internal error");
                 return;
             }
         };

@@ -18,7 +18,10 @@ pub(crate) async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let max = state.get().config.limits.max_frame_bytes;
-    ws.max_message_size(max.saturating_mul(4))
+    // Small socket buffers keep idle connections cheap; they grow while busy.
+    ws.read_buffer_size(4096)
+        .write_buffer_size(32 * 1024)
+        .max_message_size(max.saturating_mul(4))
         .max_frame_size(max.saturating_mul(4))
         .on_upgrade(move |socket| connection::run(socket, state, peer))
 }
