@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Make sure the services the tests talk to are installed and running.
+# Safe to run again: it installs only what is missing and starts only what is stopped.
+set -euo pipefail
+
+log() { echo "services: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2 tries=${3:-120}
+  for _ in $(seq "$tries"); do
+    if port_open "$port"; then return 0; fi
+    sleep 1
+  done
+  log "$name did not open port $port"; return 1
+}
+
+APT_UPDATED=0
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then log "need root to install $*"; return 1; fi
+  if [ "$APT_UPDATED" = 0 ]; then apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then return 0; fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "installing RabbitMQ"; apt_install rabbitmq-server
+  fi
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_port 5672 RabbitMQ
+  rabbitmqctl await_startup >/dev/null 2>&1 || true
+}
+
+ensure_rabbitmq
+log "ready"

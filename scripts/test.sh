@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run every Herald test, setting up whatever the tests need first.
+# This is the command the README names and that CI (.ci/run) calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component" || { echo "test: cannot install $component" >&2; exit 1; }
+  fi
+done
+
+echo "== format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== tests"
+cargo test --workspace --locked
