@@ -19,12 +19,9 @@ pub(crate) fn ws_url(base: &str) -> String {
 
 /// Connect and say hello; returns the split socket after `welcome`.
 pub(crate) async fn connect(base: &str) -> anyhow::Result<(Tx, Rx)> {
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url(base))
-        .await
-        .context("connect")?;
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(base)).await.context("connect")?;
     let (mut tx, mut rx) = ws.split();
-    tx.send(Message::text(json!({"type": "hello"}).to_string()))
-        .await?;
+    tx.send(Message::text(json!({"type": "hello"}).to_string())).await?;
     let welcome = next_json(&mut rx).await?;
     if welcome["type"] != "welcome" {
         bail!("expected welcome, got {welcome}");

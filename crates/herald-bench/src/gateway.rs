@@ -24,20 +24,11 @@ impl Gateway {
             .context("cannot start the gateway")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next_line()
-            .await?
-            .context("the gateway exited before listening")?;
-        let base_url = first
-            .strip_prefix("herald listening on ")
-            .context("unexpected first line from the gateway")?
-            .to_string();
+        let first = lines.next_line().await?.context("the gateway exited before listening")?;
+        let base_url =
+            first.strip_prefix("herald listening on ").context("unexpected first line from the gateway")?.to_string();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Gateway {
-            child,
-            base_url,
-            _data: data,
-        })
+        Ok(Gateway { child, base_url, _data: data })
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -46,11 +37,7 @@ impl Gateway {
 
     pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(15), self.child.wait()).await;
         let _ = self.child.kill().await;

@@ -101,14 +101,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn print_report(r: &Report) {
     println!("herald bench");
-    println!(
-        "  publish, WebSocket pipelined:   {:>12.0} events/s",
-        r.publish_ws_events_per_s
-    );
-    println!(
-        "  publish, HTTP batches of 100:   {:>12.0} events/s",
-        r.publish_http_batch_events_per_s
-    );
+    println!("  publish, WebSocket pipelined:   {:>12.0} events/s", r.publish_ws_events_per_s);
+    println!("  publish, HTTP batches of 100:   {:>12.0} events/s", r.publish_http_batch_events_per_s);
     println!(
         "  fan-out, 1 -> {} subscribers:  {:>12.0} deliveries/s ({} events)",
         r.fanout_subscribers, r.fanout_deliveries_per_s, r.fanout_events
@@ -117,15 +111,9 @@ fn print_report(r: &Report) {
         "  fan-out latency at 500 ev/s:    {:>8.2} ms p50 / {:.2} ms p99 (publish -> durable -> delivered)",
         r.fanout_latency_p50_ms, r.fanout_latency_p99_ms
     );
-    println!(
-        "  replay to one subscriber:       {:>12.0} events/s",
-        r.replay_events_per_s
-    );
+    println!("  replay to one subscriber:       {:>12.0} events/s", r.replay_events_per_s);
     match r.idle_bytes_per_connection {
-        Some(b) => println!(
-            "  memory per idle connection:     {:>12.0} bytes ({} connections)",
-            b, r.idle_connections
-        ),
+        Some(b) => println!("  memory per idle connection:     {:>12.0} bytes ({} connections)", b, r.idle_connections),
         None => println!("  memory per idle connection:     not measured"),
     }
 }

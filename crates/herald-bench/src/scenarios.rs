@@ -14,44 +14,23 @@ const PUBLISH_EXCHANGE: &str = "bench.publish";
 const FANOUT_EXCHANGE: &str = "bench.fanout";
 
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn payload(pad: &str) -> Value {
     json!({"t": now_us(), "pad": pad})
 }
 
-pub(crate) async fn run_all(
-    args: &BenchArgs,
-    base: &str,
-    pid: Option<u32>,
-) -> anyhow::Result<Report> {
+pub(crate) async fn run_all(args: &BenchArgs, base: &str, pid: Option<u32>) -> anyhow::Result<Report> {
     let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
-    let mut r = Report {
-        fanout_subscribers: args.subscribers,
-        fanout_events: args.fanout_events,
-        ..Report::default()
-    };
+    let mut r = Report { fanout_subscribers: args.subscribers, fanout_events: args.fanout_events, ..Report::default() };
 
-    eprintln!(
-        "bench: publish over WebSocket ({} events, {} connections)",
-        args.publish_events, args.publishers
-    );
-    r.publish_ws_events_per_s =
-        publish_ws(base, args.publish_events, args.publishers, &pad).await?;
-    eprintln!(
-        "bench: publish over HTTP ({} events in batches of 100)",
-        args.publish_events
-    );
+    eprintln!("bench: publish over WebSocket ({} events, {} connections)", args.publish_events, args.publishers);
+    r.publish_ws_events_per_s = publish_ws(base, args.publish_events, args.publishers, &pad).await?;
+    eprintln!("bench: publish over HTTP ({} events in batches of 100)", args.publish_events);
     r.publish_http_batch_events_per_s = publish_http(base, args.publish_events, &pad).await?;
 
-    eprintln!(
-        "bench: fan-out ({} subscribers, {} events)",
-        args.subscribers, args.fanout_events
-    );
+    eprintln!("bench: fan-out ({} subscribers, {} events)", args.subscribers, args.fanout_events);
     let (rate, p50, p99) = fanout(base, args.subscribers, args.fanout_events, &pad).await?;
     r.fanout_deliveries_per_s = rate;
     r.fanout_latency_p50_ms = p50;
@@ -113,8 +92,9 @@ async fn publish_http(base: &str, total: u64, pad: &str) -> anyhow::Result<f64> 
     let mut tasks = Vec::new();
     for _ in 0..batches {
         let permit = sem.clone().acquire_owned().await?;
-        let body: Vec<Value> =
-            (0..100).map(|_| json!({"exchange": PUBLISH_EXCHANGE, "routing_key": "a.c", "payload": payload(pad)})).collect();
+        let body: Vec<Value> = (0..100)
+            .map(|_| json!({"exchange": PUBLISH_EXCHANGE, "routing_key": "a.c", "payload": payload(pad)}))
+            .collect();
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let resp = client.post(&url).json(&body).send().await?;
@@ -131,13 +111,9 @@ async fn publish_http(base: &str, total: u64, pad: &str) -> anyhow::Result<f64> 
     Ok((batches * 100) as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn subscribe(
-    tx: &mut Tx,
-    rx: &mut Rx,
-    exchange: &str,
-    since: Option<Value>,
-) -> anyhow::Result<()> {
-    let mut msg = json!({"type": "subscribe", "ref": "s", "sub": "s", "bindings": [{"exchange": exchange, "pattern": "#"}]});
+async fn subscribe(tx: &mut Tx, rx: &mut Rx, exchange: &str, since: Option<Value>) -> anyhow::Result<()> {
+    let mut msg =
+        json!({"type": "subscribe", "ref": "s", "sub": "s", "bindings": [{"exchange": exchange, "pattern": "#"}]});
     if let Some(since) = since {
         msg["since"] = since;
     }
@@ -155,12 +131,7 @@ const LATENCY_RATE_PER_S: u64 = 500;
 
 /// Fan-out in two phases: flat out (deliveries per second), then paced at
 /// a moderate rate (publish-to-receive latency without self-inflicted queueing).
-async fn fanout(
-    base: &str,
-    subscribers: usize,
-    events: u64,
-    pad: &str,
-) -> anyhow::Result<(f64, f64, f64)> {
+async fn fanout(base: &str, subscribers: usize, events: u64, pad: &str) -> anyhow::Result<(f64, f64, f64)> {
     let total = events + LATENCY_EVENTS;
     let mut receivers = Vec::new();
     for _ in 0..subscribers {
@@ -230,18 +201,13 @@ async fn fanout(
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut end = start;
     for r in receivers {
-        let (h, t) = tokio::time::timeout(Duration::from_secs(120), r)
-            .await
-            .context("fan-out receivers timed out")???;
+        let (h, t) =
+            tokio::time::timeout(Duration::from_secs(120), r).await.context("fan-out receivers timed out")???;
         all.add(h)?;
         end = end.max(t);
     }
     let rate = (events * subscribers as u64) as f64 / end.duration_since(start).as_secs_f64();
-    Ok((
-        rate,
-        all.value_at_quantile(0.5) as f64 / 1000.0,
-        all.value_at_quantile(0.99) as f64 / 1000.0,
-    ))
+    Ok((rate, all.value_at_quantile(0.5) as f64 / 1000.0, all.value_at_quantile(0.99) as f64 / 1000.0))
 }
 
 async fn replay(base: &str, expected: u64) -> anyhow::Result<f64> {

@@ -79,16 +79,13 @@ impl NewEvent {
         }
         let size = self.payload.get().len();
         if size > max_payload_bytes {
-            return Err(EventError::PayloadTooLarge {
-                size,
-                limit: max_payload_bytes,
-            });
+            return Err(EventError::PayloadTooLarge { size, limit: max_payload_bytes });
         }
         if let Some(acl) = &self.acl {
             for entry in acl {
-                let ok = entry.split_once(':').is_some_and(|(kind, name)| {
-                    (kind == "user" || kind == "group") && !name.is_empty()
-                });
+                let ok = entry
+                    .split_once(':')
+                    .is_some_and(|(kind, name)| (kind == "user" || kind == "group") && !name.is_empty());
                 if !ok {
                     return Err(EventError::BadAcl(entry.chars().take(64).collect()));
                 }
@@ -147,8 +144,7 @@ impl Event {
 
     /// The payload as a parsed JSON value (parsed once, then cached).
     pub fn payload_value(&self) -> &Value {
-        self.parsed
-            .get_or_init(|| serde_json::from_str(self.payload.get()).unwrap_or(Value::Null))
+        self.parsed.get_or_init(|| serde_json::from_str(self.payload.get()).unwrap_or(Value::Null))
     }
 
     /// The time as RFC 3339 with microseconds, UTC.
@@ -176,10 +172,7 @@ impl Event {
 
 /// Microseconds since the epoch, now.
 pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Format microseconds since the epoch as RFC 3339 UTC.
@@ -190,9 +183,7 @@ pub fn format_time_us(us: u64) -> String {
 /// Parse an RFC 3339 timestamp into microseconds since the epoch.
 pub fn parse_time_us(s: &str) -> Option<u64> {
     let t = humantime::parse_rfc3339_weak(s).ok()?;
-    t.duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_micros() as u64)
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

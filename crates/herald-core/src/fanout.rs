@@ -37,9 +37,7 @@ pub struct SubSpec {
 impl SubSpec {
     /// Whether an event matches a binding and every filter.
     pub fn matches(&self, event: &Event) -> bool {
-        self.bindings
-            .iter()
-            .any(|(x, p)| *x == event.exchange && p.matches(&event.routing_key))
+        self.bindings.iter().any(|(x, p)| *x == event.exchange && p.matches(&event.routing_key))
             && self.filters.iter().all(|f| f.accepts(event))
     }
 
@@ -188,8 +186,8 @@ pub struct FanOutStats {
     pub events: AtomicU64,
     /// Frames pushed to outboxes.
     pub deliveries: AtomicU64,
-    /// Clients closed because their outbox overflowed.
-    pub slow_consumers: AtomicU64,
+    /// Times a live subscription fell behind and switched to reading from the log.
+    pub lagged: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -225,12 +223,7 @@ impl FanOut {
     /// A fan-out whose head is the log's head.
     pub fn new(head: u64) -> FanOut {
         FanOut {
-            inner: Mutex::new(Inner {
-                head,
-                index: PatternIndex::new(),
-                entries: HashMap::new(),
-                next_key: 1,
-            }),
+            inner: Mutex::new(Inner { head, index: PatternIndex::new(), entries: HashMap::new(), next_key: 1 }),
             stats: FanOutStats::default(),
         }
     }
@@ -253,12 +246,7 @@ impl FanOut {
     /// Register a subscription. `announce` runs under the fan-out lock with
     /// the head at registration, so a frame it queues (`subscribed`) precedes
     /// every live event. Returns the entry and that head.
-    pub fn register(
-        &self,
-        reg: Registration,
-        start: Start,
-        announce: impl FnOnce(u64),
-    ) -> (Arc<SubEntry>, u64) {
+    pub fn register(&self, reg: Registration, start: Start, announce: impl FnOnce(u64)) -> (Arc<SubEntry>, u64) {
         let mut inner = self.inner.lock();
         let head = inner.head;
         let (mode, cursor) = match start {
@@ -277,10 +265,7 @@ impl FanOut {
             outbox: reg.outbox,
             live: AtomicBool::new(mode == Mode::Live),
             cursor: AtomicU64::new(cursor),
-            state: Mutex::new(EntryState {
-                mode,
-                pause_requested: false,
-            }),
+            state: Mutex::new(EntryState { mode, pause_requested: false }),
             delivered: AtomicU64::new(0),
         });
         for (exchange, pattern) in &entry.spec.bindings {
@@ -296,11 +281,7 @@ impl FanOut {
     pub fn unregister(&self, entry: &SubEntry) -> u64 {
         let mut inner = self.inner.lock();
         let mut st = entry.state.lock();
-        let cursor = if st.mode == Mode::Live {
-            inner.head
-        } else {
-            entry.cursor()
-        };
+        let cursor = if st.mode == Mode::Live { inner.head } else { entry.cursor() };
         st.mode = Mode::Removed;
         entry.live.store(false, Ordering::Release);
         drop(st);
@@ -382,7 +363,12 @@ impl FanOut {
     }
 
     /// Dispatch a committed batch (ids ascending, all above the head).
-    pub fn dispatch(&self, batch: &[Arc<Event>]) {
+    ///
+    /// Returns the subscriptions that fell behind: an event did not fit in
+    /// their client's outbox, so they were switched to catching up from the
+    /// log just before that event. The caller starts a catch-up task for each.
+    pub fn dispatch(&self, batch: &[Arc<Event>]) -> Vec<Arc<SubEntry>> {
+        let mut lagging = Vec::new();
         let mut inner = self.inner.lock();
         let mut keys: Vec<u64> = Vec::new();
         // Frames already encoded for this event, by subscription id: most
@@ -395,9 +381,7 @@ impl FanOut {
             }
             keys.clear();
             shared.clear();
-            inner
-                .index
-                .for_each_match(&event.exchange, &event.routing_key, |k| keys.push(*k));
+            inner.index.for_each_match(&event.exchange, &event.routing_key, |k| keys.push(*k));
             for key in &keys {
                 let Some(entry) = inner.entries.get(key) else {
                     continue;
@@ -405,9 +389,7 @@ impl FanOut {
                 if !entry.live.load(Ordering::Acquire) {
                     continue;
                 }
-                if !entry.spec.filters.iter().all(|f| f.accepts(event))
-                    || !entry.principal.admitted_by_acl(event)
-                {
+                if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.principal.admitted_by_acl(event) {
                     continue;
                 }
                 let frame = match shared.iter().find(|(s, _)| **s == *entry.sub) {
@@ -418,25 +400,32 @@ impl FanOut {
                         b
                     }
                 };
-                match entry.outbox.push(Frame::Text(frame)) {
+                match entry.outbox.offer(Frame::Text(frame)) {
                     Ok(()) => {
                         delivered += 1;
                         entry.delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(Overflow::SlowConsumer) => {
-                        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    Err(Overflow::Full) => {
+                        // The client is behind: it continues from the log at
+                        // its own pace, from just before this event.
+                        let mut st = entry.state.lock();
+                        if st.mode == Mode::Live {
+                            entry.live.store(false, Ordering::Release);
+                            entry.set_cursor(event.id - 1);
+                            st.mode = Mode::CatchingUp;
+                            drop(st);
+                            self.stats.lagged.fetch_add(1, Ordering::Relaxed);
+                            lagging.push(entry.clone());
+                        }
                     }
-                    Err(Overflow::Closed) => {}
+                    Err(Overflow::SlowConsumer | Overflow::Closed) => {}
                 }
             }
             inner.head = event.id;
         }
-        self.stats
-            .events
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.stats
-            .deliveries
-            .fetch_add(delivered, Ordering::Relaxed);
+        self.stats.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        lagging
     }
 }
 
@@ -499,5 +488,20 @@ mod tests {
         assert!(fan.resume(&e));
         assert_eq!(fan.unregister(&e), 4);
         assert!(fan.is_empty());
+    }
+
+    #[test]
+    fn a_full_outbox_switches_the_subscription_to_the_log() {
+        let fan = FanOut::new(0);
+        let o = Arc::new(Outbox::new(200, Bytes::new(), (4408, String::new())));
+        let (e, _) = fan.register(reg(&o, "#"), Start::Live, |_| {});
+        let batch: Vec<_> = (1..=10).map(|i| event(i, "k")).collect();
+        let lagging = fan.dispatch(&batch);
+        assert_eq!(lagging.len(), 1);
+        let queued = count(&o) as u64;
+        assert!(queued >= 1 && queued < 10, "{queued}");
+        assert_eq!(e.mode(), Mode::CatchingUp);
+        assert_eq!(e.cursor(), queued, "catch-up resumes right after the last queued event");
+        assert_eq!(fan.stats.lagged.load(Ordering::Relaxed), 1);
     }
 }

@@ -33,9 +33,7 @@ pub enum FilterError {
         field: String,
     },
     /// Unknown operator.
-    #[error(
-        "filter #{index}: unknown operator `{op}` (use =, !=, <, <=, >, >=, in, not in, exists)"
-    )]
+    #[error("filter #{index}: unknown operator `{op}` (use =, !=, <, <=, >, >=, in, not in, exists)")]
     UnknownOp {
         /// Position of the filter.
         index: usize,
@@ -85,11 +83,7 @@ pub struct Filter {
 impl Filter {
     /// Compile the `filters` array of a subscription.
     pub fn compile_all(specs: &[Value]) -> Result<Vec<Filter>, FilterError> {
-        specs
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Filter::compile(i, v))
-            .collect()
+        specs.iter().enumerate().map(|(i, v)| Filter::compile(i, v)).collect()
     }
 
     /// Compile one `[field, op, value]` triple; `index` is used in errors.
@@ -110,12 +104,7 @@ impl Filter {
             "time" => Field::Time,
             "payload" => Field::Payload(String::new()),
             f if f.starts_with("payload/") => Field::Payload(f["payload".len()..].to_string()),
-            other => {
-                return Err(FilterError::UnknownField {
-                    index,
-                    field: other.chars().take(64).collect(),
-                })
-            }
+            other => return Err(FilterError::UnknownField { index, field: other.chars().take(64).collect() }),
         };
         let op = match op.as_str() {
             "=" => Op::Eq,
@@ -127,17 +116,9 @@ impl Filter {
             "in" => Op::In,
             "not in" => Op::NotIn,
             "exists" => Op::Exists,
-            other => {
-                return Err(FilterError::UnknownOp {
-                    index,
-                    op: other.chars().take(64).collect(),
-                })
-            }
+            other => return Err(FilterError::UnknownOp { index, op: other.chars().take(64).collect() }),
         };
-        let bad = |reason: &str| FilterError::BadValue {
-            index,
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| FilterError::BadValue { index, reason: reason.to_string() };
         let mut value = match (op, parts.get(2)) {
             (Op::Exists, None) => Value::Bool(true),
             (Op::Exists, Some(Value::Bool(b))) => Value::Bool(*b),
@@ -158,9 +139,9 @@ impl Filter {
         if field == Field::Time {
             // Compare times as microseconds, so that any RFC 3339 spelling works.
             let to_us = |v: &Value| match v {
-                Value::String(s) => parse_time_us(s)
-                    .map(Value::from)
-                    .ok_or_else(|| bad("time values must be RFC 3339")),
+                Value::String(s) => {
+                    parse_time_us(s).map(Value::from).ok_or_else(|| bad("time values must be RFC 3339"))
+                }
                 _ => Err(bad("time values must be RFC 3339 strings")),
             };
             value = match value {
@@ -194,31 +175,18 @@ impl Filter {
             Field::Payload(ptr) => event.payload_value().pointer(ptr),
         };
         let Some(actual) = actual else {
-            return matches!(self.op, Op::Ne | Op::NotIn)
-                || self.value == Value::Bool(false) && self.op == Op::Exists;
+            return matches!(self.op, Op::Ne | Op::NotIn) || self.value == Value::Bool(false) && self.op == Op::Exists;
         };
         match self.op {
             Op::Exists => self.value == Value::Bool(true),
             Op::Eq => equal(actual, &self.value),
             Op::Ne => !equal(actual, &self.value),
-            Op::In => self
-                .value
-                .as_array()
-                .is_some_and(|a| a.iter().any(|v| equal(actual, v))),
-            Op::NotIn => !self
-                .value
-                .as_array()
-                .is_some_and(|a| a.iter().any(|v| equal(actual, v))),
+            Op::In => self.value.as_array().is_some_and(|a| a.iter().any(|v| equal(actual, v))),
+            Op::NotIn => !self.value.as_array().is_some_and(|a| a.iter().any(|v| equal(actual, v))),
             Op::Lt => order(actual, &self.value) == Some(Ordering::Less),
-            Op::Le => matches!(
-                order(actual, &self.value),
-                Some(Ordering::Less | Ordering::Equal)
-            ),
+            Op::Le => matches!(order(actual, &self.value), Some(Ordering::Less | Ordering::Equal)),
             Op::Gt => order(actual, &self.value) == Some(Ordering::Greater),
-            Op::Ge => matches!(
-                order(actual, &self.value),
-                Some(Ordering::Greater | Ordering::Equal)
-            ),
+            Op::Ge => matches!(order(actual, &self.value), Some(Ordering::Greater | Ordering::Equal)),
         }
     }
 }
@@ -278,37 +246,16 @@ mod tests {
         assert!(f(json!(["routing_key", "=", "a.b"])).accepts(&e));
         assert!(f(json!(["id", ">=", 5])).accepts(&e));
         assert!(f(json!(["time", "<", "2000-01-01T00:00:00Z"])).accepts(&e));
-        assert!(
-            !f(json!(["payload/s", ">", 1])).accepts(&e),
-            "mixed types never order"
-        );
+        assert!(!f(json!(["payload/s", ">", 1])).accepts(&e), "mixed types never order");
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(
-            Filter::compile(0, &json!(["nope", "=", 1])),
-            Err(FilterError::UnknownField { .. })
-        ));
-        assert!(matches!(
-            Filter::compile(0, &json!(["id", "~", 1])),
-            Err(FilterError::UnknownOp { .. })
-        ));
-        assert!(matches!(
-            Filter::compile(0, &json!(["id", "in", 1])),
-            Err(FilterError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Filter::compile(0, &json!(["time", ">", "yesterday"])),
-            Err(FilterError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Filter::compile(0, &json!("id")),
-            Err(FilterError::Shape(0))
-        ));
-        assert!(matches!(
-            Filter::compile(0, &json!(["id", "="])),
-            Err(FilterError::BadValue { .. })
-        ));
+        assert!(matches!(Filter::compile(0, &json!(["nope", "=", 1])), Err(FilterError::UnknownField { .. })));
+        assert!(matches!(Filter::compile(0, &json!(["id", "~", 1])), Err(FilterError::UnknownOp { .. })));
+        assert!(matches!(Filter::compile(0, &json!(["id", "in", 1])), Err(FilterError::BadValue { .. })));
+        assert!(matches!(Filter::compile(0, &json!(["time", ">", "yesterday"])), Err(FilterError::BadValue { .. })));
+        assert!(matches!(Filter::compile(0, &json!("id")), Err(FilterError::Shape(0))));
+        assert!(matches!(Filter::compile(0, &json!(["id", "="])), Err(FilterError::BadValue { .. })));
     }
 }

@@ -19,21 +19,13 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node {
-            children: HashMap::new(),
-            star: None,
-            hash: None,
-            values: Vec::new(),
-        }
+        Node { children: HashMap::new(), star: None, hash: None, values: Vec::new() }
     }
 }
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.values.is_empty()
-            && self.children.is_empty()
-            && self.star.is_none()
-            && self.hash.is_none()
+        self.values.is_empty() && self.children.is_empty() && self.star.is_none() && self.hash.is_none()
     }
 }
 
@@ -46,10 +38,7 @@ pub struct PatternIndex<T> {
 
 impl<T> Default for PatternIndex<T> {
     fn default() -> Self {
-        PatternIndex {
-            exchanges: HashMap::new(),
-            len: 0,
-        }
+        PatternIndex { exchanges: HashMap::new(), len: 0 }
     }
 }
 
@@ -145,11 +134,7 @@ fn remove_at<T: Eq>(node: &mut Node<T>, words: &[Word], value: &T) -> bool {
             removed
         }
         Word::Star | Word::Hash => {
-            let slot = if matches!(first, Word::Star) {
-                &mut node.star
-            } else {
-                &mut node.hash
-            };
+            let slot = if matches!(first, Word::Star) { &mut node.star } else { &mut node.hash };
             let Some(child) = slot.as_deref_mut() else {
                 return false;
             };
@@ -238,11 +223,7 @@ mod tests {
     }
 
     fn key_word() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("a".to_string()),
-            Just("b".to_string()),
-            Just(String::new())
-        ]
+        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just(String::new())]
     }
 
     proptest! {

@@ -1,17 +1,25 @@
 //! [`Outbox`]: the bounded queue of frames waiting to be written to one client.
 //!
-//! Producers (the fan-out, replays, command replies) push without waiting;
-//! one writer task drains. The queue is bounded in bytes: a push that would
-//! exceed the bound closes the client as a slow consumer, drops what was
-//! queued for it and tells it why. So one client that does not read costs at
-//! most its bound, and never slows the fan-out for anyone else.
+//! Producers never wait; one writer task drains. The queue is bounded in
+//! bytes, with two rules:
 //!
-//! Replays, which could produce far more than the bound, wait for space with
-//! [`Outbox::wait_for_space`] instead of overflowing.
+//! - **Events** are *offered* ([`Outbox::offer`]): one that does not fit
+//!   under the bound is refused, and its subscription falls back to reading
+//!   from the log at the client's own pace (see the fan-out). A burst larger
+//!   than the bound therefore costs a healthy client nothing but a detour
+//!   through the log.
+//! - **Replies** are *pushed* ([`Outbox::push`]) and may use a second bound's
+//!   worth of headroom; beyond that the client is closed as a slow consumer.
+//!
+//! A client that stops reading altogether is found by [`Outbox::stalled_for`]
+//! (bytes queued and nothing written for a while) and closed as a slow
+//! consumer by the sweeper. So one client costs at most twice its bound, and
+//! never slows the fan-out for anyone else.
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// One frame to write.
@@ -35,11 +43,13 @@ impl Frame {
     }
 }
 
-/// Returned when a push did not fit: the outbox is now closing as a slow consumer.
+/// Returned when a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
-    /// This push overflowed the bound; the client is being closed.
+    /// This push overflowed the hard bound; the client is being closed.
     SlowConsumer,
+    /// An offered event did not fit under the bound; nothing changed.
+    Full,
     /// The outbox was already closed.
     Closed,
 }
@@ -50,6 +60,8 @@ struct State {
     /// Bytes queued or taken by the writer but not yet written.
     bytes: usize,
     closed: bool,
+    /// Since when bytes have been waiting without any being written.
+    stalled_since: Option<Instant>,
 }
 
 /// Bounded outbound queue for one connection.
@@ -77,35 +89,70 @@ impl Outbox {
         }
     }
 
-    /// Queue a frame. Never waits.
-    pub fn push(&self, frame: Frame) -> Result<(), Overflow> {
-        let mut st = self.state.lock();
+    /// Queue an event frame if it fits under the bound. Never waits.
+    pub fn offer(&self, frame: Frame) -> Result<(), Overflow> {
+        let st = self.state.lock();
         if st.closed {
             return Err(Overflow::Closed);
         }
-        let cost = frame.cost();
-        if st.bytes + cost > self.max_bytes {
-            // Drop what is queued: the client will never read it in time, and
-            // keeping it would let one client hold memory without bound.
-            let dropped: usize = st.frames.drain(..).map(|f| f.cost()).sum();
-            st.bytes -= dropped;
-            st.closed = true;
-            st.frames
-                .push_back(Frame::Text(self.slow_consumer_frame.clone()));
-            st.frames.push_back(Frame::Close(
-                self.slow_consumer_close.0,
-                self.slow_consumer_close.1.clone(),
-            ));
+        if st.bytes + frame.cost() > self.max_bytes && st.bytes > 0 {
+            return Err(Overflow::Full);
+        }
+        self.enqueue(st, frame);
+        Ok(())
+    }
+
+    /// Queue a reply frame, using headroom above the bound; a client that
+    /// exhausts that too is closed as a slow consumer. Never waits.
+    pub fn push(&self, frame: Frame) -> Result<(), Overflow> {
+        let st = self.state.lock();
+        if st.closed {
+            return Err(Overflow::Closed);
+        }
+        if st.bytes + frame.cost() > self.max_bytes.saturating_mul(2) {
             drop(st);
-            self.ready.notify_one();
-            self.space.notify_waiters();
+            self.close_slow();
             return Err(Overflow::SlowConsumer);
         }
-        st.bytes += cost;
+        self.enqueue(st, frame);
+        Ok(())
+    }
+
+    fn enqueue(&self, mut st: parking_lot::MutexGuard<'_, State>, frame: Frame) {
+        if st.bytes == 0 {
+            st.stalled_since = Some(Instant::now());
+        }
+        st.bytes += frame.cost();
         st.frames.push_back(frame);
         drop(st);
         self.ready.notify_one();
-        Ok(())
+    }
+
+    /// Close as a slow consumer: drop what is queued (the client will never
+    /// read it in time, and keeping it would hold memory), then send the
+    /// `slow_consumer` error and the close frame.
+    pub fn close_slow(&self) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        let dropped: usize = st.frames.drain(..).map(|f| f.cost()).sum();
+        st.bytes -= dropped;
+        st.closed = true;
+        st.frames.push_back(Frame::Text(self.slow_consumer_frame.clone()));
+        st.frames.push_back(Frame::Close(self.slow_consumer_close.0, self.slow_consumer_close.1.clone()));
+        drop(st);
+        self.ready.notify_one();
+        self.space.notify_waiters();
+    }
+
+    /// How long bytes have been waiting with nothing written (zero when idle).
+    pub fn stalled_for(&self, now: Instant) -> Duration {
+        let st = self.state.lock();
+        match st.stalled_since {
+            Some(t) if st.bytes > 0 && !st.closed => now.saturating_duration_since(t),
+            _ => Duration::ZERO,
+        }
     }
 
     /// Queue final frames and a close; later pushes are refused.
@@ -146,6 +193,8 @@ impl Outbox {
         let n: usize = frames.iter().map(Frame::cost).sum();
         let mut st = self.state.lock();
         st.bytes = st.bytes.saturating_sub(n);
+        // Progress: the stall clock restarts (or stops when nothing is left).
+        st.stalled_since = (st.bytes > 0).then(Instant::now);
         drop(st);
         self.space.notify_waiters();
     }
@@ -155,9 +204,9 @@ impl Outbox {
         self.ready.notified().await;
     }
 
-    /// Wait until fewer than `max_bytes / 2` bytes are queued, or the outbox
-    /// closes; returns false if it is closed.
-    pub async fn wait_for_space(&self) -> bool {
+    /// Wait until `need` more bytes fit under the bound (or the queue is
+    /// empty), or the outbox closes; returns false if it is closed.
+    pub async fn wait_for_space(&self, need: usize) -> bool {
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
@@ -167,7 +216,7 @@ impl Outbox {
                 if st.closed {
                     return false;
                 }
-                if st.bytes < self.max_bytes / 2 {
+                if st.bytes == 0 || st.bytes + need <= self.max_bytes {
                     return true;
                 }
             }
@@ -181,21 +230,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overflow_closes_and_drops() {
-        let o = Outbox::new(
-            10,
-            Bytes::from_static(b"slow"),
-            (4408, "slow consumer".into()),
-        );
-        assert!(o.push(Frame::Text(Bytes::from_static(b"12345"))).is_ok());
-        assert_eq!(
-            o.push(Frame::Text(Bytes::from_static(b"123456"))),
-            Err(Overflow::SlowConsumer)
-        );
-        assert_eq!(
-            o.push(Frame::Text(Bytes::from_static(b"1"))),
-            Err(Overflow::Closed)
-        );
+    fn offers_are_refused_when_full_and_pushes_close_past_the_headroom() {
+        let o = Outbox::new(10, Bytes::from_static(b"slow"), (4408, "slow consumer".into()));
+        assert!(o.offer(Frame::Text(Bytes::from_static(b"12345"))).is_ok());
+        assert_eq!(o.offer(Frame::Text(Bytes::from_static(b"123456"))), Err(Overflow::Full));
+        assert!(!o.is_closed());
+        assert!(o.push(Frame::Text(Bytes::from_static(b"123456"))).is_ok(), "replies use the headroom");
+        assert!(o.stalled_for(Instant::now() + Duration::from_secs(1)) >= Duration::from_millis(999));
+        assert_eq!(o.push(Frame::Text(Bytes::from_static(b"1234567890"))), Err(Overflow::SlowConsumer));
+        assert_eq!(o.push(Frame::Text(Bytes::from_static(b"1"))), Err(Overflow::Closed));
+        assert_eq!(o.stalled_for(Instant::now()), Duration::ZERO, "closed outboxes are not stalled");
         let mut out = Vec::new();
         o.take(&mut out);
         assert_eq!(out.len(), 2);
@@ -206,14 +250,12 @@ mod tests {
     #[test]
     fn bytes_are_freed_after_write() {
         let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
-        o.push(Frame::Text(Bytes::from_static(b"12345678")))
-            .expect("fits");
+        o.push(Frame::Text(Bytes::from_static(b"12345678"))).expect("fits");
         let mut out = Vec::new();
         o.take(&mut out);
         assert_eq!(o.queued_bytes(), 8);
         o.written(&out);
         assert_eq!(o.queued_bytes(), 0);
-        o.push(Frame::Text(Bytes::from_static(b"12345678")))
-            .expect("fits again");
+        o.push(Frame::Text(Bytes::from_static(b"12345678"))).expect("fits again");
     }
 }

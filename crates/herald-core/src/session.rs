@@ -78,9 +78,7 @@ pub struct SessionTable {
 
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
 }
 
 /// Compare without leaking, through timing, how long a matching prefix is.
@@ -88,19 +86,13 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    a.bytes()
-        .zip(b.bytes())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl SessionTable {
     /// A table whose detached sessions live for `ttl`.
     pub fn new(ttl: Duration) -> SessionTable {
-        SessionTable {
-            sessions: Mutex::new(HashMap::new()),
-            ttl,
-        }
+        SessionTable { sessions: Mutex::new(HashMap::new()), ttl }
     }
 
     /// Number of sessions, attached or detached.
@@ -119,31 +111,16 @@ impl SessionTable {
             id: random_hex(16),
             secret: random_hex(32),
             user,
-            state: Mutex::new(SessionState {
-                attached: Some(outbox),
-                ..Default::default()
-            }),
+            state: Mutex::new(SessionState { attached: Some(outbox), ..Default::default() }),
         });
-        self.sessions
-            .lock()
-            .insert(session.id.clone(), session.clone());
+        self.sessions.lock().insert(session.id.clone(), session.clone());
         session
     }
 
     /// Find a session for resuming: the secret must match and the user must
     /// be the same. The caller detaches any other connection still attached.
-    pub fn find(
-        &self,
-        id: &str,
-        secret: &str,
-        user: Option<&str>,
-    ) -> Result<Arc<Session>, ResumeError> {
-        let session = self
-            .sessions
-            .lock()
-            .get(id)
-            .cloned()
-            .ok_or(ResumeError::NotFound)?;
+    pub fn find(&self, id: &str, secret: &str, user: Option<&str>) -> Result<Arc<Session>, ResumeError> {
+        let session = self.sessions.lock().get(id).cloned().ok_or(ResumeError::NotFound)?;
         if !constant_time_eq(&session.secret, secret) || session.user.as_deref() != user {
             return Err(ResumeError::Mismatch);
         }
@@ -162,17 +139,11 @@ impl SessionTable {
             .iter()
             .filter(|(_, s)| {
                 let st = s.state.lock();
-                st.attached.is_none()
-                    && st
-                        .detached_at
-                        .is_some_and(|t| now.duration_since(t) >= self.ttl)
+                st.attached.is_none() && st.detached_at.is_some_and(|t| now.duration_since(t) >= self.ttl)
             })
             .map(|(id, _)| id.clone())
             .collect();
-        expired
-            .iter()
-            .filter_map(|id| sessions.remove(id))
-            .collect()
+        expired.iter().filter_map(|id| sessions.remove(id)).collect()
     }
 }
 
@@ -187,23 +158,11 @@ mod tests {
         let o = Arc::new(Outbox::new(10, Bytes::new(), (4408, String::new())));
         let s = t.create(Some("alice".into()), o);
         assert!(t.find(&s.id, s.secret(), Some("alice")).is_ok());
-        assert_eq!(
-            t.find(&s.id, "nope", Some("alice")).err(),
-            Some(ResumeError::Mismatch)
-        );
-        assert_eq!(
-            t.find(&s.id, s.secret(), Some("bob")).err(),
-            Some(ResumeError::Mismatch)
-        );
-        assert_eq!(
-            t.find("x", s.secret(), Some("alice")).err(),
-            Some(ResumeError::NotFound)
-        );
+        assert_eq!(t.find(&s.id, "nope", Some("alice")).err(), Some(ResumeError::Mismatch));
+        assert_eq!(t.find(&s.id, s.secret(), Some("bob")).err(), Some(ResumeError::Mismatch));
+        assert_eq!(t.find("x", s.secret(), Some("alice")).err(), Some(ResumeError::NotFound));
         let now = Instant::now();
-        assert!(
-            t.sweep(now + Duration::from_secs(5)).is_empty(),
-            "attached sessions never expire"
-        );
+        assert!(t.sweep(now + Duration::from_secs(5)).is_empty(), "attached sessions never expire");
         {
             let mut st = s.state.lock();
             st.attached = None;

@@ -7,8 +7,8 @@
 
 use herald_core::{Pattern, PatternIndex};
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -34,15 +34,12 @@ fn sequences(alphabet: &[&str], max_len: usize) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn matcher_agrees_with_rabbitmq() {
-    let url = std::env::var("HERALD_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
     let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
         .expect("RabbitMQ must be running for this test");
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let exchange = format!("herald-test-patterns-{}", std::process::id());
     ch.exchange_declare(
         exchange.as_str().into(),
@@ -53,9 +50,7 @@ async fn matcher_agrees_with_rabbitmq() {
     .await
     .expect("exchange");
 
-    let patterns: Vec<String> = sequences(&["a", "b", "", "*", "#", "a*"], 3)
-        .into_iter()
-        .collect();
+    let patterns: Vec<String> = sequences(&["a", "b", "", "*", "#", "a*"], 3).into_iter().collect();
     let keys: Vec<String> = sequences(&["a", "b", "", "a*"], 3).into_iter().collect();
     let mut queues = Vec::new();
     let mut index = PatternIndex::new();
@@ -63,11 +58,7 @@ async fn matcher_agrees_with_rabbitmq() {
         let q = ch
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await
@@ -101,15 +92,8 @@ async fn matcher_agrees_with_rabbitmq() {
     let mut checked = 0;
     for (i, q) in queues.iter().enumerate() {
         let mut routed = BTreeSet::new();
-        while let Some(msg) = ch
-            .basic_get(q.clone(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get")
-        {
-            let k: usize = std::str::from_utf8(&msg.delivery.data)
-                .expect("utf8")
-                .parse()
-                .expect("index");
+        while let Some(msg) = ch.basic_get(q.clone(), BasicGetOptions { no_ack: true }).await.expect("get") {
+            let k: usize = std::str::from_utf8(&msg.delivery.data).expect("utf8").parse().expect("index");
             routed.insert(k);
         }
         let pattern = Pattern::parse(&patterns[i]).expect("pattern");
@@ -126,20 +110,13 @@ async fn matcher_agrees_with_rabbitmq() {
             }
         }
     }
-    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .expect("cleanup");
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.expect("cleanup");
     let _ = conn.close(200, "done".into()).await;
     assert!(checked > 10_000, "{checked}");
     assert!(
         mismatches.is_empty(),
         "{} mismatches, e.g.:\n{}",
         mismatches.len(),
-        mismatches
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        mismatches.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 }

@@ -83,9 +83,7 @@ pub mod opt_duration {
         match s.as_deref() {
             None | Some("none") | Some("") => Ok(None),
             Some(s) => humantime::parse_duration(s).map(Some).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration `{s}`: {e} (use e.g. 90s, 15m, 12h, 7d)"
-                ))
+                serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 90s, 15m, 12h, 7d)"))
             }),
         }
     }

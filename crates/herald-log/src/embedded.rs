@@ -56,10 +56,7 @@ struct Index {
 
 impl Index {
     fn first(&self) -> u64 {
-        self.segments
-            .front()
-            .map(|s| s.base)
-            .unwrap_or(self.head + 1)
+        self.segments.front().map(|s| s.base).unwrap_or(self.head + 1)
     }
 
     fn segment_of(&self, id: u64) -> Option<&Segment> {
@@ -72,8 +69,7 @@ impl Index {
         match self.by_exchange.get_mut(exchange) {
             Some(ids) => ids.push_back(id),
             None => {
-                self.by_exchange
-                    .insert(Arc::from(exchange), VecDeque::from([id]));
+                self.by_exchange.insert(Arc::from(exchange), VecDeque::from([id]));
             }
         }
     }
@@ -104,9 +100,7 @@ pub struct EmbeddedLog {
 
 impl std::fmt::Debug for EmbeddedLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedLog")
-            .field("dir", &self.shared.config.dir)
-            .finish()
+        f.debug_struct("EmbeddedLog").field("dir", &self.shared.config.dir).finish()
     }
 }
 
@@ -115,9 +109,7 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| LogError::io(dir, e))
 }
 
 impl EmbeddedLog {
@@ -125,9 +117,7 @@ impl EmbeddedLog {
     ///
     /// Returns the log and the receiver of committed batches, in id order,
     /// for the fan-out.
-    pub fn open(
-        config: LogConfig,
-    ) -> Result<(Arc<EmbeddedLog>, mpsc::Receiver<CommittedBatch>), LogError> {
+    pub fn open(config: LogConfig) -> Result<(Arc<EmbeddedLog>, mpsc::Receiver<CommittedBatch>), LogError> {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(LogError::Config(problems.join("; ")));
@@ -173,11 +163,7 @@ impl EmbeddedLog {
             .name("herald-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| LogError::io("herald-log-writer thread", e))?;
-        let log = Arc::new(EmbeddedLog {
-            shared,
-            tx,
-            thread: Mutex::new(Some(thread)),
-        });
+        let log = Arc::new(EmbeddedLog { shared, tx, thread: Mutex::new(Some(thread)) });
         log.enforce_retention();
         Ok((log, committed_rx))
     }
@@ -187,23 +173,15 @@ impl EmbeddedLog {
         if q.limit == 0 || upto <= q.after {
             return Ok(Vec::new());
         }
-        let ids: Option<Vec<u64>> = q
-            .exchanges
-            .as_ref()
-            .map(|xs| self.exchange_ids(xs, q.after, upto, q.limit, q.newest_first));
+        let ids: Option<Vec<u64>> =
+            q.exchanges.as_ref().map(|xs| self.exchange_ids(xs, q.after, upto, q.limit, q.newest_first));
         match ids {
             Some(ids) => self.read_ids(&ids),
             None => {
                 let (lo, hi) = if q.newest_first {
-                    (
-                        upto.saturating_sub(q.limit as u64 - 1).max(q.after + 1),
-                        upto,
-                    )
+                    (upto.saturating_sub(q.limit as u64 - 1).max(q.after + 1), upto)
                 } else {
-                    (
-                        q.after + 1,
-                        upto.min(q.after.saturating_add(q.limit as u64)),
-                    )
+                    (q.after + 1, upto.min(q.after.saturating_add(q.limit as u64)))
                 };
                 let mut v = self.read_range(lo, hi)?;
                 if q.newest_first {
@@ -215,14 +193,7 @@ impl EmbeddedLog {
     }
 
     /// Ids of the given exchanges in `(after, upto]`, merged, at most `limit`.
-    fn exchange_ids(
-        &self,
-        exchanges: &[String],
-        after: u64,
-        upto: u64,
-        limit: usize,
-        newest_first: bool,
-    ) -> Vec<u64> {
+    fn exchange_ids(&self, exchanges: &[String], after: u64, upto: u64, limit: usize, newest_first: bool) -> Vec<u64> {
         let index = self.shared.index.read();
         let mut ids: Vec<u64> = Vec::new();
         for x in exchanges {
@@ -267,8 +238,7 @@ impl EmbeddedLog {
                 )
             };
             let mut buf = vec![0u8; (end - start) as usize];
-            file.read_exact_at(&mut buf, start)
-                .map_err(|e| LogError::io(&path, e))?;
+            file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(&path, e))?;
             let mut at = 0usize;
             while at < buf.len() {
                 match record::scan(&buf[at..]) {
@@ -304,12 +274,7 @@ impl EmbeddedLog {
                 let index = self.shared.index.read();
                 index.segment_of(id).map(|seg| {
                     let i = (id - seg.base) as usize;
-                    (
-                        seg.file.clone(),
-                        seg.path.clone(),
-                        seg.offsets[i],
-                        seg.offsets[i + 1],
-                    )
+                    (seg.file.clone(), seg.path.clone(), seg.offsets[i], seg.offsets[i + 1])
                 })
             };
             // Retention may have removed it since the ids were collected.
@@ -317,8 +282,7 @@ impl EmbeddedLog {
                 continue;
             };
             let mut buf = vec![0u8; (end - start) as usize];
-            file.read_exact_at(&mut buf, start)
-                .map_err(|e| LogError::io(&path, e))?;
+            file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(&path, e))?;
             match record::scan(&buf) {
                 Scan::Ok { body, .. } => {
                     let event = record::decode(body).map_err(|reason| LogError::Corrupt {
@@ -328,13 +292,7 @@ impl EmbeddedLog {
                     })?;
                     out.push(Arc::new(event));
                 }
-                _ => {
-                    return Err(LogError::Corrupt {
-                        path,
-                        offset: start,
-                        reason: "unreadable record".into(),
-                    })
-                }
+                _ => return Err(LogError::Corrupt { path, offset: start, reason: "unreadable record".into() }),
             }
         }
         Ok(out)
@@ -343,20 +301,13 @@ impl EmbeddedLog {
     fn time_of(&self, id: u64) -> Result<Option<u64>, LogError> {
         let located = {
             let index = self.shared.index.read();
-            index.segment_of(id).map(|seg| {
-                (
-                    seg.file.clone(),
-                    seg.path.clone(),
-                    seg.offsets[(id - seg.base) as usize],
-                )
-            })
+            index.segment_of(id).map(|seg| (seg.file.clone(), seg.path.clone(), seg.offsets[(id - seg.base) as usize]))
         };
         let Some((file, path, start)) = located else {
             return Ok(None);
         };
         let mut buf = [0u8; HEADER + 16];
-        file.read_exact_at(&mut buf, start)
-            .map_err(|e| LogError::io(&path, e))?;
+        file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(&path, e))?;
         let mut t = [0u8; 8];
         t.copy_from_slice(&buf[HEADER + 8..HEADER + 16]);
         Ok(Some(u64::from_le_bytes(t)))
@@ -366,11 +317,7 @@ impl EmbeddedLog {
         let (mut lo, mut hi) = {
             let index = self.shared.index.read();
             // Narrow to one segment by its time range, then binary search in it.
-            let Some(seg) = index
-                .segments
-                .iter()
-                .find(|s| s.count() > 0 && s.last_time >= time_us)
-            else {
+            let Some(seg) = index.segments.iter().find(|s| s.count() > 0 && s.last_time >= time_us) else {
                 return Ok(index.head + 1);
             };
             if seg.first_time >= time_us {
@@ -399,10 +346,7 @@ fn recover(dir: &Path) -> Result<Option<Index>, LogError> {
         let entry = entry.map_err(|e| LogError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(base) = name
-            .strip_suffix(".seg")
-            .and_then(|b| b.parse::<u64>().ok())
-        {
+        if let Some(base) = name.strip_suffix(".seg").and_then(|b| b.parse::<u64>().ok()) {
             bases.push(base);
         }
     }
@@ -437,10 +381,7 @@ fn recover(dir: &Path) -> Result<Option<Index>, LogError> {
                 match record::scan(&data[good_len..]) {
                     Scan::Ok { len, meta, .. } => {
                         if meta.id != expected {
-                            damage = Some(format!(
-                                "record id {} where {} was expected",
-                                meta.id, expected
-                            ));
+                            damage = Some(format!("record id {} where {} was expected", meta.id, expected));
                             break;
                         }
                         if offsets.len() == 1 {
@@ -465,11 +406,7 @@ fn recover(dir: &Path) -> Result<Option<Index>, LogError> {
         }
         if let Some(reason) = damage {
             if !newest {
-                return Err(LogError::Corrupt {
-                    path,
-                    offset: good_len as u64,
-                    reason,
-                });
+                return Err(LogError::Corrupt { path, offset: good_len as u64, reason });
             }
             warn!(
                 path = %path.display(),
@@ -478,30 +415,19 @@ fn recover(dir: &Path) -> Result<Option<Index>, LogError> {
                 %reason,
                 "Torn tail found in the newest segment (a write interrupted by a crash, never acknowledged); cutting it."
             );
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| LogError::io(&path, e))?;
+            let f = OpenOptions::new().write(true).open(&path).map_err(|e| LogError::io(&path, e))?;
             if good_len == 0 {
                 f.set_len(0).map_err(|e| LogError::io(&path, e))?;
                 (&f).write_all(MAGIC).map_err(|e| LogError::io(&path, e))?;
                 good_len = MAGIC.len();
                 offsets = vec![good_len as u64];
             } else {
-                f.set_len(good_len as u64)
-                    .map_err(|e| LogError::io(&path, e))?;
+                f.set_len(good_len as u64).map_err(|e| LogError::io(&path, e))?;
             }
             f.sync_all().map_err(|e| LogError::io(&path, e))?;
         }
         let file = File::open(&path).map_err(|e| LogError::io(&path, e))?;
-        let seg = Segment {
-            base,
-            path,
-            file: Arc::new(file),
-            offsets,
-            first_time,
-            last_time,
-        };
+        let seg = Segment { base, path, file: Arc::new(file), offsets, first_time, last_time };
         index.head = base + seg.count() - 1;
         index.last_time = index.last_time.max(last_time);
         index.events += seg.count();
@@ -515,10 +441,7 @@ fn recover(dir: &Path) -> Result<Option<Index>, LogError> {
 fn open_active(dir: &Path, index: &Option<Index>) -> Result<(File, u64), LogError> {
     match index.as_ref().and_then(|i| i.segments.back()) {
         Some(seg) => {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&seg.path)
-                .map_err(|e| LogError::io(&seg.path, e))?;
+            let f = OpenOptions::new().write(true).open(&seg.path).map_err(|e| LogError::io(&seg.path, e))?;
             Ok((f, seg.bytes()))
         }
         None => create_segment(dir, 1),
@@ -527,12 +450,8 @@ fn open_active(dir: &Path, index: &Option<Index>) -> Result<(File, u64), LogErro
 
 fn create_segment(dir: &Path, base: u64) -> Result<(File, u64), LogError> {
     let path = segment_path(dir, base);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|e| LogError::io(&path, e))?;
+    let mut f =
+        OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(|e| LogError::io(&path, e))?;
     f.write_all(MAGIC).map_err(|e| LogError::io(&path, e))?;
     f.sync_all().map_err(|e| LogError::io(&path, e))?;
     sync_dir(dir)?;
@@ -559,10 +478,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     WriterMsg::Append(events, reply) => {
-                        bytes += events
-                            .iter()
-                            .map(|e| e.payload.get().len() + e.exchange.len() + 64)
-                            .sum::<usize>();
+                        bytes += events.iter().map(|e| e.payload.get().len() + e.exchange.len() + 64).sum::<usize>();
                         pending.push((events, reply));
                     }
                     WriterMsg::Retention => retention = true,
@@ -660,9 +576,7 @@ impl Writer {
             index.bytes += buf.len() as u64;
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .appended
-            .fetch_add(all.len() as u64, Ordering::Relaxed);
+        self.shared.appended.fetch_add(all.len() as u64, Ordering::Relaxed);
         for ((_, reply), group) in pending.drain(..).zip(groups) {
             let _ = reply.send(Ok(group));
         }
@@ -679,10 +593,7 @@ impl Writer {
     fn roll(&mut self, base: u64) {
         let dir = self.shared.config.dir.clone();
         let sealed = self.file.sync_all();
-        match sealed
-            .map_err(|e| LogError::io(&dir, e))
-            .and_then(|_| create_segment(&dir, base))
-        {
+        match sealed.map_err(|e| LogError::io(&dir, e)).and_then(|_| create_segment(&dir, base)) {
             Ok((file, pos)) => {
                 let path = segment_path(&dir, base);
                 let read = match File::open(&path) {
@@ -723,11 +634,8 @@ impl Writer {
                 let Some(oldest) = index.segments.front() else {
                     break;
                 };
-                let too_old = max_age_us
-                    .is_some_and(|age| oldest.count() > 0 && oldest.last_time + age < now);
-                let too_many = cfg
-                    .max_events
-                    .is_some_and(|max| index.events - oldest.count() >= max);
+                let too_old = max_age_us.is_some_and(|age| oldest.count() > 0 && oldest.last_time + age < now);
+                let too_many = cfg.max_events.is_some_and(|max| index.events - oldest.count() >= max);
                 let too_big = cfg.max_bytes.is_some_and(|max| index.bytes > max);
                 if !(too_old || too_many || too_big) {
                     break;
@@ -764,10 +672,7 @@ impl EventLog for EmbeddedLog {
                 return Ok(Vec::new());
             }
             let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(WriterMsg::Append(events, reply))
-                .await
-                .map_err(|_| LogError::Closed)?;
+            self.tx.send(WriterMsg::Append(events, reply)).await.map_err(|_| LogError::Closed)?;
             rx.await.map_err(|_| LogError::Closed)?
         })
     }
@@ -789,10 +694,7 @@ impl EventLog for EmbeddedLog {
 
     fn bounds(&self) -> Bounds {
         let index = self.shared.index.read();
-        Bounds {
-            first: index.first(),
-            head: index.head,
-        }
+        Bounds { first: index.first(), head: index.head }
     }
 
     fn stats(&self) -> LogStats {

@@ -36,9 +36,6 @@ pub enum LogError {
 
 impl LogError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LogError {
-        LogError::Io {
-            path: path.into(),
-            source,
-        }
+        LogError::Io { path: path.into(), source }
     }
 }

@@ -74,11 +74,7 @@ pub(crate) struct Meta<'a> {
 /// Outcome of reading one record from a buffer.
 pub(crate) enum Scan<'a> {
     /// A valid record of `len` bytes (header included).
-    Ok {
-        len: usize,
-        meta: Meta<'a>,
-        body: &'a [u8],
-    },
+    Ok { len: usize, meta: Meta<'a>, body: &'a [u8] },
     /// Not enough bytes for a whole record.
     Incomplete,
     /// The bytes are not a valid record.
@@ -103,11 +99,7 @@ pub(crate) fn scan(buf: &[u8]) -> Scan<'_> {
         return Scan::Invalid("checksum mismatch".to_string());
     }
     match meta(body) {
-        Some(meta) => Scan::Ok {
-            len: HEADER + len,
-            meta,
-            body,
-        },
+        Some(meta) => Scan::Ok { len: HEADER + len, meta, body },
         None => Scan::Invalid("malformed record body".to_string()),
     }
 }
@@ -117,18 +109,13 @@ fn meta(body: &[u8]) -> Option<Meta<'_>> {
     let time_us = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
     let xlen = u16::from_le_bytes(body.get(16..18)?.try_into().ok()?) as usize;
     let exchange = std::str::from_utf8(body.get(FIXED..FIXED + xlen)?).ok()?;
-    Some(Meta {
-        id,
-        time_us,
-        exchange,
-    })
+    Some(Meta { id, time_us, exchange })
 }
 
 /// Decode a verified body into an event.
 pub(crate) fn decode(body: &[u8]) -> Result<Event, String> {
     let m = meta(body).ok_or("malformed record body")?;
-    let rest: RestIn =
-        serde_json::from_slice(&body[FIXED + m.exchange.len()..]).map_err(|e| e.to_string())?;
+    let rest: RestIn = serde_json::from_slice(&body[FIXED + m.exchange.len()..]).map_err(|e| e.to_string())?;
     Ok(Event::commit(
         m.id,
         m.time_us,

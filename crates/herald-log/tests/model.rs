@@ -33,45 +33,22 @@ fn config(dir: &Path) -> LogConfig {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 fn all(log: &EmbeddedLog, exchanges: Option<Vec<String>>) -> Vec<(u64, String, u64)> {
     let rt = rt();
     let events = rt
-        .block_on(log.read(ReadQuery {
-            exchanges,
-            after: 0,
-            upto: u64::MAX,
-            limit: usize::MAX,
-            newest_first: false,
-        }))
+        .block_on(log.read(ReadQuery { exchanges, after: 0, upto: u64::MAX, limit: usize::MAX, newest_first: false }))
         .expect("read");
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.id,
-                e.exchange.clone(),
-                e.payload_value()["n"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
+    events.iter().map(|e| (e.id, e.exchange.clone(), e.payload_value()["n"].as_u64().unwrap_or(0))).collect()
 }
 
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<(u8, u64)>),
     Reopen,
-    Read {
-        after: u64,
-        len: u64,
-        exchange: Option<u8>,
-        newest_first: bool,
-    },
+    Read { after: u64, len: u64, exchange: Option<u8>, newest_first: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -138,35 +115,21 @@ proptest! {
 fn torn_tail_is_cut_and_ids_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
-    let cfg = LogConfig {
-        segment_bytes: 1 << 20,
-        ..config(dir.path())
-    };
+    let cfg = LogConfig { segment_bytes: 1 << 20, ..config(dir.path()) };
     let (log, _rx) = EmbeddedLog::open(cfg.clone()).expect("open");
-    rt.block_on(log.append((0..10).map(|n| ev("x", "k", n)).collect()))
-        .expect("append");
+    rt.block_on(log.append((0..10).map(|n| ev("x", "k", n)).collect())).expect("append");
     rt.block_on(log.close());
     drop(log);
     let seg = dir.path().join(format!("{:020}.seg", 1));
     let len = std::fs::metadata(&seg).expect("meta").len();
     // A crash in the middle of writing the 11th record: half a record at the end.
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&seg)
-        .expect("open seg");
-    f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5, 6])
-        .expect("write");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("open seg");
+    f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5, 6]).expect("write");
     drop(f);
     let (log, _rx) = EmbeddedLog::open(cfg.clone()).expect("reopen after torn tail");
     assert_eq!(log.bounds().head, 10);
-    assert_eq!(
-        std::fs::metadata(&seg).expect("meta").len(),
-        len,
-        "tail cut back"
-    );
-    let got = rt
-        .block_on(log.append(vec![ev("x", "k", 10)]))
-        .expect("append");
+    assert_eq!(std::fs::metadata(&seg).expect("meta").len(), len, "tail cut back");
+    let got = rt.block_on(log.append(vec![ev("x", "k", 10)])).expect("append");
     assert_eq!(got[0].id, 11);
     rt.block_on(log.close());
     drop(log);
@@ -186,8 +149,7 @@ fn corruption_in_a_sealed_segment_refuses_to_start() {
     let rt = rt();
     let (log, _rx) = EmbeddedLog::open(config(dir.path())).expect("open");
     for i in 0..20 {
-        rt.block_on(log.append((0..10).map(|n| ev("x", "k", i * 10 + n)).collect()))
-            .expect("append");
+        rt.block_on(log.append((0..10).map(|n| ev("x", "k", i * 10 + n)).collect())).expect("append");
     }
     assert!(log.stats().segments > 2);
     rt.block_on(log.close());
@@ -204,41 +166,27 @@ fn corruption_in_a_sealed_segment_refuses_to_start() {
 fn retention_by_count_and_bytes_keeps_newest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
-    let cfg = LogConfig {
-        max_events: Some(50),
-        ..config(dir.path())
-    };
+    let cfg = LogConfig { max_events: Some(50), ..config(dir.path()) };
     let (log, _rx) = EmbeddedLog::open(cfg).expect("open");
     for i in 0..40 {
         rt.block_on(
-            log.append(
-                (0..10)
-                    .map(|n| ev(if n % 2 == 0 { "even" } else { "odd" }, "k", i * 10 + n))
-                    .collect(),
-            ),
+            log.append((0..10).map(|n| ev(if n % 2 == 0 { "even" } else { "odd" }, "k", i * 10 + n)).collect()),
         )
         .expect("append");
     }
     let b = log.bounds();
     assert_eq!(b.head, 400);
     assert!(b.first > 1, "old segments removed");
-    assert!(
-        b.head - b.first + 1 >= 50,
-        "at least max_events kept: {b:?}"
-    );
+    assert!(b.head - b.first + 1 >= 50, "at least max_events kept: {b:?}");
     let events = all(&log, None);
     assert_eq!(events.first().map(|e| e.0), Some(b.first));
     let evens = all(&log, Some(vec!["even".into()]));
     assert!(evens.iter().all(|e| e.0 >= b.first && e.1 == "even"));
     rt.block_on(log.close());
     drop(log);
-    let cfg = LogConfig {
-        max_bytes: Some(10_000),
-        ..config(dir.path())
-    };
+    let cfg = LogConfig { max_bytes: Some(10_000), ..config(dir.path()) };
     let (log, _rx) = EmbeddedLog::open(cfg).expect("open");
-    rt.block_on(log.append(vec![ev("x", "k", 1)]))
-        .expect("append");
+    rt.block_on(log.append(vec![ev("x", "k", 1)])).expect("append");
     assert!(log.stats().bytes <= 10_000 + 4096, "{:?}", log.stats());
     assert_eq!(log.bounds().head, 401);
 }
@@ -250,42 +198,24 @@ fn time_lookup() {
     let (log, _rx) = EmbeddedLog::open(config(dir.path())).expect("open");
     let mut times = Vec::new();
     for i in 0..30 {
-        let got = rt
-            .block_on(log.append(vec![ev("x", "k", i)]))
-            .expect("append");
+        let got = rt.block_on(log.append(vec![ev("x", "k", i)])).expect("append");
         times.push(got[0].time_us);
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     for (i, t) in times.iter().enumerate() {
         let first = rt.block_on(log.first_at_or_after(*t)).expect("lookup");
         // The first id with that time (ties are possible only within a batch).
-        assert_eq!(
-            first,
-            times.iter().position(|x| x == t).expect("pos") as u64 + 1,
-            "i={i}"
-        );
+        assert_eq!(first, times.iter().position(|x| x == t).expect("pos") as u64 + 1, "i={i}");
     }
-    assert_eq!(
-        rt.block_on(log.first_at_or_after(times[29] + 1))
-            .expect("lookup"),
-        31
-    );
+    assert_eq!(rt.block_on(log.first_at_or_after(times[29] + 1)).expect("lookup"), 31);
     assert_eq!(rt.block_on(log.first_at_or_after(0)).expect("lookup"), 1);
 }
 
 #[test]
 fn concurrent_publishers_share_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
-    let cfg = LogConfig {
-        fsync: true,
-        segment_bytes: 1 << 20,
-        ..config(dir.path())
-    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let cfg = LogConfig { fsync: true, segment_bytes: 1 << 20, ..config(dir.path()) };
     let (log, mut rx) = EmbeddedLog::open(cfg).expect("open");
     let log: Arc<EmbeddedLog> = log;
     rt.block_on(async {
@@ -309,9 +239,7 @@ fn concurrent_publishers_share_commits() {
             let log = log.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
-                    log.append(vec![ev("x", "k", p * 10 + i)])
-                        .await
-                        .expect("append");
+                    log.append(vec![ev("x", "k", p * 10 + i)]).await.expect("append");
                 }
             }));
         }

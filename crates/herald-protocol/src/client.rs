@@ -170,9 +170,7 @@ impl ClientMessage {
         match self {
             ClientMessage::Hello(m) => m.reference.as_ref(),
             ClientMessage::Subscribe(m) => m.reference.as_ref(),
-            ClientMessage::Unsubscribe(m) | ClientMessage::Pause(m) | ClientMessage::Resume(m) => {
-                m.reference.as_ref()
-            }
+            ClientMessage::Unsubscribe(m) | ClientMessage::Pause(m) | ClientMessage::Resume(m) => m.reference.as_ref(),
             ClientMessage::Ack(_) => None,
             ClientMessage::Ping(m) => m.reference.as_ref(),
             ClientMessage::Publish(m) => m.reference.as_ref(),

@@ -28,18 +28,14 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn bad(message: impl Into<String>, reference: Option<Ref>) -> Self {
-        DecodeError {
-            code: ErrorCode::BadRequest,
-            message: message.into(),
-            reference,
-        }
+        DecodeError { code: ErrorCode::BadRequest, message: message.into(), reference }
     }
 }
 
 /// Decode one text frame from a client.
 pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| DecodeError::bad(format!("malformed JSON: {e}"), None))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| DecodeError::bad(format!("malformed JSON: {e}"), None))?;
     let Value::Object(map) = value else {
         return Err(DecodeError::bad("a message must be a JSON object", None));
     };
@@ -47,12 +43,7 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
         None | Some(Value::Null) => None,
         Some(v) => match serde_json::from_value::<Ref>(v.clone()) {
             Ok(r) => Some(r),
-            Err(_) => {
-                return Err(DecodeError::bad(
-                    "`ref` must be a string or an integer",
-                    None,
-                ))
-            }
+            Err(_) => return Err(DecodeError::bad("`ref` must be a string or an integer", None)),
         },
     };
     let kind = match map.get("type") {
@@ -71,37 +62,20 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
         "ack" => ClientMessage::Ack(fields(value, &kind, r)?),
         "ping" => ClientMessage::Ping(fields(value, &kind, r)?),
         "publish" => ClientMessage::Publish(fields(value, &kind, r)?),
-        "request" => ClientMessage::Rendezvous {
-            kind: "request",
-            reference,
-        },
-        "serve" => ClientMessage::Rendezvous {
-            kind: "serve",
-            reference,
-        },
-        "answer" => ClientMessage::Rendezvous {
-            kind: "answer",
-            reference,
-        },
+        "request" => ClientMessage::Rendezvous { kind: "request", reference },
+        "serve" => ClientMessage::Rendezvous { kind: "serve", reference },
+        "answer" => ClientMessage::Rendezvous { kind: "answer", reference },
         other => {
             let shown: String = other.chars().take(64).collect();
-            return Err(DecodeError::bad(
-                format!("unknown message type `{shown}`"),
-                reference,
-            ));
+            return Err(DecodeError::bad(format!("unknown message type `{shown}`"), reference));
         }
     };
     check_numbers(&msg).map_err(|m| DecodeError::bad(m, msg.reference().cloned()))?;
     Ok(msg)
 }
 
-fn fields<T: DeserializeOwned>(
-    value: Value,
-    kind: &str,
-    reference: Option<Ref>,
-) -> Result<T, DecodeError> {
-    serde_json::from_value(value)
-        .map_err(|e| DecodeError::bad(format!("invalid `{kind}`: {e}"), reference))
+fn fields<T: DeserializeOwned>(value: Value, kind: &str, reference: Option<Ref>) -> Result<T, DecodeError> {
+    serde_json::from_value(value).map_err(|e| DecodeError::bad(format!("invalid `{kind}`: {e}"), reference))
 }
 
 fn check_numbers(msg: &ClientMessage) -> Result<(), String> {
@@ -160,9 +134,6 @@ mod tests {
         assert!(e.message.contains("unknown message type"));
         assert!(decode_client(r#"{"type":"ack","sub":"s","id":-1}"#).is_err());
         assert!(decode_client(r#"{"type":"ack","sub":"s","id":9007199254740992}"#).is_err());
-        assert!(
-            decode_client(r#"{"type":"subscribe","sub":"s","bindings":[],"since":{"foo":1}}"#)
-                .is_err()
-        );
+        assert!(decode_client(r#"{"type":"subscribe","sub":"s","bindings":[],"since":{"foo":1}}"#).is_err());
     }
 }

@@ -13,12 +13,8 @@ mod decode;
 mod server;
 
 pub use client::{
-    Ack, Binding, ClientMessage, Hello, Ping, Publish, Ref, SessionCredentials, Since, SubOnly,
-    Subscribe,
+    Ack, Binding, ClientMessage, Hello, Ping, Publish, Ref, SessionCredentials, Since, SubOnly, Subscribe,
 };
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::{decode_client, DecodeError, MAX_NUMBER};
-pub use server::{
-    encode, event_frame_prefix, EventBody, Limits, ServerInfo, ServerMessage, SessionInfo,
-    StatusState,
-};
+pub use server::{encode, event_frame_prefix, EventBody, Limits, ServerInfo, ServerMessage, SessionInfo, StatusState};

@@ -26,8 +26,12 @@ pub struct Limits {
     pub max_bindings: usize,
     /// Most filters in one subscription.
     pub max_filters: usize,
-    /// Most bytes queued for a client before it is closed as a slow consumer.
+    /// Most bytes of events queued for a client; past it, delivery continues
+    /// from the log at the client's pace.
     pub max_outbound_bytes: usize,
+    /// Milliseconds a client may leave queued bytes unread before it is
+    /// closed as a slow consumer.
+    pub slow_consumer_timeout_ms: u64,
     /// Most events replayed for one `subscribe` (`since`) request.
     pub max_replay: u64,
     /// Largest event payload, in bytes.
@@ -161,9 +165,8 @@ pub enum ServerMessage {
 /// Encode a server message as one JSON text frame.
 pub fn encode(msg: &ServerMessage) -> String {
     // Serialising these plain structs cannot fail: every map key is a string.
-    serde_json::to_string(msg).unwrap_or_else(|_| {
-        String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#)
-    })
+    serde_json::to_string(msg)
+        .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"encoding failed"}"#))
 }
 
 /// The subscription-independent part of an `event` frame.
@@ -233,9 +236,6 @@ mod tests {
             code: ErrorCode::BadRequest,
             message: "x".into(),
         });
-        assert_eq!(
-            s,
-            r#"{"type":"error","ref":3,"code":"bad_request","message":"x"}"#
-        );
+        assert_eq!(s, r#"{"type":"error","ref":3,"code":"bad_request","message":"x"}"#);
     }
 }

@@ -49,10 +49,14 @@ impl Server {
         let dyn_log: Arc<dyn EventLog> = log.clone();
         let state = AppState::new(config.clone(), dyn_log, fanout.clone(), drain_rx);
 
-        // Log -> fan-out: committed batches in id order.
+        // Log -> fan-out: committed batches in id order. Subscriptions whose
+        // client is behind continue from the log.
+        let dispatcher = state.clone();
         tokio::spawn(async move {
             while let Some(batch) = committed.recv().await {
-                fanout.dispatch(&batch);
+                for entry in fanout.dispatch(&batch) {
+                    crate::subscription::spawn_catch_up(dispatcher.clone(), entry);
+                }
             }
         });
 
@@ -61,12 +65,11 @@ impl Server {
         tokio::spawn(async move {
             let s = sweeper.get();
             let heartbeat_ms = s.config.heartbeat.as_millis() as u64;
-            let mut tick =
-                tokio::time::interval(Duration::from_millis((heartbeat_ms / 3).clamp(50, 1000)));
+            let mut tick = tokio::time::interval(Duration::from_millis((heartbeat_ms / 3).clamp(50, 1000)));
             let mut last_retention = Instant::now();
             loop {
                 tick.tick().await;
-                s.connections.sweep(s.now_ms(), heartbeat_ms);
+                s.connections.sweep(s.now_ms(), heartbeat_ms, s.config.limits.slow_consumer_timeout);
                 for expired in s.sessions.sweep(Instant::now()) {
                     info!(session = %expired.id, "Session expired.");
                 }
@@ -77,19 +80,10 @@ impl Server {
             }
         });
 
-        let listener =
-            TcpListener::bind(&config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen.clone(),
-                    source,
-                })?;
-        Ok(Server {
-            state,
-            listener,
-            log,
-            drain_tx,
-        })
+        let listener = TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
+        Ok(Server { state, listener, log, drain_tx })
     }
 
     /// The address actually bound.
@@ -105,16 +99,8 @@ impl Server {
     /// Serve until `shutdown` resolves, then drain: tell every client to
     /// reconnect (`closing` and close code 1001), wait up to the grace period
     /// for connections to finish, and close the log.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServerError> {
-        let Server {
-            state,
-            listener,
-            log,
-            drain_tx,
-        } = self;
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let Server { state, listener, log, drain_tx } = self;
         let grace = state.get().config.shutdown_grace;
         let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let drain_state = state.clone();
@@ -123,13 +109,10 @@ impl Server {
             info!("Shutting down: draining connections.");
             let _ = drain_tx.send(true);
             let s = drain_state.get();
-            let closing = encode(&ServerMessage::Closing {
-                reason: "server shutting down".into(),
-                retry_after_ms: 1000,
-            });
+            let closing =
+                encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });
             for c in s.connections.all() {
-                c.outbox
-                    .close_with(Some(closing.clone().into()), 1001, "server shutting down");
+                c.outbox.close_with(Some(closing.clone().into()), 1001, "server shutting down");
             }
         };
         let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);

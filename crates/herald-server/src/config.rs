@@ -42,8 +42,14 @@ pub struct LimitsConfig {
     pub max_bindings: usize,
     /// Most filters in one subscription.
     pub max_filters: usize,
-    /// Most bytes queued for one client before it is closed as a slow consumer.
+    /// Most bytes of events queued for one client; past it the client's
+    /// subscriptions continue from the log at its pace (replies may use as
+    /// much again before the client is closed as a slow consumer).
     pub max_outbound_bytes: usize,
+    /// A client with bytes waiting and nothing written for this long is
+    /// closed as a slow consumer (4408).
+    #[serde(with = "duration")]
+    pub slow_consumer_timeout: Duration,
     /// Most events one `since` request may ask to replay (`since.last`).
     pub max_replay: u64,
     /// Largest event payload (JSON text), in bytes.
@@ -85,6 +91,7 @@ impl Default for LimitsConfig {
             max_bindings: 32,
             max_filters: 32,
             max_outbound_bytes: 8 << 20,
+            slow_consumer_timeout: Duration::from_secs(30),
             max_replay: 100_000,
             max_payload_bytes: 512 << 10,
             max_publish_batch: 1000,
@@ -95,9 +102,7 @@ impl Default for LimitsConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig {
-            ttl: Duration::from_secs(120),
-        }
+        SessionConfig { ttl: Duration::from_secs(120) }
     }
 }
 
@@ -106,10 +111,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = self.log.validate();
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!(
-                "listen: `{}` is not an address such as 127.0.0.1:7070",
-                self.listen
-            ));
+            p.push(format!("listen: `{}` is not an address such as 127.0.0.1:7070", self.listen));
         }
         let l = &self.limits;
         for (name, v) in [
@@ -133,6 +135,9 @@ impl Config {
         }
         if l.max_payload_bytes > l.max_request_bytes {
             p.push("limits.max_payload_bytes must not exceed limits.max_request_bytes".into());
+        }
+        if l.slow_consumer_timeout < Duration::from_millis(100) {
+            p.push("limits.slow_consumer_timeout must be at least 100ms".into());
         }
         if self.heartbeat < Duration::from_millis(100) {
             p.push("heartbeat must be at least 100ms".into());
@@ -159,10 +164,7 @@ mod duration {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)"
-            ))
-        })
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)")))
     }
 }

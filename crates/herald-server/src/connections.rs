@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What the registry knows of one connection.
 #[derive(Debug)]
@@ -27,10 +28,7 @@ pub(crate) struct Connections {
 impl Connections {
     pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64) -> (u64, Arc<ConnHandle>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let handle = Arc::new(ConnHandle {
-            outbox,
-            last_seen_ms: AtomicU64::new(now_ms),
-        });
+        let handle = Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms) });
         self.map.lock().insert(id, handle.clone());
         (id, handle)
     }
@@ -47,9 +45,16 @@ impl Connections {
         self.map.lock().values().cloned().collect()
     }
 
-    /// Ping connections silent for `heartbeat_ms`, close those silent for three times that.
-    pub(crate) fn sweep(&self, now_ms: u64, heartbeat_ms: u64) {
+    /// Ping connections silent for `heartbeat_ms`, close those silent for
+    /// three times that, and close as slow consumers those that have had
+    /// bytes waiting with nothing written for `stall_limit`.
+    pub(crate) fn sweep(&self, now_ms: u64, heartbeat_ms: u64, stall_limit: Duration) {
+        let now = Instant::now();
         for c in self.all() {
+            if c.outbox.stalled_for(now) >= stall_limit {
+                c.outbox.close_slow();
+                continue;
+            }
             let idle = now_ms.saturating_sub(c.last_seen_ms.load(Ordering::Relaxed));
             if idle >= 3 * heartbeat_ms {
                 c.outbox.close_with(None, 1001, "heartbeat timeout");

@@ -63,6 +63,7 @@ impl Inner {
             max_bindings: l.max_bindings,
             max_filters: l.max_filters,
             max_outbound_bytes: l.max_outbound_bytes,
+            slow_consumer_timeout_ms: l.slow_consumer_timeout.as_millis() as u64,
             max_replay: l.max_replay,
             max_payload_bytes: l.max_payload_bytes,
             session_ttl_s: self.config.session.ttl.as_secs(),
@@ -80,7 +81,4 @@ impl Inner {
 }
 
 /// Server identification sent in `welcome`.
-pub(crate) const SERVER_INFO: ServerInfo = ServerInfo {
-    name: "herald",
-    version: env!("CARGO_PKG_VERSION"),
-};
+pub(crate) const SERVER_INFO: ServerInfo = ServerInfo { name: "herald", version: env!("CARGO_PKG_VERSION") };

@@ -7,7 +7,7 @@
 //! paused or removed, or when the connection closes.
 
 use crate::state::AppState;
-use herald_core::{Frame, GoLive, SubEntry};
+use herald_core::{Frame, GoLive, Overflow, SubEntry};
 use herald_log::ReadQuery;
 use herald_protocol::{encode, ErrorCode, ServerMessage};
 use std::sync::Arc;
@@ -56,9 +56,7 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
                     code: ErrorCode::Internal,
                     message: "history could not be read; reconnect to resume".into(),
                 });
-                entry
-                    .outbox
-                    .close_with(Some(msg.into()), 1011, "internal error");
+                entry.outbox.close_with(Some(msg.into()), 1011, "internal error");
                 return;
             }
         };
@@ -75,11 +73,16 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
                 stopped_at = Some(event.id - 1);
                 break;
             }
-            if !entry.outbox.wait_for_space().await {
-                return;
-            }
-            if entry.outbox.push(Frame::Text(entry.frame(event))).is_err() {
-                return;
+            let frame = entry.frame(event);
+            loop {
+                if !entry.outbox.wait_for_space(frame.len()).await {
+                    return;
+                }
+                match entry.outbox.offer(Frame::Text(frame.clone())) {
+                    Ok(()) => break,
+                    Err(Overflow::Full) => continue,
+                    Err(_) => return,
+                }
             }
         }
         entry.set_cursor(stopped_at.unwrap_or(upto));

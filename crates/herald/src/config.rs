@@ -8,10 +8,8 @@ use herald_server::Config;
 pub(crate) fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<Config>(&text)
-                .with_context(|| format!("invalid configuration in {}", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<Config>(&text).with_context(|| format!("invalid configuration in {}", path.display()))?
         }
         None => Config::default(),
     };

@@ -5,18 +5,10 @@ use herald_server::Server;
 use tracing_subscriber::EnvFilter;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let default_level = if args.dev {
-        "info,herald_server=debug"
-    } else {
-        "info"
-    };
-    let filter =
-        EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let default_level = if args.dev { "info,herald_server=debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -27,9 +19,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = crate::config::load(&args)?;
     let server = Server::start(config).await?;
-    let addr = server
-        .local_addr()
-        .ok_or_else(|| anyhow::anyhow!("no local address"))?;
+    let addr = server.local_addr().ok_or_else(|| anyhow::anyhow!("no local address"))?;
     // The first stdout line is machine-readable: tests and `herald bench` wait for it.
     println!("herald listening on http://{addr}");
     if args.dev {

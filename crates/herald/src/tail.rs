@@ -9,14 +9,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// `http://h:p` or `ws://h:p` → `ws://h:p/v1/ws`.
 pub(crate) fn ws_url(url: &str) -> String {
     let base = url.trim_end_matches('/');
-    let base = base
-        .strip_prefix("http://")
-        .map(|r| format!("ws://{r}"))
-        .unwrap_or_else(|| base.to_string());
-    let base = base
-        .strip_prefix("https://")
-        .map(|r| format!("wss://{r}"))
-        .unwrap_or(base);
+    let base = base.strip_prefix("http://").map(|r| format!("ws://{r}")).unwrap_or_else(|| base.to_string());
+    let base = base.strip_prefix("https://").map(|r| format!("wss://{r}")).unwrap_or(base);
     if base.ends_with("/v1/ws") {
         base
     } else {
@@ -46,13 +40,9 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
         sub["since"] = json!({"time": t});
     }
     let url = ws_url(&args.url);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .with_context(|| format!("cannot connect to {url}"))?;
-    ws.send(Message::text(
-        json!({"type": "hello", "client": {"name": "herald-tail"}}).to_string(),
-    ))
-    .await?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(&url).await.with_context(|| format!("cannot connect to {url}"))?;
+    ws.send(Message::text(json!({"type": "hello", "client": {"name": "herald-tail"}}).to_string())).await?;
     ws.send(Message::text(sub.to_string())).await?;
     let mut printed = 0u64;
     let mut last_ack = 0u64;
@@ -74,10 +64,7 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
                 println!("{out}");
                 printed += 1;
                 if id >= last_ack + 100 || args.count == Some(printed) {
-                    ws.send(Message::text(
-                        json!({"type": "ack", "sub": "tail", "id": id}).to_string(),
-                    ))
-                    .await?;
+                    ws.send(Message::text(json!({"type": "ack", "sub": "tail", "id": id}).to_string())).await?;
                     last_ack = id;
                 }
                 if args.count == Some(printed) {
@@ -86,11 +73,7 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
                 }
             }
             Some("error") => {
-                eprintln!(
-                    "herald: {} {}",
-                    v["code"].as_str().unwrap_or("?"),
-                    v["message"].as_str().unwrap_or("")
-                );
+                eprintln!("herald: {} {}", v["code"].as_str().unwrap_or("?"), v["message"].as_str().unwrap_or(""));
                 if v["ref"] == json!(1) {
                     bail!("subscription refused");
                 }

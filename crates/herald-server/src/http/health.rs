@@ -16,14 +16,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
     let s = state.get();
     let head = s.log.bounds().head;
     if s.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "draining", "log_head": head})),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "log_head": head})))
     } else {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "log_head": head})),
-        )
+        (StatusCode::OK, Json(json!({"status": "ready", "log_head": head})))
     }
 }

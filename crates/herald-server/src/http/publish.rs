@@ -14,24 +14,16 @@ use herald_protocol::ErrorCode;
 use serde_json::{json, Value};
 use tracing::error;
 
-pub(crate) async fn publish(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn publish(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let s = state.get();
     if s.is_draining() {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the server is shutting down",
-        ));
+        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
     let trimmed = text.trim_start();
     let (events, single) = if trimmed.starts_with('[') {
-        let events: Vec<NewEvent> = serde_json::from_str(text).map_err(|e| {
-            ApiError::new(ErrorCode::BadRequest, format!("invalid event array: {e}"))
-        })?;
+        let events: Vec<NewEvent> = serde_json::from_str(text)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid event array: {e}")))?;
         (events, false)
     } else {
         let event: NewEvent = serde_json::from_str(text)
@@ -60,31 +52,18 @@ pub(crate) async fn publish(
             } else {
                 ErrorCode::BadRequest
             };
-            let at = if single {
-                String::new()
-            } else {
-                format!("event #{i}: ")
-            };
+            let at = if single { String::new() } else { format!("event #{i}: ") };
             ApiError::new(code, format!("{at}{err}"))
         })?;
-        e.origin = Some(Origin {
-            peer: "http".into(),
-            stream: 0,
-            seq: i as u64,
-        });
+        e.origin = Some(Origin { peer: "http".into(), stream: 0, seq: i as u64 });
     }
     let committed = s.log.append(events).await.map_err(|e| {
         error!(error = %e, "Publish failed: the log did not store the events.");
-        ApiError::new(
-            ErrorCode::Unavailable,
-            format!("the log could not store the events: {e}"),
-        )
+        ApiError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
     })?;
     if single {
         Ok(Json(json!({"id": committed.first().map(|e| e.id)})))
     } else {
-        Ok(Json(
-            json!({"ids": committed.iter().map(|e| e.id).collect::<Vec<_>>()}),
-        ))
+        Ok(Json(json!({"ids": committed.iter().map(|e| e.id).collect::<Vec<_>>()})))
     }
 }

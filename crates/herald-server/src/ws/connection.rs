@@ -12,13 +12,12 @@ use futures_util::StreamExt;
 use herald_core::event::{parse_time_us, Origin};
 use herald_core::fanout::Registration;
 use herald_core::{
-    Filter, Frame, NewEvent, Outbox, Pattern, Principal, ResumeError, Session, Start, SubRecord,
-    SubSpec,
+    Filter, Frame, NewEvent, Outbox, Pattern, Principal, ResumeError, Session, Start, SubRecord, SubSpec,
 };
 use herald_log::ReadQuery;
 use herald_protocol::{
-    decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref,
-    ServerMessage, SessionInfo, Since, SubOnly, Subscribe,
+    decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, ServerMessage, SessionInfo,
+    Since, SubOnly, Subscribe,
 };
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -75,15 +74,8 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr) {
         publish_seq: 0,
     };
     if s.is_draining() {
-        let closing = encode(&ServerMessage::Closing {
-            reason: "server shutting down".into(),
-            retry_after_ms: 1000,
-        });
-        outbox.close_with(
-            Some(closing.into()),
-            CloseCode::Draining.code(),
-            "server shutting down",
-        );
+        let closing = encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });
+        outbox.close_with(Some(closing.into()), CloseCode::Draining.code(), "server shutting down");
     }
     let mut orderly = false;
     loop {
@@ -130,37 +122,14 @@ impl Connection {
         let _ = self.outbox.push(Frame::Text(encode(msg).into()));
     }
 
-    fn error(
-        &self,
-        reference: Option<Ref>,
-        sub: Option<String>,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) {
-        self.send(&ServerMessage::Error {
-            reference,
-            sub,
-            code,
-            message: message.into(),
-        });
+    fn error(&self, reference: Option<Ref>, sub: Option<String>, code: ErrorCode, message: impl Into<String>) {
+        self.send(&ServerMessage::Error { reference, sub, code, message: message.into() });
     }
 
     /// Send an error and close the connection with `close`.
-    fn fatal(
-        &self,
-        reference: Option<Ref>,
-        code: ErrorCode,
-        message: &str,
-        close: CloseCode,
-    ) -> ControlFlow<()> {
-        let frame = encode(&ServerMessage::Error {
-            reference,
-            sub: None,
-            code,
-            message: message.to_string(),
-        });
-        self.outbox
-            .close_with(Some(frame.into()), close.code(), message);
+    fn fatal(&self, reference: Option<Ref>, code: ErrorCode, message: &str, close: CloseCode) -> ControlFlow<()> {
+        let frame = encode(&ServerMessage::Error { reference, sub: None, code, message: message.to_string() });
+        self.outbox.close_with(Some(frame.into()), close.code(), message);
         ControlFlow::Break(())
     }
 
@@ -171,10 +140,7 @@ impl Connection {
                 None,
                 None,
                 ErrorCode::LimitExceeded,
-                format!(
-                    "frame of {} bytes exceeds limits.max_frame_bytes ({max})",
-                    text.len()
-                ),
+                format!("frame of {} bytes exceeds limits.max_frame_bytes ({max})", text.len()),
             );
             return ControlFlow::Continue(());
         }
@@ -198,21 +164,14 @@ impl Connection {
         };
         match msg {
             ClientMessage::Hello(h) => {
-                self.error(
-                    h.reference,
-                    None,
-                    ErrorCode::Conflict,
-                    "`hello` was already sent on this connection",
-                );
+                self.error(h.reference, None, ErrorCode::Conflict, "`hello` was already sent on this connection");
             }
             ClientMessage::Subscribe(m) => self.subscribe(&session, m).await,
             ClientMessage::Unsubscribe(m) => self.unsubscribe(&session, m),
             ClientMessage::Pause(m) => self.pause(&session, m),
             ClientMessage::Resume(m) => self.resume(&session, m),
             ClientMessage::Ack(m) => self.ack(&session, m),
-            ClientMessage::Ping(m) => self.send(&ServerMessage::Pong {
-                reference: m.reference,
-            }),
+            ClientMessage::Ping(m) => self.send(&ServerMessage::Pong { reference: m.reference }),
             ClientMessage::Publish(m) => self.publish(m).await,
             ClientMessage::Rendezvous { kind, reference } => self.error(
                 reference,
@@ -228,10 +187,7 @@ impl Connection {
         let s = self.state.get();
         self.send(&ServerMessage::Welcome {
             reference,
-            session: SessionInfo {
-                id: session.id.clone(),
-                secret: session.secret().to_string(),
-            },
+            session: SessionInfo { id: session.id.clone(), secret: session.secret().to_string() },
             resumed,
             heartbeat_ms: s.config.heartbeat.as_millis() as u64,
             limits: s.limits(),
@@ -260,10 +216,7 @@ impl Connection {
                 Err(ResumeError::NotFound) => {
                     // Expired or unknown: start afresh; `resumed: false` tells the
                     // client to subscribe again from its own last ids.
-                    debug!(
-                        conn = self.conn_id,
-                        "Resume of an unknown or expired session; starting a new one."
-                    );
+                    debug!(conn = self.conn_id, "Resume of an unknown or expired session; starting a new one.");
                 }
             }
         }
@@ -282,11 +235,7 @@ impl Connection {
                 reason: "session resumed on another connection".into(),
                 retry_after_ms: 0,
             });
-            old.close_with(
-                Some(closing.into()),
-                CloseCode::SessionTakenOver.code(),
-                "session taken over",
-            );
+            old.close_with(Some(closing.into()), CloseCode::SessionTakenOver.code(), "session taken over");
         }
         for rec in st.subs.values_mut() {
             if let Some(e) = rec.entry.take() {
@@ -305,27 +254,13 @@ impl Connection {
                 principal: self.principal.clone(),
                 outbox: self.outbox.clone(),
             };
-            let start = if rec.paused {
-                Start::Paused(rec.acked)
-            } else {
-                Start::CatchUp(rec.acked)
-            };
+            let start = if rec.paused { Start::Paused(rec.acked) } else { Start::CatchUp(rec.acked) };
             let recovered = rec.acked + 1 >= first;
             let (entry, _) = s.fanout.register(reg, start, |head| {
-                self.send(&ServerMessage::Subscribed {
-                    reference: None,
-                    sub: sub.clone(),
-                    head,
-                    recovered,
-                });
+                self.send(&ServerMessage::Subscribed { reference: None, sub: sub.clone(), head, recovered });
             });
             if !recovered {
-                self.error(
-                    None,
-                    Some(sub.clone()),
-                    ErrorCode::HistoryTruncated,
-                    truncated_message(rec.acked, first),
-                );
+                self.error(None, Some(sub.clone()), ErrorCode::HistoryTruncated, truncated_message(rec.acked, first));
             }
             if !rec.paused {
                 catch_up.push(entry.clone());
@@ -347,39 +282,26 @@ impl Connection {
             return Err(bad(format!("`sub` must be 1 to {MAX_SUB_ID_BYTES} bytes")));
         }
         if m.bindings.is_empty() {
-            return Err(bad(
-                "`bindings` must name at least one {exchange, pattern}".into()
-            ));
+            return Err(bad("`bindings` must name at least one {exchange, pattern}".into()));
         }
         if m.bindings.len() > limits.max_bindings {
             return Err((
                 ErrorCode::LimitExceeded,
-                format!(
-                    "{} bindings; the limit is {} (limits.max_bindings)",
-                    m.bindings.len(),
-                    limits.max_bindings
-                ),
+                format!("{} bindings; the limit is {} (limits.max_bindings)", m.bindings.len(), limits.max_bindings),
             ));
         }
         if m.filters.len() > limits.max_filters {
             return Err((
                 ErrorCode::LimitExceeded,
-                format!(
-                    "{} filters; the limit is {} (limits.max_filters)",
-                    m.filters.len(),
-                    limits.max_filters
-                ),
+                format!("{} filters; the limit is {} (limits.max_filters)", m.filters.len(), limits.max_filters),
             ));
         }
         let mut bindings = Vec::with_capacity(m.bindings.len());
         for (i, b) in m.bindings.iter().enumerate() {
             if b.exchange.is_empty() || b.exchange.len() > herald_core::event::MAX_NAME_BYTES {
-                return Err(bad(format!(
-                    "binding #{i}: exchange must be 1 to 255 bytes"
-                )));
+                return Err(bad(format!("binding #{i}: exchange must be 1 to 255 bytes")));
             }
-            let pattern =
-                Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
+            let pattern = Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
             bindings.push((b.exchange.clone(), pattern));
         }
         let filters = Filter::compile_all(&m.filters).map_err(|e| bad(e.to_string()))?;
@@ -426,9 +348,7 @@ impl Connection {
         };
         let (entry, cursor, live) = match m.since {
             None => {
-                let (entry, head) = s
-                    .fanout
-                    .register(reg, Start::Live, |head| self.send(&subscribed(head, true)));
+                let (entry, head) = s.fanout.register(reg, Start::Live, |head| self.send(&subscribed(head, true)));
                 (entry, head, true)
             }
             Some(Since::Id { id }) => {
@@ -439,10 +359,8 @@ impl Connection {
                     self.send(&subscribed(head, !(ahead || truncated)));
                 });
                 if ahead {
-                    let msg = format!(
-                        "since.id {id} is beyond the newest event ({}); delivering from there",
-                        bounds.head
-                    );
+                    let msg =
+                        format!("since.id {id} is beyond the newest event ({}); delivering from there", bounds.head);
                     self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, msg);
                 } else if truncated {
                     self.error(
@@ -480,19 +398,21 @@ impl Connection {
                     self.send(&subscribed(head, !truncated));
                 });
                 if truncated {
-                    self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, format!(
-                        "events before id {} are no longer kept; some events at or after since.time may be missing",
-                        bounds.first
-                    ));
+                    self.error(
+                        None,
+                        Some(m.sub.clone()),
+                        ErrorCode::HistoryTruncated,
+                        format!(
+                            "events before id {} are no longer kept; some events at or after since.time may be missing",
+                            bounds.first
+                        ),
+                    );
                 }
                 (entry, cursor, false)
             }
             Some(Since::Last { last }) => {
                 if last > s.config.limits.max_replay {
-                    let msg = format!(
-                        "since.last {last} exceeds limits.max_replay ({})",
-                        s.config.limits.max_replay
-                    );
+                    let msg = format!("since.last {last} exceeds limits.max_replay ({})", s.config.limits.max_replay);
                     return self.error(m.reference, Some(m.sub), ErrorCode::LimitExceeded, msg);
                 }
                 let (entry, head) = s.fanout.register(reg, Start::Hold, |_| {});
@@ -507,9 +427,9 @@ impl Connection {
                                 Some(m.sub.clone()),
                                 ErrorCode::HistoryTruncated,
                                 format!(
-                                "only {found} matching events are still kept (oldest kept id {})",
-                                bounds.first
-                            ),
+                                    "only {found} matching events are still kept (oldest kept id {})",
+                                    bounds.first
+                                ),
                             );
                         }
                         (entry, cursor, false)
@@ -526,15 +446,11 @@ impl Connection {
                 }
             }
         };
-        session.state.lock().subs.insert(
-            m.sub.clone(),
-            SubRecord {
-                spec,
-                acked: cursor,
-                paused: false,
-                entry: Some(entry.clone()),
-            },
-        );
+        session
+            .state
+            .lock()
+            .subs
+            .insert(m.sub.clone(), SubRecord { spec, acked: cursor, paused: false, entry: Some(entry.clone()) });
         if !live {
             spawn_catch_up(self.state.clone(), entry);
         }
@@ -576,12 +492,7 @@ impl Connection {
         Ok((cursor, found))
     }
 
-    fn with_entry(
-        &self,
-        session: &Session,
-        m: &SubOnly,
-        f: impl FnOnce(&mut SubRecord) -> ServerMessage,
-    ) {
+    fn with_entry(&self, session: &Session, m: &SubOnly, f: impl FnOnce(&mut SubRecord) -> ServerMessage) {
         let reply = {
             let mut st = session.state.lock();
             st.subs.get_mut(&m.sub).map(f)
@@ -604,17 +515,9 @@ impl Connection {
                 if let Some(e) = rec.entry {
                     self.state.get().fanout.unregister(&e);
                 }
-                self.send(&ServerMessage::Unsubscribed {
-                    reference: m.reference,
-                    sub: m.sub,
-                });
+                self.send(&ServerMessage::Unsubscribed { reference: m.reference, sub: m.sub });
             }
-            None => self.error(
-                m.reference,
-                Some(m.sub),
-                ErrorCode::NotFound,
-                "no subscription with this `sub`",
-            ),
+            None => self.error(m.reference, Some(m.sub), ErrorCode::NotFound, "no subscription with this `sub`"),
         }
     }
 
@@ -625,10 +528,7 @@ impl Connection {
                 fanout.pause(e);
             }
             rec.paused = true;
-            ServerMessage::Paused {
-                reference: m.reference.clone(),
-                sub: m.sub.clone(),
-            }
+            ServerMessage::Paused { reference: m.reference.clone(), sub: m.sub.clone() }
         });
     }
 
@@ -642,10 +542,7 @@ impl Connection {
                 }
             }
             rec.paused = false;
-            ServerMessage::Resumed {
-                reference: m.reference.clone(),
-                sub: m.sub.clone(),
-            }
+            ServerMessage::Resumed { reference: m.reference.clone(), sub: m.sub.clone() }
         });
         if let Some(entry) = restart {
             spawn_catch_up(self.state.clone(), entry);
@@ -658,12 +555,7 @@ impl Connection {
             Some(rec) => rec.acked = rec.acked.max(m.id),
             None => {
                 drop(st);
-                self.error(
-                    None,
-                    Some(m.sub),
-                    ErrorCode::NotFound,
-                    "ack for an unknown subscription",
-                );
+                self.error(None, Some(m.sub), ErrorCode::NotFound, "ack for an unknown subscription");
             }
         }
     }
@@ -687,15 +579,8 @@ impl Connection {
             return self.error(m.reference, None, code, e.to_string());
         }
         self.publish_seq += 1;
-        event.origin = Some(Origin {
-            peer: "ws".into(),
-            stream: self.conn_id,
-            seq: self.publish_seq,
-        });
-        let tx = self
-            .publisher
-            .get_or_insert_with(|| spawn_publisher(self.state.clone(), self.outbox.clone()))
-            .clone();
+        event.origin = Some(Origin { peer: "ws".into(), stream: self.conn_id, seq: self.publish_seq });
+        let tx = self.publisher.get_or_insert_with(|| spawn_publisher(self.state.clone(), self.outbox.clone())).clone();
         // Waiting here when the queue is full stops reading from this client:
         // backpressure, not buffering.
         let _ = tx.send((event, m.reference)).await;
@@ -708,10 +593,7 @@ impl Connection {
         };
         let s = self.state.get();
         let mut st = session.state.lock();
-        let mine = st
-            .attached
-            .as_ref()
-            .is_some_and(|o| Arc::ptr_eq(o, &self.outbox));
+        let mine = st.attached.as_ref().is_some_and(|o| Arc::ptr_eq(o, &self.outbox));
         if !mine {
             return; // taken over by another connection
         }
@@ -757,10 +639,7 @@ fn spawn_publisher(state: AppState, outbox: Arc<Outbox>) -> mpsc::Sender<Publica
             match state.get().log.append(events).await {
                 Ok(committed) => {
                     for (e, reference) in committed.iter().zip(refs) {
-                        let msg = ServerMessage::Published {
-                            reference,
-                            id: e.id,
-                        };
+                        let msg = ServerMessage::Published { reference, id: e.id };
                         let _ = outbox.push(Frame::Text(encode(&msg).into()));
                     }
                 }

@@ -29,10 +29,7 @@ pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Out
                 },
                 Frame::Ping => Message::Ping(Bytes::new()),
                 Frame::Close(code, reason) => {
-                    close = Some(Message::Close(Some(CloseFrame {
-                        code: *code,
-                        reason: reason.as_str().into(),
-                    })));
+                    close = Some(Message::Close(Some(CloseFrame { code: *code, reason: reason.as_str().into() })));
                     break;
                 }
             };

@@ -38,14 +38,7 @@ impl Gateway {
         std::fs::write(&config, toml).expect("write config");
         let (child, base) = Self::spawn(&data, &config, "127.0.0.1:0");
         let addr = base.strip_prefix("http://").expect("http").to_string();
-        Gateway {
-            child,
-            base,
-            addr,
-            data,
-            _dir: Some(dir),
-            config: Some(config),
-        }
+        Gateway { child, base, addr, data, _dir: Some(dir), config: Some(config) }
     }
 
     fn spawn(data: &Path, config: &Path, listen: &str) -> (Child, String) {
@@ -60,14 +53,8 @@ impl Gateway {
             .expect("spawn herald");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next()
-            .expect("herald printed nothing")
-            .expect("read stdout");
-        let base = first
-            .strip_prefix("herald listening on ")
-            .expect("listening line")
-            .to_string();
+        let first = lines.next().expect("herald printed nothing").expect("read stdout");
+        let base = first.strip_prefix("herald listening on ").expect("listening line").to_string();
         std::thread::spawn(move || for _ in lines {});
         (child, base)
     }
@@ -83,10 +70,7 @@ impl Gateway {
     /// SIGTERM and wait for exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         self.child.wait().expect("wait")
     }
 
@@ -125,20 +109,14 @@ impl Gateway {
         if let Some(id) = body["id"].as_u64() {
             vec![id]
         } else {
-            body["ids"]
-                .as_array()
-                .expect("ids")
-                .iter()
-                .map(|v| v.as_u64().expect("id"))
-                .collect()
+            body["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id")).collect()
         }
     }
 
     /// Publish `n` events to `exchange` with routing key `rk` and payload `{"n": i}`.
     pub async fn publish_n(&self, exchange: &str, rk: &str, n: u64) -> Vec<u64> {
-        let events: Vec<Value> = (0..n)
-            .map(|i| json!({"exchange": exchange, "routing_key": rk, "payload": {"n": i}}))
-            .collect();
+        let events: Vec<Value> =
+            (0..n).map(|i| json!({"exchange": exchange, "routing_key": rk, "payload": {"n": i}})).collect();
         let mut ids = Vec::new();
         for chunk in events.chunks(500) {
             ids.extend(self.publish(Value::Array(chunk.to_vec())).await);
@@ -164,21 +142,12 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        Client {
-            ws,
-            next_ref: 0,
-            pending: Default::default(),
-        }
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+        Client { ws, next_ref: 0, pending: Default::default() }
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
     }
 
     pub async fn send_raw(&mut self, m: Message) {
@@ -199,18 +168,11 @@ impl Client {
             return Ok(v);
         }
         loop {
-            let msg = tokio::time::timeout(wait, self.ws.next())
-                .await
-                .map_err(|_| "timeout".to_string())?;
+            let msg = tokio::time::timeout(wait, self.ws.next()).await.map_err(|_| "timeout".to_string())?;
             match msg {
-                Some(Ok(Message::Text(t))) => {
-                    return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON"))
-                }
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON")),
                 Some(Ok(Message::Close(f))) => {
-                    return Err(format!(
-                        "closed {:?}",
-                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
-                    ))
+                    return Err(format!("closed {:?}", f.map(|f| (u16::from(f.code), f.reason.to_string()))))
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(format!("error {e}")),
@@ -229,9 +191,7 @@ impl Client {
     /// Wait for the close frame; returns its code.
     pub async fn expect_close(&mut self) -> u16 {
         loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("close within timeout");
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next()).await.expect("close within timeout");
             match msg {
                 Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
                 Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
@@ -297,10 +257,7 @@ impl Client {
 }
 
 pub fn ids(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .map(|e| e["id"].as_u64().expect("id"))
-        .collect()
+    events.iter().map(|e| e["id"].as_u64().expect("id")).collect()
 }
 
 pub fn binding(exchange: &str, pattern: &str) -> Value {

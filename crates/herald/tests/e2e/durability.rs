@@ -38,22 +38,15 @@ async fn acknowledged_events_survive_kill_9() {
     for t in tasks {
         acked.extend(t.await.expect("task"));
     }
-    assert!(
-        acked.len() > 50,
-        "the publishers got going: {}",
-        acked.len()
-    );
+    assert!(acked.len() > 50, "the publishers got going: {}", acked.len());
     let max = *acked.iter().max().expect("some");
     // Everything up to the newest acknowledged id is there, dense and in order.
     let (mut c, _) = g.hello().await;
-    c.subscribe("s", binding("d", "#"), json!({"since": {"id": 0}}))
-        .await;
+    c.subscribe("s", binding("d", "#"), json!({"since": {"id": 0}})).await;
     let got = ids(&c.events(max as usize).await);
     assert_eq!(got, (1..=max).collect::<Vec<_>>());
     // And the log continues after the recovered head.
-    let next = g
-        .publish(json!({"exchange": "d", "routing_key": "k", "payload": 0}))
-        .await[0];
+    let next = g.publish(json!({"exchange": "d", "routing_key": "k", "payload": 0})).await[0];
     assert!(next > max);
 }
 
@@ -64,10 +57,7 @@ async fn sigterm_drains_with_closing_and_restarts_cleanly() {
     let (mut c, _) = g.hello().await;
     let status = {
         let pid = g.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill")
     };
     assert!(status.success());
     let m = c.recv().await;
@@ -78,7 +68,6 @@ async fn sigterm_drains_with_closing_and_restarts_cleanly() {
     assert!(exit.success(), "clean exit: {exit:?}");
     g.restart();
     let (mut c, _) = g.hello().await;
-    c.subscribe("s", binding("x", "#"), json!({"since": {"id": 0}}))
-        .await;
+    c.subscribe("s", binding("x", "#"), json!({"since": {"id": 0}})).await;
     assert_eq!(ids(&c.events(3).await), vec![1, 2, 3]);
 }

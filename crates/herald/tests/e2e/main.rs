@@ -9,4 +9,5 @@ mod protocol;
 mod publish;
 mod replay;
 mod sessions;
+mod slow;
 mod subscribe;

@@ -9,16 +9,8 @@ use tokio_tungstenite::tungstenite::Message;
 async fn welcome_carries_session_limits_and_server() {
     let g = Gateway::start();
     let (_c, w) = g.hello().await;
-    assert!(
-        w["session"]["id"].as_str().is_some_and(|s| s.len() >= 16),
-        "{w}"
-    );
-    assert!(
-        w["session"]["secret"]
-            .as_str()
-            .is_some_and(|s| s.len() >= 32),
-        "{w}"
-    );
+    assert!(w["session"]["id"].as_str().is_some_and(|s| s.len() >= 16), "{w}");
+    assert!(w["session"]["secret"].as_str().is_some_and(|s| s.len() >= 32), "{w}");
     assert_eq!(w["resumed"], false);
     assert!(w["heartbeat_ms"].as_u64().is_some_and(|h| h > 0));
     assert_eq!(w["limits"]["max_subscriptions"], 100);
@@ -41,30 +33,16 @@ async fn bad_input_gets_an_error_and_the_connection_goes_on() {
     let e = c.recv().await;
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "bad_request");
-    assert!(
-        e["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("malformed JSON"),
-        "{e}"
-    );
+    assert!(e["message"].as_str().unwrap_or("").contains("malformed JSON"), "{e}");
 
     c.send(json!({"type": "frobnicate", "ref": "x"})).await;
     let e = c.recv().await;
-    assert_eq!(
-        (e["code"].as_str(), e["ref"].as_str()),
-        (Some("bad_request"), Some("x")),
-        "{e}"
-    );
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("bad_request"), Some("x")), "{e}");
 
-    c.send(json!({"type": "subscribe", "ref": 5, "sub": "s"}))
-        .await;
+    c.send(json!({"type": "subscribe", "ref": 5, "sub": "s"})).await;
     let e = c.recv().await;
     assert_eq!(e["ref"], 5);
-    assert!(
-        e["message"].as_str().unwrap_or("").contains("bindings"),
-        "{e}"
-    );
+    assert!(e["message"].as_str().unwrap_or("").contains("bindings"), "{e}");
 
     c.send_raw(Message::binary(vec![1u8, 2, 3])).await;
     let e = c.recv().await;
@@ -72,11 +50,7 @@ async fn bad_input_gets_an_error_and_the_connection_goes_on() {
 
     c.send(json!({"type": "hello", "ref": 9})).await;
     let e = c.recv().await;
-    assert_eq!(
-        (e["code"].as_str(), e["ref"].as_i64()),
-        (Some("conflict"), Some(9)),
-        "{e}"
-    );
+    assert_eq!((e["code"].as_str(), e["ref"].as_i64()), (Some("conflict"), Some(9)), "{e}");
 
     // Still usable.
     let r = c.request(json!({"type": "ping"})).await;
@@ -97,9 +71,7 @@ async fn anything_before_hello_is_a_protocol_violation() {
 async fn rendezvous_messages_are_answered_not_ignored() {
     let g = Gateway::start();
     let (mut c, _) = g.hello().await;
-    let e = c
-        .request(json!({"type": "request", "service": "s", "body": {}}))
-        .await;
+    let e = c.request(json!({"type": "request", "service": "s", "body": {}})).await;
     assert_eq!(e["code"], "unavailable", "{e}");
 }
 

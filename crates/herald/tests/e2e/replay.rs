@@ -10,9 +10,7 @@ async fn since_id_replays_then_goes_live() {
     g.publish_n("r", "a", 10).await;
     g.publish_n("other", "a", 5).await;
     let (mut c, _) = g.hello().await;
-    let s = c
-        .subscribe("s", binding("r", "#"), json!({"since": {"id": 4}}))
-        .await;
+    let s = c.subscribe("s", binding("r", "#"), json!({"since": {"id": 4}})).await;
     assert_eq!(s["recovered"], true, "{s}");
     assert_eq!(s["head"], 15);
     assert_eq!(ids(&c.events(6).await), vec![5, 6, 7, 8, 9, 10]);
@@ -29,27 +27,16 @@ async fn since_last_gives_the_n_most_recent_matching() {
         .collect();
     g.publish(serde_json::Value::Array(events)).await;
     let (mut c, _) = g.hello().await;
-    let s = c
-        .subscribe("s", binding("r", "hit"), json!({"since": {"last": 4}}))
-        .await;
+    let s = c.subscribe("s", binding("r", "hit"), json!({"since": {"last": 4}})).await;
     assert_eq!(s["recovered"], true);
     // Ids of "hit" events: 1, 4, 7, ..., 28; the last four:
     assert_eq!(ids(&c.events(4).await), vec![19, 22, 25, 28]);
-    g.publish(json!({"exchange": "r", "routing_key": "hit", "payload": 0}))
-        .await;
+    g.publish(json!({"exchange": "r", "routing_key": "hit", "payload": 0})).await;
     assert_eq!(ids(&c.events(1).await), vec![31]);
-    let s = c
-        .subscribe("t", binding("r", "hit"), json!({"since": {"last": 0}}))
-        .await;
+    let s = c.subscribe("t", binding("r", "hit"), json!({"since": {"last": 0}})).await;
     assert_eq!(s["type"], "subscribed");
     c.expect_silence(Duration::from_millis(200)).await;
-    let e = c
-        .subscribe(
-            "u",
-            binding("r", "#"),
-            json!({"since": {"last": 100_000_000}}),
-        )
-        .await;
+    let e = c.subscribe("u", binding("r", "#"), json!({"since": {"last": 100_000_000}})).await;
     assert_eq!(e["code"], "limit_exceeded", "{e}");
 }
 
@@ -61,27 +48,15 @@ async fn since_time_starts_at_that_instant() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     g.publish_n("t", "a", 1).await;
     let (mut c, _) = g.hello().await;
-    c.subscribe("probe", binding("t", "#"), json!({"since": {"id": 5}}))
-        .await;
+    c.subscribe("probe", binding("t", "#"), json!({"since": {"id": 5}})).await;
     let sixth = c.events(1).await.remove(0);
     let t = sixth["time"].as_str().expect("time").to_string();
     g.publish_n("t", "a", 3).await;
-    c.subscribe("s", binding("t", "#"), json!({"since": {"time": t}}))
-        .await;
+    c.subscribe("s", binding("t", "#"), json!({"since": {"time": t}})).await;
     let evs = c.events(3 + 4).await;
-    let s_ids: Vec<u64> = evs
-        .iter()
-        .filter(|e| e["sub"] == "s")
-        .map(|e| e["id"].as_u64().unwrap_or(0))
-        .collect();
+    let s_ids: Vec<u64> = evs.iter().filter(|e| e["sub"] == "s").map(|e| e["id"].as_u64().unwrap_or(0)).collect();
     assert_eq!(s_ids, vec![6, 7, 8, 9]);
-    let e = c
-        .subscribe(
-            "x",
-            binding("t", "#"),
-            json!({"since": {"time": "2999-01-01T00:00:00Z"}}),
-        )
-        .await;
+    let e = c.subscribe("x", binding("t", "#"), json!({"since": {"time": "2999-01-01T00:00:00Z"}})).await;
     assert_eq!(e["type"], "subscribed");
     g.publish_n("t", "a", 1).await;
     let evs = c.events(3).await;
@@ -98,21 +73,16 @@ async fn replay_and_live_merge_without_gap_or_duplicate_under_load() {
     let publisher = tokio::spawn(async move {
         let client = reqwest::Client::new();
         for round in 0..40 {
-            let batch: Vec<_> = (0..50).map(|i| json!({"exchange": "load", "routing_key": "k", "payload": {"r": round, "i": i}})).collect();
-            client
-                .post(format!("{base}/v1/publish"))
-                .json(&batch)
-                .send()
-                .await
-                .expect("publish");
+            let batch: Vec<_> = (0..50)
+                .map(|i| json!({"exchange": "load", "routing_key": "k", "payload": {"r": round, "i": i}}))
+                .collect();
+            client.post(format!("{base}/v1/publish")).json(&batch).send().await.expect("publish");
         }
     });
     let mut clients = Vec::new();
     for since in [0u64, 500, 999] {
         let (mut c, _) = g.hello().await;
-        let s = c
-            .subscribe("s", binding("load", "#"), json!({"since": {"id": since}}))
-            .await;
+        let s = c.subscribe("s", binding("load", "#"), json!({"since": {"id": since}})).await;
         assert_eq!(s["type"], "subscribed");
         clients.push((since, c));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -135,9 +105,7 @@ async fn truncated_history_is_reported_not_hidden() {
     }
     g.publish_n("h", "k", 1).await;
     let (mut c, _) = g.hello().await;
-    let s = c
-        .subscribe("s", binding("h", "#"), json!({"since": {"id": 0}}))
-        .await;
+    let s = c.subscribe("s", binding("h", "#"), json!({"since": {"id": 0}})).await;
     assert_eq!(s["type"], "subscribed");
     assert_eq!(s["recovered"], false, "{s}");
     let e = c.recv().await;
@@ -145,15 +113,10 @@ async fn truncated_history_is_reported_not_hidden() {
     assert_eq!(e["code"], "history_truncated");
     assert_eq!(e["sub"], "s");
     let first = c.events(1).await[0]["id"].as_u64().expect("id");
-    assert!(
-        first > 1 && first <= 351,
-        "replay starts at the oldest kept event: {first}"
-    );
+    assert!(first > 1 && first <= 351, "replay starts at the oldest kept event: {first}");
     let rest = ids(&c.events((401 - first) as usize).await);
     assert_eq!(rest.last(), Some(&401));
 
-    let s = c
-        .subscribe("t", binding("h", "#"), json!({"since": {"id": 390}}))
-        .await;
+    let s = c.subscribe("t", binding("h", "#"), json!({"since": {"id": 390}})).await;
     assert_eq!(s["recovered"], true, "recent history is intact");
 }

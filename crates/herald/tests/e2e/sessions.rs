@@ -26,9 +26,7 @@ async fn resume_replays_everything_after_the_ack_once_in_order() {
     g.publish_n("s", "c.y", 2).await; // 11..12, matches nothing
 
     let mut c = g.client().await;
-    let w2 = c
-        .request(json!({"type": "hello", "session": creds(&w)}))
-        .await;
+    let w2 = c.request(json!({"type": "hello", "session": creds(&w)})).await;
     assert_eq!(w2["type"], "welcome", "{w2}");
     assert_eq!(w2["resumed"], true);
     assert_eq!(w2["session"]["id"], w["session"]["id"]);
@@ -39,10 +37,7 @@ async fn resume_replays_everything_after_the_ack_once_in_order() {
         let m = c.recv().await;
         match (m["type"].as_str(), m["sub"].as_str()) {
             (Some("subscribed"), Some(sub)) => {
-                assert!(
-                    m.get("ref").is_none(),
-                    "restored subscriptions carry no ref"
-                );
+                assert!(m.get("ref").is_none(), "restored subscriptions carry no ref");
                 restored.push(sub.to_string());
             }
             (Some("event"), Some("a")) => a.push(m["id"].as_u64().unwrap_or(0)),
@@ -52,11 +47,7 @@ async fn resume_replays_everything_after_the_ack_once_in_order() {
     }
     restored.sort();
     assert_eq!(restored, vec!["a", "b"]);
-    assert_eq!(
-        a,
-        vec![4, 5, 6, 7, 8],
-        "after the ack of 3, once each, in order"
-    );
+    assert_eq!(a, vec![4, 5, 6, 7, 8], "after the ack of 3, once each, in order");
     assert_eq!(b, vec![9, 10]);
     c.expect_silence(Duration::from_millis(200)).await;
     // And live delivery continues.
@@ -76,9 +67,7 @@ async fn a_wrong_secret_is_refused() {
     assert_eq!(c.expect_close().await, 4401);
     // The real owner can still resume.
     let mut c = g.client().await;
-    let w2 = c
-        .request(json!({"type": "hello", "session": creds(&w)}))
-        .await;
+    let w2 = c.request(json!({"type": "hello", "session": creds(&w)})).await;
     assert_eq!(w2["resumed"], true);
 }
 
@@ -90,9 +79,7 @@ async fn an_orderly_close_ends_the_session() {
     c.ws.close(None).await.expect("close");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = g.client().await;
-    let w2 = c
-        .request(json!({"type": "hello", "session": creds(&w)}))
-        .await;
+    let w2 = c.request(json!({"type": "hello", "session": creds(&w)})).await;
     assert_eq!(w2["type"], "welcome");
     assert_eq!(w2["resumed"], false, "a new session");
     assert_ne!(w2["session"]["id"], w["session"]["id"]);
@@ -105,9 +92,7 @@ async fn sessions_expire_after_the_ttl() {
     c.abort();
     tokio::time::sleep(Duration::from_millis(1800)).await;
     let mut c = g.client().await;
-    let w2 = c
-        .request(json!({"type": "hello", "session": creds(&w)}))
-        .await;
+    let w2 = c.request(json!({"type": "hello", "session": creds(&w)})).await;
     assert_eq!(w2["resumed"], false);
 }
 
@@ -117,9 +102,7 @@ async fn resuming_on_a_second_connection_takes_the_session_over() {
     let (mut old, w) = g.hello().await;
     old.subscribe("a", binding("s", "#"), json!({})).await;
     let mut new = g.client().await;
-    let w2 = new
-        .request(json!({"type": "hello", "session": creds(&w)}))
-        .await;
+    let w2 = new.request(json!({"type": "hello", "session": creds(&w)})).await;
     assert_eq!(w2["resumed"], true);
     let closing = old.recv().await;
     assert_eq!(closing["type"], "closing", "{closing}");

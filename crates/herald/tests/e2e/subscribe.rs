@@ -9,7 +9,11 @@ async fn bindings_select_events_and_subscriptions_are_independent() {
     let g = Gateway::start();
     let (mut c, _) = g.hello().await;
     let s = c
-        .subscribe("orders", json!([{"exchange": "shop", "pattern": "order.*"}, {"exchange": "shop", "pattern": "#.refund"}]), json!({}))
+        .subscribe(
+            "orders",
+            json!([{"exchange": "shop", "pattern": "order.*"}, {"exchange": "shop", "pattern": "#.refund"}]),
+            json!({}),
+        )
         .await;
     assert_eq!(s["type"], "subscribed", "{s}");
     assert_eq!(s["recovered"], true);
@@ -25,16 +29,8 @@ async fn bindings_select_events_and_subscriptions_are_independent() {
     ]))
     .await;
     let evs = c.events(5).await;
-    let orders: Vec<u64> = evs
-        .iter()
-        .filter(|e| e["sub"] == "orders")
-        .map(|e| e["id"].as_u64().unwrap_or(0))
-        .collect();
-    let all: Vec<u64> = evs
-        .iter()
-        .filter(|e| e["sub"] == "all")
-        .map(|e| e["id"].as_u64().unwrap_or(0))
-        .collect();
+    let orders: Vec<u64> = evs.iter().filter(|e| e["sub"] == "orders").map(|e| e["id"].as_u64().unwrap_or(0)).collect();
+    let all: Vec<u64> = evs.iter().filter(|e| e["sub"] == "all").map(|e| e["id"].as_u64().unwrap_or(0)).collect();
     assert_eq!(orders, vec![1, 3]);
     assert_eq!(all, vec![1, 2, 3]);
     let e = &evs[0];
@@ -43,22 +39,14 @@ async fn bindings_select_events_and_subscriptions_are_independent() {
     assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')));
     c.expect_silence(Duration::from_millis(200)).await;
 
-    let u = c
-        .request(json!({"type": "unsubscribe", "sub": "all"}))
-        .await;
+    let u = c.request(json!({"type": "unsubscribe", "sub": "all"})).await;
     assert_eq!(u["type"], "unsubscribed");
-    g.publish(json!({"exchange": "shop", "routing_key": "x.refund", "payload": 5}))
-        .await;
+    g.publish(json!({"exchange": "shop", "routing_key": "x.refund", "payload": 5})).await;
     let evs = c.events(1).await;
-    assert_eq!(
-        (evs[0]["sub"].as_str(), evs[0]["id"].as_u64()),
-        (Some("orders"), Some(5))
-    );
+    assert_eq!((evs[0]["sub"].as_str(), evs[0]["id"].as_u64()), (Some("orders"), Some(5)));
     c.expect_silence(Duration::from_millis(200)).await;
 
-    let e = c
-        .request(json!({"type": "unsubscribe", "sub": "all"}))
-        .await;
+    let e = c.request(json!({"type": "unsubscribe", "sub": "all"})).await;
     assert_eq!(e["code"], "not_found");
     let e = c.subscribe("orders", binding("shop", "#"), json!({})).await;
     assert_eq!(e["code"], "conflict");
@@ -77,40 +65,18 @@ async fn invalid_subscriptions_are_refused_with_reasons() {
             json!({}),
             "limit_exceeded",
         ),
-        (
-            binding("x", "#"),
-            json!({"filters": [["colour", "=", 1]]}),
-            "bad_request",
-        ),
-        (
-            binding("x", "#"),
-            json!({"filters": [["payload/a", "~", 1]]}),
-            "bad_request",
-        ),
-        (
-            binding("x", "#"),
-            json!({"since": {"id": 1, "last": 2}}),
-            "bad_request",
-        ),
-        (
-            binding("x", "#"),
-            json!({"since": {"time": "yesterday"}}),
-            "bad_request",
-        ),
+        (binding("x", "#"), json!({"filters": [["colour", "=", 1]]}), "bad_request"),
+        (binding("x", "#"), json!({"filters": [["payload/a", "~", 1]]}), "bad_request"),
+        (binding("x", "#"), json!({"since": {"id": 1, "last": 2}}), "bad_request"),
+        (binding("x", "#"), json!({"since": {"time": "yesterday"}}), "bad_request"),
     ];
     for (bindings, extra, code) in cases {
         let e = c.subscribe("s", bindings.clone(), extra.clone()).await;
         assert_eq!(e["type"], "error", "{bindings} {extra}: {e}");
         assert_eq!(e["code"], code, "{bindings} {extra}: {e}");
     }
-    assert_eq!(
-        c.subscribe("s", binding("x", "#"), json!({})).await["type"],
-        "subscribed"
-    );
-    assert_eq!(
-        c.subscribe("t", binding("x", "#"), json!({})).await["code"],
-        "limit_exceeded"
-    );
+    assert_eq!(c.subscribe("s", binding("x", "#"), json!({})).await["type"], "subscribed");
+    assert_eq!(c.subscribe("t", binding("x", "#"), json!({})).await["code"], "limit_exceeded");
 }
 
 #[tokio::test]
@@ -118,27 +84,9 @@ async fn filters_on_fields_and_payload() {
     let g = Gateway::start();
     let (mut c, _) = g.hello().await;
     let f = |filters: serde_json::Value| json!({"filters": filters});
-    c.subscribe(
-        "big",
-        binding("m", "#"),
-        f(json!([["payload/n", ">=", 10]])),
-    )
-    .await;
-    c.subscribe(
-        "state",
-        binding("m", "#"),
-        f(json!([["payload/task/state", "in", ["done", "failed"]]])),
-    )
-    .await;
-    c.subscribe(
-        "rk",
-        binding("m", "#"),
-        f(json!([
-            ["routing_key", "!=", "a"],
-            ["payload/flag", "exists"]
-        ])),
-    )
-    .await;
+    c.subscribe("big", binding("m", "#"), f(json!([["payload/n", ">=", 10]]))).await;
+    c.subscribe("state", binding("m", "#"), f(json!([["payload/task/state", "in", ["done", "failed"]]]))).await;
+    c.subscribe("rk", binding("m", "#"), f(json!([["routing_key", "!=", "a"], ["payload/flag", "exists"]]))).await;
     g.publish(json!([
         {"exchange": "m", "routing_key": "a", "payload": {"n": 5, "task": {"state": "done"}}},
         {"exchange": "m", "routing_key": "b", "payload": {"n": 15, "flag": true}},
@@ -146,24 +94,9 @@ async fn filters_on_fields_and_payload() {
     ]))
     .await;
     let evs = c.events(4).await;
-    let got: Vec<(String, u64)> = evs
-        .iter()
-        .map(|e| {
-            (
-                e["sub"].as_str().unwrap_or("").to_string(),
-                e["id"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("state".into(), 1),
-            ("big".into(), 2),
-            ("rk".into(), 2),
-            ("big".into(), 3)
-        ]
-    );
+    let got: Vec<(String, u64)> =
+        evs.iter().map(|e| (e["sub"].as_str().unwrap_or("").to_string(), e["id"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(got, vec![("state".into(), 1), ("big".into(), 2), ("rk".into(), 2), ("big".into(), 3)]);
     c.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -174,23 +107,14 @@ async fn pause_holds_events_until_resume_in_order() {
     c.subscribe("s", binding("p", "#"), json!({})).await;
     g.publish_n("p", "k", 3).await;
     assert_eq!(ids(&c.events(3).await), vec![1, 2, 3]);
-    assert_eq!(
-        c.request(json!({"type": "pause", "sub": "s"})).await["type"],
-        "paused"
-    );
+    assert_eq!(c.request(json!({"type": "pause", "sub": "s"})).await["type"], "paused");
     g.publish_n("p", "k", 5).await;
     c.expect_silence(Duration::from_millis(300)).await;
-    assert_eq!(
-        c.request(json!({"type": "resume", "sub": "s"})).await["type"],
-        "resumed"
-    );
+    assert_eq!(c.request(json!({"type": "resume", "sub": "s"})).await["type"], "resumed");
     g.publish_n("p", "k", 2).await;
     assert_eq!(ids(&c.events(7).await), vec![4, 5, 6, 7, 8, 9, 10]);
     c.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(
-        c.request(json!({"type": "pause", "sub": "nope"})).await["code"],
-        "not_found"
-    );
+    assert_eq!(c.request(json!({"type": "pause", "sub": "nope"})).await["code"], "not_found");
 }
 
 #[tokio::test]
