@@ -499,7 +499,7 @@ mod tests {
         let lagging = fan.dispatch(&batch);
         assert_eq!(lagging.len(), 1);
         let queued = count(&o) as u64;
-        assert!(queued >= 1 && queued < 10, "{queued}");
+        assert!((1..10).contains(&queued), "{queued}");
         assert_eq!(e.mode(), Mode::CatchingUp);
         assert_eq!(e.cursor(), queued, "catch-up resumes right after the last queued event");
         assert_eq!(fan.stats.lagged.load(Ordering::Relaxed), 1);
