@@ -141,6 +141,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connect with a small kernel receive buffer, so that a client that does
+    /// not read blocks the server quickly (loopback buffers autotune to tens of MB).
+    pub async fn connect_small_buffer(addr: &str) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = sock.connect(addr.parse().expect("addr")).await.expect("tcp connect");
+        let url = format!("ws://{addr}/v1/ws");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("ws handshake");
+        Client { ws, next_ref: 0, pending: Default::default() }
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
         Client { ws, next_ref: 0, pending: Default::default() }

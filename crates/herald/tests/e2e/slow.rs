@@ -10,7 +10,8 @@ async fn a_non_reading_client_is_closed_and_others_are_unaffected() {
     let g = Gateway::start_with(
         "[limits]\nmax_outbound_bytes = 262144\nmax_frame_bytes = 65536\nslow_consumer_timeout = \"1s\"\n",
     );
-    let (mut slow, _) = g.hello().await;
+    let mut slow = Client::connect_small_buffer(&g.addr).await;
+    assert_eq!(slow.request(json!({"type": "hello"})).await["type"], "welcome");
     slow.subscribe("s", binding("big", "#"), json!({})).await;
     let (mut fast, _) = g.hello().await;
     fast.subscribe("f", binding("big", "#"), json!({})).await;
@@ -29,12 +30,18 @@ async fn a_non_reading_client_is_closed_and_others_are_unaffected() {
         g.publish(serde_json::Value::Array(batch)).await;
     }
     let (got, _fast) = reader.await.expect("reader");
+    // Stay unread for longer than slow_consumer_timeout (plus a sweep).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "the reading client got everything, in order");
     // The slow client finds, after what was already in flight, the error and close 4408.
     let mut saw_error = false;
+    let mut slow_events = 0u64;
     let code = loop {
         match slow.try_recv(TIMEOUT).await {
-            Ok(m) if m["type"] == "event" => continue,
+            Ok(m) if m["type"] == "event" => {
+                slow_events += 1;
+                continue;
+            }
             Ok(m) => {
                 assert_eq!(m["code"], "slow_consumer", "{m}");
                 saw_error = true;
@@ -42,6 +49,7 @@ async fn a_non_reading_client_is_closed_and_others_are_unaffected() {
             Err(e) => break e,
         }
     };
-    assert!(saw_error, "slow_consumer error before the close");
+    assert!(saw_error, "slow_consumer error before the close, then: {code}");
     assert!(code.contains("4408"), "{code}");
+    assert!(slow_events < total, "what was queued for the slow client was dropped, not kept: {slow_events}");
 }
