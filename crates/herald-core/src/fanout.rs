@@ -82,6 +82,8 @@ pub struct SubEntry {
     /// Where frames go.
     pub outbox: Arc<Outbox>,
     live: AtomicBool,
+    /// Whether events need a grant check (some binding is not wholly inside one grant).
+    check_grants: bool,
     /// The highest id this subscription has been brought up to (delivered or
     /// skipped as not matching). Meaningful while not live.
     cursor: AtomicU64,
@@ -90,9 +92,15 @@ pub struct SubEntry {
 }
 
 impl SubEntry {
-    /// Whether the event is for this subscription: bindings, filters and ACL.
+    /// Whether the event is for this subscription: bindings, filters,
+    /// grants and ACL.
     pub fn wants(&self, event: &Event) -> bool {
-        self.spec.matches(event) && self.principal.admitted_by_acl(event)
+        self.spec.matches(event) && self.admits(event)
+    }
+
+    /// Grants (when not implied by the bindings) and ACL.
+    fn admits(&self, event: &Event) -> bool {
+        (!self.check_grants || self.principal.granted(event)) && self.principal.admitted_by_acl(event)
     }
 
     /// The catch-up cursor.
@@ -257,8 +265,10 @@ impl FanOut {
         };
         let key = inner.next_key;
         inner.next_key += 1;
+        let check_grants = !reg.principal.contains_all(&reg.spec.bindings);
         let entry = Arc::new(SubEntry {
             key,
+            check_grants,
             sub: reg.sub,
             spec: reg.spec,
             principal: reg.principal,
@@ -389,7 +399,7 @@ impl FanOut {
                 if !entry.live.load(Ordering::Acquire) {
                     continue;
                 }
-                if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.principal.admitted_by_acl(event) {
+                if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.admits(event) {
                     continue;
                 }
                 let frame = match shared.iter().find(|(s, _)| **s == *entry.sub) {
@@ -457,7 +467,7 @@ mod tests {
                 bindings: vec![("x".into(), Pattern::parse(pattern).expect("pattern"))],
                 filters: vec![],
             }),
-            principal: Arc::new(Principal::anonymous()),
+            principal: Arc::new(Principal::open()),
             outbox: outbox.clone(),
         }
     }

@@ -21,5 +21,5 @@ pub use filter::{Filter, FilterError};
 pub use index::PatternIndex;
 pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};
-pub use principal::Principal;
+pub use principal::{ExchangeMatch, Grant, GrantSpec, Grants, GrantsSpec, Principal};
 pub use session::{ResumeError, Session, SessionTable, SubRecord};

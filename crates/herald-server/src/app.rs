@@ -46,8 +46,12 @@ impl Server {
         let (log, mut committed) = EmbeddedLog::open(config.log.clone())?;
         let fanout = Arc::new(FanOut::new(log.bounds().head));
         let (drain_tx, drain_rx) = watch::channel(false);
+        let auth = crate::auth::Authenticator::new(&config.auth).map_err(|e| ServerError::Config(vec![e]))?;
+        if auth.is_open() {
+            warn!("No [auth] configured: the gateway is open, every client may subscribe to and publish anything.");
+        }
         let dyn_log: Arc<dyn EventLog> = log.clone();
-        let state = AppState::new(config.clone(), dyn_log, fanout.clone(), drain_rx);
+        let state = AppState::new(config.clone(), auth, dyn_log, fanout.clone(), drain_rx);
 
         // Log -> fan-out: committed batches in id order. Subscriptions whose
         // client is behind continue from the log.

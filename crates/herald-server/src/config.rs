@@ -22,6 +22,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Sessions.
     pub session: SessionConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
     /// Idle connections are pinged after this long and closed after three times as long.
     #[serde(with = "duration")]
     pub heartbeat: Duration,
@@ -77,9 +79,54 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
+            auth: AuthConfig::default(),
             heartbeat: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Authentication settings (`[auth]`).
+///
+/// With neither `jwt_secret` nor `jwt_public_key_file` the gateway runs
+/// *open*: clients need no token and may do everything (unless
+/// `[auth.anonymous]` says otherwise). Open mode is logged as a warning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 tokens (or the `HERALD_JWT_SECRET` environment variable).
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS256 or ES256 tokens.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// `RS256` or `ES256`, the algorithm of `jwt_public_key_file`.
+    pub jwt_algorithm: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "duration")]
+    pub leeway: Duration,
+    /// Browser origins allowed to open WebSockets and SSE streams; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Grants of clients that present no token. Absent: none when tokens are
+    /// configured, everything in open mode.
+    pub anonymous: Option<herald_core::GrantsSpec>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_algorithm: None,
+            leeway: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+            anonymous: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether tokens are verified.
+    pub fn has_key(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key_file.is_some()
     }
 }
 
@@ -141,6 +188,23 @@ impl Config {
         }
         if self.heartbeat < Duration::from_millis(100) {
             p.push("heartbeat must be at least 100ms".into());
+        }
+        let a = &self.auth;
+        if a.jwt_secret.is_some() && a.jwt_public_key_file.is_some() {
+            p.push("auth: set jwt_secret or jwt_public_key_file, not both".into());
+        }
+        if a.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            p.push("auth.jwt_secret must be at least 16 bytes".into());
+        }
+        match (&a.jwt_public_key_file, a.jwt_algorithm.as_deref()) {
+            (Some(_), Some("RS256" | "ES256")) | (None, None) => {}
+            (Some(_), _) => p.push("auth.jwt_algorithm must be RS256 or ES256 with jwt_public_key_file".into()),
+            (None, Some(_)) => p.push("auth.jwt_algorithm needs auth.jwt_public_key_file".into()),
+        }
+        if let Some(anon) = &a.anonymous {
+            if let Err(e) = herald_core::Grants::compile(anon) {
+                p.push(format!("auth.anonymous: {e}"));
+            }
         }
         if self.session.ttl.is_zero() {
             p.push("session.ttl must be positive".into());

@@ -17,6 +17,8 @@ pub(crate) struct ConnHandle {
     pub(crate) outbox: Arc<Outbox>,
     /// Milliseconds since server start of the last frame received.
     pub(crate) last_seen_ms: AtomicU64,
+    /// When the client's token expires, seconds since the Unix epoch (0: never).
+    pub(crate) expires_at: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -28,7 +30,8 @@ pub(crate) struct Connections {
 impl Connections {
     pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64) -> (u64, Arc<ConnHandle>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let handle = Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms) });
+        let handle =
+            Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms), expires_at: AtomicU64::new(0) });
         self.map.lock().insert(id, handle.clone());
         (id, handle)
     }
@@ -50,9 +53,21 @@ impl Connections {
     /// bytes waiting with nothing written for `stall_limit`.
     pub(crate) fn sweep(&self, now_ms: u64, heartbeat_ms: u64, stall_limit: Duration) {
         let now = Instant::now();
+        let unix = herald_core::event::now_us() / 1_000_000;
         for c in self.all() {
             if c.outbox.stalled_for(now) >= stall_limit {
                 c.outbox.close_slow();
+                continue;
+            }
+            let exp = c.expires_at.load(Ordering::Relaxed);
+            if exp != 0 && unix >= exp {
+                let msg = herald_protocol::encode(&herald_protocol::ServerMessage::Error {
+                    reference: None,
+                    sub: None,
+                    code: herald_protocol::ErrorCode::Unauthorized,
+                    message: "the token has expired; reconnect with a fresh token to resume the session".into(),
+                });
+                c.outbox.close_with(Some(msg.into()), 4401, "token expired");
                 continue;
             }
             let idle = now_ms.saturating_sub(c.last_seen_ms.load(Ordering::Relaxed));

@@ -6,6 +6,7 @@
 //! listener; [`app`] builds the router so tests can drive it directly.
 
 mod app;
+mod auth;
 pub mod config;
 mod connections;
 mod http;

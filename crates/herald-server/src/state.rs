@@ -1,5 +1,6 @@
 //! Shared state of a running server.
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::connections::Connections;
 use herald_core::{FanOut, SessionTable};
@@ -18,6 +19,7 @@ pub struct AppState {
 /// The parts of [`AppState`].
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    pub(crate) auth: Authenticator,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) sessions: SessionTable,
@@ -30,6 +32,7 @@ pub(crate) struct Inner {
 impl AppState {
     pub(crate) fn new(
         config: Config,
+        auth: Authenticator,
         log: Arc<dyn EventLog>,
         fanout: Arc<FanOut>,
         draining: watch::Receiver<bool>,
@@ -38,6 +41,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 config,
+                auth,
                 log,
                 fanout,
                 sessions,
@@ -77,6 +81,15 @@ impl Inner {
 
     pub(crate) fn is_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Whether a browser `Origin` may connect (`None`: not a browser, allowed).
+    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let allowed = &self.config.auth.allowed_origins;
+        match origin {
+            Some(o) if !allowed.is_empty() => allowed.iter().any(|a| a == o || a == "*"),
+            _ => true,
+        }
     }
 }
 

@@ -21,6 +21,42 @@ pub(crate) enum Command {
     Tail(TailArgs),
     /// Measure a gateway: fan-out, publish, replay and memory per idle connection.
     Bench(herald_bench::BenchArgs),
+    /// Mint a token (HS256) from the configured secret, with the grants given.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The user (`sub` claim).
+    #[arg(long)]
+    pub(crate) sub: String,
+    /// A group the user belongs to; repeat for several.
+    #[arg(long)]
+    pub(crate) group: Vec<String>,
+    /// Subscribe grant EXCHANGE=PATTERN (EXCHANGE may end in `*`); repeat for several.
+    #[arg(long)]
+    pub(crate) subscribe: Vec<String>,
+    /// Publish grant EXCHANGE=PATTERN; repeat for several.
+    #[arg(long)]
+    pub(crate) publish: Vec<String>,
+    /// Rendezvous service the user may serve; repeat for several.
+    #[arg(long)]
+    pub(crate) serve: Vec<String>,
+    /// Rendezvous service the user may request; repeat for several.
+    #[arg(long)]
+    pub(crate) request: Vec<String>,
+    /// Grant everything.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Lifetime, e.g. 15m, 12h, 30d.
+    #[arg(long, default_value = "1h")]
+    pub(crate) ttl: String,
+    /// Read `[auth] jwt_secret` from this configuration file.
+    #[arg(long, short = 'c', env = "HERALD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// The secret itself.
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub(crate) secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +100,9 @@ pub(crate) struct PublishArgs {
     /// ACL entry (`user:NAME` or `group:NAME`); repeat for several.
     #[arg(long)]
     pub(crate) acl: Vec<String>,
+    /// Bearer token.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +128,9 @@ pub(crate) struct TailArgs {
     /// Exit after printing this many events.
     #[arg(long)]
     pub(crate) count: Option<u64>,
+    /// Bearer token.
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
 }
 
 pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -97,5 +139,6 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(a) => crate::publish::run(a).await,
         Command::Tail(a) => crate::tail::run(a).await,
         Command::Bench(a) => herald_bench::run(a).await,
+        Command::Token(a) => crate::token::run(a),
     }
 }

@@ -19,6 +19,11 @@ pub(crate) fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(data) = &args.data {
         config.data = data.clone();
     }
+    if let Ok(secret) = std::env::var("HERALD_JWT_SECRET") {
+        if !secret.is_empty() {
+            config.auth.jwt_secret = Some(secret);
+        }
+    }
     if let Err(problems) = config.validate() {
         anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
     }

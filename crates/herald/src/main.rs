@@ -5,6 +5,7 @@ mod config;
 mod publish;
 mod serve;
 mod tail;
+mod token;
 
 use clap::Parser;
 

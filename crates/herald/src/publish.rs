@@ -19,7 +19,11 @@ pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<()> {
         if let Some(acl) = &acl {
             event["acl"] = json!(acl);
         }
-        let resp = client.post(&url).json(&event).send().await.with_context(|| format!("cannot reach {url}"))?;
+        let mut req = client.post(&url).json(&event);
+        if let Some(token) = &args.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {

@@ -17,12 +17,31 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "Could not raise the open-file limit.");
     }
-    let config = crate::config::load(&args)?;
+    let mut config = crate::config::load(&args)?;
+    // --dev: a token for the inspector and the CLI, from the configured
+    // secret or one made up for this run (anonymous access stays as configured).
+    let dev_token = if args.dev {
+        if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key_file.is_none() {
+            config.auth.jwt_secret = Some(dev_secret());
+            if config.auth.anonymous.is_none() {
+                config.auth.anonymous = Some(crate::token::all_grants());
+            }
+        }
+        match &config.auth.jwt_secret {
+            Some(secret) => Some(crate::token::mint(secret, "dev", &[], &crate::token::all_grants(), 24 * 3600)?),
+            None => None,
+        }
+    } else {
+        None
+    };
     let server = Server::start(config).await?;
     let addr = server.local_addr().ok_or_else(|| anyhow::anyhow!("no local address"))?;
     // The first stdout line is machine-readable: tests and `herald bench` wait for it.
     println!("herald listening on http://{addr}");
     if args.dev {
+        if let Some(token) = &dev_token {
+            println!("  Token (user `dev`, every grant, 24h):\n    {token}");
+        }
         println!("  WebSocket:  ws://{addr}/v1/ws");
         println!("  Publish:    curl -d '{{\"exchange\":\"demo\",\"routing_key\":\"a.b\",\"payload\":{{}}}}' http://{addr}/v1/publish");
         println!("  Tail:       herald tail --url http://{addr} --bind 'demo=#'");
@@ -44,4 +63,18 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// A random secret for a `--dev` run.
+fn dev_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // Two independently seeded SipHash states give 128 unpredictable bits
+    // without another dependency; good enough for a throwaway dev secret.
+    (0..4)
+        .map(|i| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(i);
+            format!("{:016x}", h.finish())
+        })
+        .collect()
 }

@@ -42,7 +42,11 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
     let url = ws_url(&args.url);
     let (mut ws, _) =
         tokio_tungstenite::connect_async(&url).await.with_context(|| format!("cannot connect to {url}"))?;
-    ws.send(Message::text(json!({"type": "hello", "client": {"name": "herald-tail"}}).to_string())).await?;
+    let mut hello = json!({"type": "hello", "client": {"name": "herald-tail"}});
+    if let Some(token) = &args.token {
+        hello["token"] = json!(token);
+    }
+    ws.send(Message::text(hello.to_string())).await?;
     ws.send(Message::text(sub.to_string())).await?;
     let mut printed = 0u64;
     let mut last_ack = 0u64;
@@ -76,6 +80,9 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
                 eprintln!("herald: {} {}", v["code"].as_str().unwrap_or("?"), v["message"].as_str().unwrap_or(""));
                 if v["ref"] == json!(1) {
                     bail!("subscription refused");
+                }
+                if v["code"] == "unauthorized" {
+                    bail!("not authorized");
                 }
             }
             Some("status") => eprintln!("herald: source {} is {}", v["source"], v["state"]),

@@ -8,6 +8,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use herald_protocol::ErrorCode;
 
+/// The `token` query parameter (for clients that cannot set headers).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct TokenQuery {
+    pub(crate) token: Option<String>,
+}
+
 /// An HTTP error: a status derived from the code, and a JSON body
 /// `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug)]

@@ -3,10 +3,12 @@
 //! The request is all or nothing: every event is validated first, and the
 //! answer (`{"id": N}` or `{"ids": [..]}`) comes once all of them are durable.
 
-use super::ApiError;
+use super::{ApiError, TokenQuery};
+use crate::auth::bearer;
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::Json;
 use herald_core::event::Origin;
 use herald_core::NewEvent;
@@ -14,8 +16,17 @@ use herald_protocol::ErrorCode;
 use serde_json::{json, Value};
 use tracing::error;
 
-pub(crate) async fn publish(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let s = state.get();
+    let principal = s
+        .auth
+        .authenticate(bearer(&headers, q.token.as_deref()).as_deref())
+        .map_err(|e| ApiError::new(e.code, e.message))?;
     if s.is_draining() {
         return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
@@ -55,6 +66,11 @@ pub(crate) async fn publish(State(state): State<AppState>, body: Bytes) -> Resul
             let at = if single { String::new() } else { format!("event #{i}: ") };
             ApiError::new(code, format!("{at}{err}"))
         })?;
+        if !principal.may_publish(&e.exchange, &e.routing_key) {
+            let at = if single { String::new() } else { format!("event #{i}: ") };
+            let msg = format!("{at}publishing to {} {} is outside your publish grants", e.exchange, e.routing_key);
+            return Err(ApiError::new(ErrorCode::Forbidden, msg));
+        }
         e.origin = Some(Origin { peer: "http".into(), stream: 0, seq: i as u64 });
     }
     let committed = s.log.append(events).await.map_err(|e| {

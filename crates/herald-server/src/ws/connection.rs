@@ -35,6 +35,7 @@ const PUBLISH_QUEUE: usize = 256;
 type Publication = (NewEvent, Option<Ref>);
 
 struct Connection {
+    handle: Arc<crate::connections::ConnHandle>,
     state: AppState,
     conn_id: u64,
     outbox: Arc<Outbox>,
@@ -62,9 +63,11 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr) {
         (CloseCode::SlowConsumer.code(), "slow consumer".into()),
     ));
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms());
+    let expiry = handle.clone();
     debug!(conn = conn_id, %peer, "WebSocket connected.");
     let mut writer = tokio::spawn(writer::run(sink, outbox.clone()));
     let mut conn = Connection {
+        handle: expiry,
         state: state.clone(),
         conn_id,
         outbox: outbox.clone(),
@@ -197,6 +200,15 @@ impl Connection {
 
     fn hello(&mut self, h: Hello) -> ControlFlow<()> {
         let s = self.state.get();
+        match s.auth.authenticate(h.token.as_deref()) {
+            Ok(p) => {
+                // Closed by the sweeper once expired (with the same leeway as at hello).
+                let leeway = s.config.auth.leeway.as_secs();
+                self.handle.expires_at.store(p.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
+                self.principal = p;
+            }
+            Err(e) => return self.fatal(h.reference, e.code, &e.message, CloseCode::Unauthorized),
+        }
         let user = self.principal.user.clone();
         if let Some(creds) = h.session {
             match s.sessions.find(&creds.id, &creds.secret, user.as_deref()) {
@@ -302,6 +314,12 @@ impl Connection {
                 return Err(bad(format!("binding #{i}: exchange must be 1 to 255 bytes")));
             }
             let pattern = Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
+            if !self.principal.may_bind(&b.exchange, &pattern) {
+                return Err((
+                    ErrorCode::Forbidden,
+                    format!("binding #{i} ({} {}) is outside your subscribe grants", b.exchange, b.pattern),
+                ));
+            }
             bindings.push((b.exchange.clone(), pattern));
         }
         let filters = Filter::compile_all(&m.filters).map_err(|e| bad(e.to_string()))?;
@@ -570,6 +588,10 @@ impl Connection {
             headers: m.headers,
             origin: None,
         };
+        if !self.principal.may_publish(&event.exchange, &event.routing_key) {
+            let msg = format!("publishing to {} {} is outside your publish grants", event.exchange, event.routing_key);
+            return self.error(m.reference, None, ErrorCode::Forbidden, msg);
+        }
         if let Err(e) = event.validate(s.config.limits.max_payload_bytes) {
             let code = if matches!(e, herald_core::EventError::PayloadTooLarge { .. }) {
                 ErrorCode::LimitExceeded

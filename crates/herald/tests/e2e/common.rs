@@ -23,6 +23,8 @@ pub struct Gateway {
     pub data: PathBuf,
     _dir: Option<tempfile::TempDir>,
     config: Option<PathBuf>,
+    /// A token with every grant, when the configuration has a `jwt_secret`.
+    pub admin_token: Option<String>,
 }
 
 impl Gateway {
@@ -38,7 +40,14 @@ impl Gateway {
         std::fs::write(&config, toml).expect("write config");
         let (child, base) = Self::spawn(&data, &config, "127.0.0.1:0");
         let addr = base.strip_prefix("http://").expect("http").to_string();
-        Gateway { child, base, addr, data, _dir: Some(dir), config: Some(config) }
+        let admin_token = toml.lines().find_map(|l| l.trim().strip_prefix("jwt_secret = ")).map(|s| {
+            let secret = s.trim_matches('"');
+            let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
+            let claims = json!({"sub": "admin", "exp": exp, "herald": {"subscribe": [{"exchange": "*", "pattern": "#"}], "publish": [{"exchange": "*", "pattern": "#"}]}});
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+                .expect("sign")
+        });
+        Gateway { child, base, addr, data, _dir: Some(dir), config: Some(config), admin_token }
     }
 
     fn spawn(data: &Path, config: &Path, listen: &str) -> (Child, String) {
@@ -97,12 +106,11 @@ impl Gateway {
 
     /// Publish over HTTP; returns the ids.
     pub async fn publish(&self, events: Value) -> Vec<u64> {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/v1/publish", self.base))
-            .json(&events)
-            .send()
-            .await
-            .expect("publish");
+        let mut req = reqwest::Client::new().post(format!("{}/v1/publish", self.base)).json(&events);
+        if let Some(t) = &self.admin_token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("publish");
         let status = resp.status();
         let body: Value = resp.json().await.expect("json");
         assert!(status.is_success(), "{status} {body}");
