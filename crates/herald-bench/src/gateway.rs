@@ -14,9 +14,19 @@ impl Gateway {
     pub(crate) async fn start() -> anyhow::Result<Gateway> {
         let exe = std::env::current_exe().context("cannot find the herald executable")?;
         let data = tempfile::tempdir().context("cannot create a data directory")?;
+        // The load comes from one address and pipelines freely: lift the
+        // per-address, per-command and total connection limits.
+        let config = data.path().join("bench.toml");
+        std::fs::write(
+            &config,
+            "[limits]\nmax_connections = 1000000\nmax_connections_per_ip = 0\ncommands_per_second = 0\n",
+        )
+        .context("cannot write the bench configuration")?;
         let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(data.path().join("data"))
             .env("HERALD_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -36,6 +36,10 @@ pub struct Limits {
     pub max_replay: u64,
     /// Largest event payload, in bytes.
     pub max_payload_bytes: usize,
+    /// Most connections of one user (0: no limit).
+    pub max_connections_per_user: usize,
+    /// Commands per second, with bursts of twice that (0: no limit).
+    pub commands_per_second: u32,
     /// Seconds a session outlives an abrupt disconnect.
     pub session_ttl_s: u64,
 }

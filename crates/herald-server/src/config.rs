@@ -52,6 +52,15 @@ pub struct LimitsConfig {
     /// closed as a slow consumer (4408).
     #[serde(with = "duration")]
     pub slow_consumer_timeout: Duration,
+    /// Most WebSocket and SSE connections in total; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Most connections from one IP address (0: no limit); more get HTTP 429.
+    pub max_connections_per_ip: usize,
+    /// Most connections of one user (0: no limit); more are closed with 4429.
+    pub max_connections_per_user: usize,
+    /// Commands a WebSocket client may send per second, with bursts of twice
+    /// that (0: no limit).
+    pub commands_per_second: u32,
     /// Most events one `since` request may ask to replay (`since.last`).
     pub max_replay: u64,
     /// Largest event payload (JSON text), in bytes.
@@ -139,6 +148,10 @@ impl Default for LimitsConfig {
             max_filters: 32,
             max_outbound_bytes: 8 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
+            max_connections: 100_000,
+            max_connections_per_ip: 1_000,
+            max_connections_per_user: 100,
+            commands_per_second: 200,
             max_replay: 100_000,
             max_payload_bytes: 512 << 10,
             max_publish_batch: 1000,
@@ -164,6 +177,7 @@ impl Config {
         for (name, v) in [
             ("limits.max_frame_bytes", l.max_frame_bytes),
             ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.max_connections", l.max_connections),
             ("limits.max_bindings", l.max_bindings),
             ("limits.max_outbound_bytes", l.max_outbound_bytes),
             ("limits.max_payload_bytes", l.max_payload_bytes),

@@ -5,6 +5,7 @@
 //! [`Server::start`] opens the log, starts the background tasks and binds the
 //! listener; [`app`] builds the router so tests can drive it directly.
 
+mod admission;
 mod app;
 mod auth;
 pub mod config;

@@ -20,6 +20,7 @@ pub struct AppState {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) auth: Authenticator,
+    pub(crate) admission: Arc<crate::admission::Admission>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) sessions: SessionTable,
@@ -38,10 +39,17 @@ impl AppState {
         draining: watch::Receiver<bool>,
     ) -> AppState {
         let sessions = SessionTable::new(config.session.ttl);
+        let l = &config.limits;
+        let admission = Arc::new(crate::admission::Admission::new(
+            l.max_connections,
+            l.max_connections_per_ip,
+            l.max_connections_per_user,
+        ));
         AppState {
             inner: Arc::new(Inner {
                 config,
                 auth,
+                admission,
                 log,
                 fanout,
                 sessions,
@@ -70,6 +78,8 @@ impl Inner {
             slow_consumer_timeout_ms: l.slow_consumer_timeout.as_millis() as u64,
             max_replay: l.max_replay,
             max_payload_bytes: l.max_payload_bytes,
+            max_connections_per_user: l.max_connections_per_user,
+            commands_per_second: l.commands_per_second,
             session_ttl_s: self.config.session.ttl.as_secs(),
         }
     }

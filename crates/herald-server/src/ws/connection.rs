@@ -5,6 +5,7 @@
 //! it (for example `subscribed` precedes the subscription's first event).
 
 use super::writer;
+use crate::admission::{RateLimit, Slot};
 use crate::state::AppState;
 use crate::subscription::spawn_catch_up;
 use axum::extract::ws::{Message, WebSocket};
@@ -35,6 +36,9 @@ const PUBLISH_QUEUE: usize = 256;
 type Publication = (NewEvent, Option<Ref>);
 
 struct Connection {
+    /// This connection's place in the connection limits.
+    slot: Slot,
+    rate: RateLimit,
     handle: Arc<crate::connections::ConnHandle>,
     state: AppState,
     conn_id: u64,
@@ -45,7 +49,7 @@ struct Connection {
     publish_seq: u64,
 }
 
-pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr) {
+pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, slot: Slot) {
     let s = state.get();
     let (sink, mut stream) = socket.split();
     let slow = encode(&ServerMessage::Error {
@@ -67,6 +71,8 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr) {
     debug!(conn = conn_id, %peer, "WebSocket connected.");
     let mut writer = tokio::spawn(writer::run(sink, outbox.clone()));
     let mut conn = Connection {
+        slot,
+        rate: RateLimit::new(s.config.limits.commands_per_second),
         handle: expiry,
         state: state.clone(),
         conn_id,
@@ -113,6 +119,19 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr) {
     }
     conn.finish(orderly);
     s.connections.remove(conn_id);
+    if outbox.is_closed() {
+        // The server closed: keep reading (and ignoring) until the client's
+        // close reply, so that unread input does not reset the connection
+        // before the client has read the error and the close frame.
+        let drain = async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
     if !writer.is_finished() {
         outbox.close_with(None, CloseCode::Normal.code(), "bye");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
@@ -144,6 +163,24 @@ impl Connection {
                 None,
                 ErrorCode::LimitExceeded,
                 format!("frame of {} bytes exceeds limits.max_frame_bytes ({max})", text.len()),
+            );
+            return ControlFlow::Continue(());
+        }
+        if !self.rate.allow() {
+            if self.rate.refused_in_a_row > 100 {
+                return self.fatal(
+                    None,
+                    ErrorCode::LimitExceeded,
+                    "command rate limit exceeded persistently",
+                    CloseCode::Limits,
+                );
+            }
+            let rate = self.state.get().config.limits.commands_per_second;
+            self.error(
+                None,
+                None,
+                ErrorCode::LimitExceeded,
+                format!("more than {rate} commands per second (limits.commands_per_second); this one was not run"),
             );
             return ControlFlow::Continue(());
         }
@@ -202,6 +239,12 @@ impl Connection {
         let s = self.state.get();
         match s.auth.authenticate(h.token.as_deref()) {
             Ok(p) => {
+                if let Some(user) = &p.user {
+                    if self.slot.claim_user(user).is_err() {
+                        let msg = "too many connections for this user (limits.max_connections_per_user)";
+                        return self.fatal(h.reference, ErrorCode::LimitExceeded, msg, CloseCode::Limits);
+                    }
+                }
                 // Closed by the sweeper once expired (with the same leeway as at hello).
                 let leeway = s.config.auth.leeway.as_secs();
                 self.handle.expires_at.store(p.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);

@@ -3,6 +3,7 @@
 mod connection;
 mod writer;
 
+use crate::admission::Refusal;
 use crate::http::ApiError;
 use crate::state::AppState;
 use axum::extract::ws::WebSocketUpgrade;
@@ -26,11 +27,33 @@ pub(crate) async fn upgrade(
         return ApiError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)")
             .into_response();
     }
+    let slot = match state.get().admission.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refuse(refusal),
+    };
     let max = state.get().config.limits.max_frame_bytes;
     // Small socket buffers keep idle connections cheap; they grow while busy.
     ws.read_buffer_size(4096)
         .write_buffer_size(32 * 1024)
         .max_message_size(max.saturating_mul(4))
         .max_frame_size(max.saturating_mul(4))
-        .on_upgrade(move |socket| connection::run(socket, state, peer))
+        .on_upgrade(move |socket| connection::run(socket, state, peer, slot))
+}
+
+/// The HTTP answer for a refused connection, with retry advice.
+pub(crate) fn refuse(refusal: Refusal) -> Response {
+    let (code, message) = match refusal {
+        Refusal::Capacity => {
+            (ErrorCode::Unavailable, "the server is at capacity (limits.max_connections); retry later")
+        }
+        Refusal::PerIp => {
+            (ErrorCode::LimitExceeded, "too many connections from this address (limits.max_connections_per_ip)")
+        }
+        Refusal::PerUser => {
+            (ErrorCode::LimitExceeded, "too many connections for this user (limits.max_connections_per_user)")
+        }
+    };
+    let mut resp = ApiError::new(code, message).into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    resp
 }
