@@ -196,6 +196,8 @@ pub struct FanOutStats {
     pub deliveries: AtomicU64,
     /// Times a live subscription fell behind and switched to reading from the log.
     pub lagged: AtomicU64,
+    /// Frames not queued because the connection was closing.
+    pub dropped_closed: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -410,7 +412,7 @@ impl FanOut {
                         b
                     }
                 };
-                match entry.outbox.offer(Frame::Text(frame)) {
+                match entry.outbox.offer(Frame::Event(frame, event.time_us)) {
                     Ok(()) => {
                         delivered += 1;
                         entry.delivered.fetch_add(1, Ordering::Relaxed);
@@ -428,7 +430,9 @@ impl FanOut {
                             lagging.push(entry.clone());
                         }
                     }
-                    Err(Overflow::SlowConsumer | Overflow::Closed) => {}
+                    Err(Overflow::SlowConsumer | Overflow::Closed) => {
+                        self.stats.dropped_closed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             inner.head = event.id;

@@ -27,6 +27,9 @@ use tokio::sync::Notify;
 pub enum Frame {
     /// A text frame. The bytes are valid UTF-8 JSON.
     Text(Bytes),
+    /// A live event's text frame, with the event's commit time
+    /// (microseconds since the epoch) for latency measurement.
+    Event(Bytes, u64),
     /// A WebSocket ping (heartbeat).
     Ping,
     /// Close the connection with this code and reason after the frames before it.
@@ -36,7 +39,7 @@ pub enum Frame {
 impl Frame {
     fn cost(&self) -> usize {
         match self {
-            Frame::Text(b) => b.len(),
+            Frame::Text(b) | Frame::Event(b, _) => b.len(),
             Frame::Ping => 0,
             Frame::Close(_, r) => r.len(),
         }
@@ -130,12 +133,14 @@ impl Outbox {
 
     /// Close as a slow consumer: drop what is queued (the client will never
     /// read it in time, and keeping it would hold memory), then send the
-    /// `slow_consumer` error and the close frame.
-    pub fn close_slow(&self) {
+    /// `slow_consumer` error and the close frame. Returns how many frames
+    /// were dropped, or `None` if it was already closed.
+    pub fn close_slow(&self) -> Option<usize> {
         let mut st = self.state.lock();
         if st.closed {
-            return;
+            return None;
         }
+        let frames = st.frames.len();
         let dropped: usize = st.frames.drain(..).map(|f| f.cost()).sum();
         st.bytes -= dropped;
         st.closed = true;
@@ -144,6 +149,7 @@ impl Outbox {
         drop(st);
         self.ready.notify_one();
         self.space.notify_waiters();
+        Some(frames)
     }
 
     /// How long bytes have been waiting with nothing written (zero when idle).

@@ -26,6 +26,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/publish", post(http::publish::publish))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
+        .route("/metrics", get(crate::metrics::metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -73,7 +74,7 @@ impl Server {
             let mut last_retention = Instant::now();
             loop {
                 tick.tick().await;
-                s.connections.sweep(s.now_ms(), heartbeat_ms, s.config.limits.slow_consumer_timeout);
+                s.connections.sweep(s.now_ms(), heartbeat_ms, s.config.limits.slow_consumer_timeout, &s.metrics);
                 for expired in s.sessions.sweep(Instant::now()) {
                     info!(session = %expired.id, "Session expired.");
                 }

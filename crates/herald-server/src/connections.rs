@@ -51,12 +51,24 @@ impl Connections {
     /// Ping connections silent for `heartbeat_ms`, close those silent for
     /// three times that, and close as slow consumers those that have had
     /// bytes waiting with nothing written for `stall_limit`.
-    pub(crate) fn sweep(&self, now_ms: u64, heartbeat_ms: u64, stall_limit: Duration) {
+    pub(crate) fn sweep(
+        &self,
+        now_ms: u64,
+        heartbeat_ms: u64,
+        stall_limit: Duration,
+        metrics: &crate::metrics::Metrics,
+    ) {
         let now = Instant::now();
         let unix = herald_core::event::now_us() / 1_000_000;
         for c in self.all() {
             if c.outbox.stalled_for(now) >= stall_limit {
-                c.outbox.close_slow();
+                if let Some(dropped) = c.outbox.close_slow() {
+                    metrics.slow_consumer_closes.inc();
+                    metrics
+                        .drops
+                        .get_or_create(&crate::metrics::Reason { reason: "slow_consumer" })
+                        .inc_by(dropped as u64);
+                }
                 continue;
             }
             let exp = c.expires_at.load(Ordering::Relaxed);

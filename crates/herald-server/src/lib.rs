@@ -11,6 +11,7 @@ mod auth;
 pub mod config;
 mod connections;
 mod http;
+mod metrics;
 mod state;
 mod subscription;
 mod ws;

@@ -79,7 +79,10 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
                     return;
                 }
                 match entry.outbox.offer(Frame::Text(frame.clone())) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        s.metrics.replayed.inc();
+                        break;
+                    }
                     Err(Overflow::Full) => continue,
                     Err(_) => return,
                 }

@@ -23,10 +23,10 @@ pub(crate) async fn publish(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let s = state.get();
-    let principal = s
-        .auth
-        .authenticate(bearer(&headers, q.token.as_deref()).as_deref())
-        .map_err(|e| ApiError::new(e.code, e.message))?;
+    let principal = s.auth.authenticate(bearer(&headers, q.token.as_deref()).as_deref()).map_err(|e| {
+        s.metrics.auth_failures.inc();
+        ApiError::new(e.code, e.message)
+    })?;
     if s.is_draining() {
         return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
@@ -77,6 +77,7 @@ pub(crate) async fn publish(
         error!(error = %e, "Publish failed: the log did not store the events.");
         ApiError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
     })?;
+    s.metrics.published.get_or_create(&crate::metrics::Transport { transport: "http" }).inc_by(committed.len() as u64);
     if single {
         Ok(Json(json!({"id": committed.first().map(|e| e.id)})))
     } else {

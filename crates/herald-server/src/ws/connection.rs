@@ -69,7 +69,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms());
     let expiry = handle.clone();
     debug!(conn = conn_id, %peer, "WebSocket connected.");
-    let mut writer = tokio::spawn(writer::run(sink, outbox.clone()));
+    let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone()));
     let mut conn = Connection {
         slot,
         rate: RateLimit::new(s.config.limits.commands_per_second),
@@ -250,7 +250,10 @@ impl Connection {
                 self.handle.expires_at.store(p.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
                 self.principal = p;
             }
-            Err(e) => return self.fatal(h.reference, e.code, &e.message, CloseCode::Unauthorized),
+            Err(e) => {
+                s.metrics.auth_failures.inc();
+                return self.fatal(h.reference, e.code, &e.message, CloseCode::Unauthorized);
+            }
         }
         let user = self.principal.user.clone();
         if let Some(creds) = h.session {
@@ -703,6 +706,12 @@ fn spawn_publisher(state: AppState, outbox: Arc<Outbox>) -> mpsc::Sender<Publica
             let (events, refs): (Vec<NewEvent>, Vec<Option<Ref>>) = batch.drain(..).unzip();
             match state.get().log.append(events).await {
                 Ok(committed) => {
+                    state
+                        .get()
+                        .metrics
+                        .published
+                        .get_or_create(&crate::metrics::Transport { transport: "ws" })
+                        .inc_by(committed.len() as u64);
                     for (e, reference) in committed.iter().zip(refs) {
                         let msg = ServerMessage::Published { reference, id: e.id };
                         let _ = outbox.push(Frame::Text(encode(&msg).into()));

@@ -29,7 +29,10 @@ pub(crate) async fn upgrade(
     }
     let slot = match state.get().admission.admit(peer.ip()) {
         Ok(slot) => slot,
-        Err(refusal) => return refuse(refusal),
+        Err(refusal) => {
+            state.get().metrics.refused.get_or_create(&crate::metrics::Reason { reason: refusal.as_str() }).inc();
+            return refuse(refusal);
+        }
     };
     let max = state.get().config.limits.max_frame_bytes;
     // Small socket buffers keep idle connections cheap; they grow while busy.

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use herald_core::{Frame, Outbox};
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
 use tracing::debug;
 
-pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>) {
+pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>, latency: Histogram) {
     let mut frames: Vec<Frame> = Vec::new();
     loop {
         outbox.take(&mut frames);
@@ -23,7 +24,7 @@ pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Out
         let mut close = None;
         for frame in &frames {
             let msg = match frame {
-                Frame::Text(b) => match Utf8Bytes::try_from(b.clone()) {
+                Frame::Text(b) | Frame::Event(b, _) => match Utf8Bytes::try_from(b.clone()) {
                     Ok(t) => Message::Text(t),
                     Err(_) => continue,
                 },
@@ -43,6 +44,12 @@ pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Out
             return;
         }
         outbox.written(&frames);
+        let now = herald_core::event::now_us();
+        for f in &frames {
+            if let Frame::Event(_, t) = f {
+                latency.observe(now.saturating_sub(*t) as f64 / 1e6);
+            }
+        }
         frames.clear();
         if let Some(msg) = close {
             let _ = sink.send(msg).await;

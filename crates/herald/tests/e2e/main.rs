@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod durability;
 mod limits;
+mod ops;
 mod protocol;
 mod publish;
 mod replay;

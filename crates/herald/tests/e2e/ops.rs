@@ -1,0 +1,56 @@
+//! Operations: metrics and health.
+
+use crate::common::*;
+use serde_json::json;
+
+async fn scrape(g: &Gateway) -> String {
+    let resp = reqwest::get(format!("{}/metrics", g.base)).await.expect("metrics");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap_or("").contains("openmetrics-text"));
+    resp.text().await.expect("text")
+}
+
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_follow_what_happens() {
+    let g = Gateway::start();
+    let (mut c, _) = g.hello().await;
+    c.subscribe("s", binding("m", "#"), json!({})).await;
+    g.publish_n("m", "k", 3).await;
+    assert_eq!(ids(&c.events(3).await), vec![1, 2, 3]);
+    c.request(json!({"type": "publish", "exchange": "m", "routing_key": "k", "payload": 1})).await;
+    c.events(1).await;
+    let (mut r, _) = g.hello().await;
+    r.subscribe("old", binding("m", "#"), json!({"since": {"id": 0}})).await;
+    r.events(4).await;
+    let t = scrape(&g).await;
+    assert!(t.ends_with("# EOF\n"));
+    assert_eq!(value(&t, "herald_connections"), 2.0);
+    assert_eq!(value(&t, "herald_subscriptions"), 2.0);
+    assert_eq!(value(&t, "herald_sessions"), 2.0);
+    assert_eq!(value(&t, "herald_log_head"), 4.0);
+    assert_eq!(value(&t, "herald_events_in_total"), 4.0);
+    assert_eq!(value(&t, "herald_deliveries_total"), 4.0);
+    assert_eq!(value(&t, "herald_replayed_events_total"), 4.0);
+    assert_eq!(value(&t, "herald_published_events_total{transport=\"http\"}"), 3.0);
+    assert_eq!(value(&t, "herald_published_events_total{transport=\"ws\"}"), 1.0);
+    assert_eq!(value(&t, "herald_publish_to_deliver_seconds_count"), 4.0);
+    assert!(value(&t, "herald_log_bytes") > 0.0);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let g = Gateway::start();
+    let h = reqwest::get(format!("{}/healthz", g.base)).await.expect("healthz");
+    assert_eq!(h.status(), 200);
+    let r: serde_json::Value =
+        reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json().await.expect("json");
+    assert_eq!(r["status"], "ready");
+}
