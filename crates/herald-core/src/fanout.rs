@@ -81,6 +81,8 @@ pub struct SubEntry {
     pub principal: Arc<Principal>,
     /// Where frames go.
     pub outbox: Arc<Outbox>,
+    /// How events are framed.
+    pub format: FrameFormat,
     live: AtomicBool,
     /// Whether events need a grant check (some binding is not wholly inside one grant).
     check_grants: bool,
@@ -146,17 +148,31 @@ impl SubEntry {
 
     /// Encode the `event` frame for this subscription.
     pub fn frame(&self, event: &Event) -> Bytes {
-        encode_frame(&self.sub, event)
+        encode_frame(&self.sub, self.format, event)
     }
 }
 
-fn encode_frame(sub: &str, event: &Event) -> Bytes {
-    let prefix = herald_protocol::event_frame_prefix(sub);
+/// How a subscription's events are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// A protocol `event` message (WebSocket).
+    WebSocket,
+    /// A Server-Sent Events record: `id: <id>` and `data: <event JSON>`.
+    Sse,
+}
+
+fn encode_frame(sub: &str, format: FrameFormat, event: &Event) -> Bytes {
     let tail = event.frame_tail();
-    let mut s = String::with_capacity(prefix.len() + tail.len());
-    s.push_str(&prefix);
-    s.push_str(tail);
-    Bytes::from(s)
+    match format {
+        FrameFormat::WebSocket => {
+            let prefix = herald_protocol::event_frame_prefix(sub);
+            let mut s = String::with_capacity(prefix.len() + tail.len());
+            s.push_str(&prefix);
+            s.push_str(tail);
+            Bytes::from(s)
+        }
+        FrameFormat::Sse => Bytes::from(format!("id: {}\ndata: {{{tail}\n\n", event.id)),
+    }
 }
 
 /// How a subscription starts.
@@ -227,6 +243,8 @@ pub struct Registration {
     pub principal: Arc<Principal>,
     /// The connection's outbox.
     pub outbox: Arc<Outbox>,
+    /// How events are framed.
+    pub format: FrameFormat,
 }
 
 impl FanOut {
@@ -275,6 +293,7 @@ impl FanOut {
             spec: reg.spec,
             principal: reg.principal,
             outbox: reg.outbox,
+            format: reg.format,
             live: AtomicBool::new(mode == Mode::Live),
             cursor: AtomicU64::new(cursor),
             state: Mutex::new(EntryState { mode, pause_requested: false }),
@@ -385,7 +404,7 @@ impl FanOut {
         let mut keys: Vec<u64> = Vec::new();
         // Frames already encoded for this event, by subscription id: most
         // clients use few distinct ids, so they share one allocation.
-        let mut shared: Vec<(Arc<str>, Bytes)> = Vec::new();
+        let mut shared: Vec<(Arc<str>, FrameFormat, Bytes)> = Vec::new();
         let mut delivered = 0u64;
         for event in batch {
             if event.id <= inner.head {
@@ -404,11 +423,11 @@ impl FanOut {
                 if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.admits(event) {
                     continue;
                 }
-                let frame = match shared.iter().find(|(s, _)| **s == *entry.sub) {
-                    Some((_, b)) => b.clone(),
+                let frame = match shared.iter().find(|(s, f, _)| **s == *entry.sub && *f == entry.format) {
+                    Some((_, _, b)) => b.clone(),
                     None => {
-                        let b = encode_frame(&entry.sub, event);
-                        shared.push((entry.sub.clone(), b.clone()));
+                        let b = encode_frame(&entry.sub, entry.format, event);
+                        shared.push((entry.sub.clone(), entry.format, b.clone()));
                         b
                     }
                 };
@@ -473,6 +492,7 @@ mod tests {
             }),
             principal: Arc::new(Principal::open()),
             outbox: outbox.clone(),
+            format: FrameFormat::WebSocket,
         }
     }
 

@@ -16,7 +16,7 @@ pub mod principal;
 pub mod session;
 
 pub use event::{Event, EventError, NewEvent, Origin};
-pub use fanout::{FanOut, GoLive, Mode, Registration, Start, SubEntry, SubSpec};
+pub use fanout::{FanOut, FrameFormat, GoLive, Mode, Registration, Start, SubEntry, SubSpec};
 pub use filter::{Filter, FilterError};
 pub use index::PatternIndex;
 pub use outbox::{Frame, Outbox, Overflow};

@@ -7,7 +7,9 @@
 //! paused or removed, or when the connection closes.
 
 use crate::state::AppState;
-use herald_core::{Frame, GoLive, Overflow, SubEntry};
+use herald_core::event::parse_time_us;
+use herald_core::{Frame, GoLive, Overflow, Registration, Start, SubEntry};
+use herald_protocol::Since;
 use herald_log::ReadQuery;
 use herald_protocol::{encode, ErrorCode, ServerMessage};
 use std::sync::Arc;
@@ -16,6 +18,129 @@ use tracing::error;
 
 /// Events read from the log per step.
 const CHUNK: usize = 512;
+
+/// What a new subscription's client is told before its first event.
+#[derive(Debug)]
+pub(crate) struct Announcement {
+    /// The fan-out head when the subscription went into place.
+    pub(crate) head: u64,
+    /// False when the requested history is not fully available.
+    pub(crate) recovered: bool,
+    /// Why, for the `history_truncated` error.
+    pub(crate) truncated: Option<String>,
+}
+
+/// Register a subscription at its starting point and start delivering.
+///
+/// `announce` is called exactly once, before any event of the subscription
+/// is queued. Returns the entry and its starting cursor: the position acks
+/// start from (everything after it is delivered).
+pub(crate) async fn open(
+    state: &AppState,
+    reg: Registration,
+    since: Option<Since>,
+    announce: impl FnOnce(Announcement),
+) -> Result<(Arc<SubEntry>, u64), (ErrorCode, String)> {
+    let s = state.get();
+    let bounds = s.log.bounds();
+    let (entry, cursor) = match since {
+        None => {
+            let (entry, head) = s.fanout.register(reg, Start::Live, |head| {
+                announce(Announcement { head, recovered: true, truncated: None });
+            });
+            return Ok((entry, head));
+        }
+        Some(Since::Id { id }) => {
+            let ahead = id > bounds.head;
+            let truncated = if ahead {
+                Some(format!("since.id {id} is beyond the newest event ({}); delivering from there", bounds.head))
+            } else if id + 1 < bounds.first {
+                Some(truncated_message(id, bounds.first))
+            } else {
+                None
+            };
+            let cursor = if ahead { bounds.head } else { id };
+            let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
+                announce(Announcement { head, recovered: truncated.is_none(), truncated });
+            });
+            (entry, cursor)
+        }
+        Some(Since::Time { time }) => {
+            let t = parse_time_us(&time).ok_or((
+                ErrorCode::BadRequest,
+                "since.time must be an RFC 3339 UTC time such as 2026-01-02T03:04:05Z".to_string(),
+            ))?;
+            let first = s
+                .log
+                .first_at_or_after(t)
+                .await
+                .map_err(|e| (ErrorCode::Internal, format!("history lookup failed: {e}")))?;
+            let truncated = (bounds.first > 1 && first <= bounds.first).then(|| {
+                format!(
+                    "events before id {} are no longer kept; some events at or after since.time may be missing",
+                    bounds.first
+                )
+            });
+            let cursor = first - 1;
+            let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
+                announce(Announcement { head, recovered: truncated.is_none(), truncated });
+            });
+            (entry, cursor)
+        }
+        Some(Since::Last { last }) => {
+            if last > s.config.limits.max_replay {
+                let msg = format!("since.last {last} exceeds limits.max_replay ({})", s.config.limits.max_replay);
+                return Err((ErrorCode::LimitExceeded, msg));
+            }
+            let (entry, head) = s.fanout.register(reg, Start::Hold, |_| {});
+            let (cursor, found) = match find_last(state, &entry, head, last).await {
+                Ok(found) => found,
+                Err(e) => {
+                    s.fanout.unregister(&entry);
+                    return Err((ErrorCode::Internal, format!("history lookup failed: {e}")));
+                }
+            };
+            let truncated = (found < last && bounds.first > 1).then(|| {
+                format!("only {found} matching events are still kept (oldest kept id {})", bounds.first)
+            });
+            entry.set_cursor(cursor);
+            // Not live yet, so no event can precede this announcement.
+            announce(Announcement { head, recovered: truncated.is_none(), truncated });
+            (entry, cursor)
+        }
+    };
+    spawn_catch_up(state.clone(), entry.clone());
+    Ok((entry, cursor))
+}
+
+/// The message of a `history_truncated` error for a start after `after`.
+pub(crate) fn truncated_message(after: u64, first: u64) -> String {
+    format!("events after id {after} up to id {} are no longer kept; delivering from id {first}", first.saturating_sub(1))
+}
+
+/// Find where to start so that exactly the last `n` matching events up to
+/// `head` are replayed: returns (cursor, how many were found).
+async fn find_last(state: &AppState, entry: &SubEntry, head: u64, n: u64) -> Result<(u64, u64), herald_log::LogError> {
+    let log = &state.get().log;
+    let exchanges = entry.spec.exchanges();
+    let (mut found, mut cursor, mut before) = (0u64, head, head);
+    while found < n && before > 0 {
+        let query = ReadQuery { exchanges: Some(exchanges.clone()), after: 0, upto: before, limit: 512, newest_first: true };
+        let chunk = log.read(query).await?;
+        let Some(oldest) = chunk.last() else { break };
+        before = oldest.id - 1;
+        for e in &chunk {
+            if entry.wants(e) {
+                found += 1;
+                cursor = e.id - 1;
+                if found == n {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((cursor, found))
+}
 
 /// Start catching up `entry` in the background.
 pub(crate) fn spawn_catch_up(state: AppState, entry: Arc<SubEntry>) {

@@ -7,18 +7,17 @@
 use super::writer;
 use crate::admission::{RateLimit, Slot};
 use crate::state::AppState;
-use crate::subscription::spawn_catch_up;
+use crate::subscription::{open, spawn_catch_up, truncated_message};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
-use herald_core::event::{parse_time_us, Origin};
+use herald_core::event::Origin;
 use herald_core::fanout::Registration;
 use herald_core::{
-    Filter, Frame, NewEvent, Outbox, Pattern, Principal, ResumeError, Session, Start, SubRecord, SubSpec,
+    Filter, Frame, FrameFormat, NewEvent, Outbox, Pattern, Principal, ResumeError, Session, Start, SubRecord, SubSpec,
 };
-use herald_log::ReadQuery;
 use herald_protocol::{
     decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, ServerMessage, SessionInfo,
-    Since, SubOnly, Subscribe,
+    SubOnly, Subscribe,
 };
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -311,6 +310,7 @@ impl Connection {
                 spec: rec.spec.clone(),
                 principal: self.principal.clone(),
                 outbox: self.outbox.clone(),
+                format: FrameFormat::WebSocket,
             };
             let start = if rec.paused { Start::Paused(rec.acked) } else { Start::CatchUp(rec.acked) };
             let recovered = rec.acked + 1 >= first;
@@ -401,159 +401,23 @@ impl Connection {
             spec: spec.clone(),
             principal: self.principal.clone(),
             outbox: self.outbox.clone(),
+            format: FrameFormat::WebSocket,
         };
-        let bounds = s.log.bounds();
-        let sub = m.sub.clone();
-        let subscribed = |head: u64, recovered: bool| ServerMessage::Subscribed {
-            reference: m.reference.clone(),
-            sub: sub.clone(),
-            head,
-            recovered,
-        };
-        let (entry, cursor, live) = match m.since {
-            None => {
-                let (entry, head) = s.fanout.register(reg, Start::Live, |head| self.send(&subscribed(head, true)));
-                (entry, head, true)
+        let (reference, sub) = (m.reference.clone(), m.sub.clone());
+        let opened = open(&self.state, reg, m.since, |a| {
+            self.send(&ServerMessage::Subscribed { reference, sub: sub.clone(), head: a.head, recovered: a.recovered });
+            if let Some(msg) = a.truncated {
+                self.error(None, Some(sub), ErrorCode::HistoryTruncated, msg);
             }
-            Some(Since::Id { id }) => {
-                let ahead = id > bounds.head;
-                let truncated = id + 1 < bounds.first;
-                let cursor = if ahead { bounds.head } else { id };
-                let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
-                    self.send(&subscribed(head, !(ahead || truncated)));
-                });
-                if ahead {
-                    let msg =
-                        format!("since.id {id} is beyond the newest event ({}); delivering from there", bounds.head);
-                    self.error(None, Some(m.sub.clone()), ErrorCode::HistoryTruncated, msg);
-                } else if truncated {
-                    self.error(
-                        None,
-                        Some(m.sub.clone()),
-                        ErrorCode::HistoryTruncated,
-                        truncated_message(id, bounds.first),
-                    );
-                }
-                (entry, cursor, false)
+        })
+        .await;
+        match opened {
+            Ok((entry, cursor)) => {
+                let record = SubRecord { spec, acked: cursor, paused: false, entry: Some(entry) };
+                session.state.lock().subs.insert(m.sub, record);
             }
-            Some(Since::Time { time }) => {
-                let Some(t) = parse_time_us(&time) else {
-                    return self.error(
-                        m.reference,
-                        Some(m.sub),
-                        ErrorCode::BadRequest,
-                        "since.time must be an RFC 3339 UTC time such as 2026-01-02T03:04:05Z",
-                    );
-                };
-                let first = match s.log.first_at_or_after(t).await {
-                    Ok(first) => first,
-                    Err(e) => {
-                        return self.error(
-                            m.reference,
-                            Some(m.sub),
-                            ErrorCode::Internal,
-                            format!("history lookup failed: {e}"),
-                        )
-                    }
-                };
-                let truncated = bounds.first > 1 && first <= bounds.first;
-                let cursor = first - 1;
-                let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
-                    self.send(&subscribed(head, !truncated));
-                });
-                if truncated {
-                    self.error(
-                        None,
-                        Some(m.sub.clone()),
-                        ErrorCode::HistoryTruncated,
-                        format!(
-                            "events before id {} are no longer kept; some events at or after since.time may be missing",
-                            bounds.first
-                        ),
-                    );
-                }
-                (entry, cursor, false)
-            }
-            Some(Since::Last { last }) => {
-                if last > s.config.limits.max_replay {
-                    let msg = format!("since.last {last} exceeds limits.max_replay ({})", s.config.limits.max_replay);
-                    return self.error(m.reference, Some(m.sub), ErrorCode::LimitExceeded, msg);
-                }
-                let (entry, head) = s.fanout.register(reg, Start::Hold, |_| {});
-                match self.find_last(&entry, head, last).await {
-                    Ok((cursor, found)) => {
-                        let truncated = found < last && bounds.first > 1;
-                        entry.set_cursor(cursor);
-                        self.send(&subscribed(head, !truncated));
-                        if truncated {
-                            self.error(
-                                None,
-                                Some(m.sub.clone()),
-                                ErrorCode::HistoryTruncated,
-                                format!(
-                                    "only {found} matching events are still kept (oldest kept id {})",
-                                    bounds.first
-                                ),
-                            );
-                        }
-                        (entry, cursor, false)
-                    }
-                    Err(e) => {
-                        s.fanout.unregister(&entry);
-                        return self.error(
-                            m.reference,
-                            Some(m.sub),
-                            ErrorCode::Internal,
-                            format!("history lookup failed: {e}"),
-                        );
-                    }
-                }
-            }
-        };
-        session
-            .state
-            .lock()
-            .subs
-            .insert(m.sub.clone(), SubRecord { spec, acked: cursor, paused: false, entry: Some(entry.clone()) });
-        if !live {
-            spawn_catch_up(self.state.clone(), entry);
+            Err((code, msg)) => self.error(m.reference, Some(m.sub), code, msg),
         }
-    }
-
-    /// Find where to start so that exactly the last `n` matching events up to
-    /// `head` are replayed: returns (cursor, how many were found).
-    async fn find_last(
-        &self,
-        entry: &herald_core::SubEntry,
-        head: u64,
-        n: u64,
-    ) -> Result<(u64, u64), herald_log::LogError> {
-        let log = &self.state.get().log;
-        let exchanges = entry.spec.exchanges();
-        let (mut found, mut cursor, mut before) = (0u64, head, head);
-        while found < n && before > 0 {
-            let chunk = log
-                .read(ReadQuery {
-                    exchanges: Some(exchanges.clone()),
-                    after: 0,
-                    upto: before,
-                    limit: 512,
-                    newest_first: true,
-                })
-                .await?;
-            let Some(oldest) = chunk.last() else { break };
-            before = oldest.id - 1;
-            for e in &chunk {
-                if entry.wants(e) {
-                    found += 1;
-                    cursor = e.id - 1;
-                    if found == n {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok((cursor, found))
     }
 
     fn with_entry(&self, session: &Session, m: &SubOnly, f: impl FnOnce(&mut SubRecord) -> ServerMessage) {
@@ -682,12 +546,6 @@ impl Connection {
     }
 }
 
-fn truncated_message(after: u64, first: u64) -> String {
-    format!(
-        "events after id {after} up to id {} are no longer kept; delivering from id {first}",
-        first.saturating_sub(1)
-    )
-}
 
 /// A per-connection task that appends this connection's publishes in order,
 /// as many per log commit as are waiting.
