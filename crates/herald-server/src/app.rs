@@ -24,6 +24,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/publish", post(http::publish::publish))
+        .route("/v1/sse", get(http::sse::sse))
+        .route("/v1/history", get(http::history::history))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .route("/metrics", get(crate::metrics::metrics))

@@ -19,6 +19,8 @@ pub(crate) struct ConnHandle {
     pub(crate) last_seen_ms: AtomicU64,
     /// When the client's token expires, seconds since the Unix epoch (0: never).
     pub(crate) expires_at: AtomicU64,
+    /// An SSE stream: it never sends, so it is pinged but not closed for silence.
+    pub(crate) sse: bool,
 }
 
 #[derive(Debug, Default)]
@@ -28,10 +30,10 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64) -> (u64, Arc<ConnHandle>) {
+    pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64, sse: bool) -> (u64, Arc<ConnHandle>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle =
-            Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms), expires_at: AtomicU64::new(0) });
+            Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms), expires_at: AtomicU64::new(0), sse });
         self.map.lock().insert(id, handle.clone());
         (id, handle)
     }
@@ -83,7 +85,15 @@ impl Connections {
                 continue;
             }
             let idle = now_ms.saturating_sub(c.last_seen_ms.load(Ordering::Relaxed));
-            if idle >= 3 * heartbeat_ms {
+            if c.sse {
+                // SSE clients never send: a comment line every heartbeat keeps
+                // proxies from timing the stream out; dead peers show up as
+                // write errors or stalls.
+                if idle >= heartbeat_ms {
+                    let _ = c.outbox.push(Frame::Ping);
+                    c.last_seen_ms.store(now_ms, Ordering::Relaxed);
+                }
+            } else if idle >= 3 * heartbeat_ms {
                 c.outbox.close_with(None, 1001, "heartbeat timeout");
             } else if idle >= heartbeat_ms {
                 let _ = c.outbox.push(Frame::Ping);

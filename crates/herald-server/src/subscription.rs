@@ -6,12 +6,13 @@
 //! never overflows a client that reads. It stops when the subscription is
 //! paused or removed, or when the connection closes.
 
+use crate::config::LimitsConfig;
 use crate::state::AppState;
 use herald_core::event::parse_time_us;
-use herald_core::{Frame, GoLive, Overflow, Registration, Start, SubEntry};
-use herald_protocol::Since;
+use herald_core::{Filter, Frame, GoLive, Overflow, Pattern, Principal, Registration, Start, SubEntry, SubSpec};
 use herald_log::ReadQuery;
 use herald_protocol::{encode, ErrorCode, ServerMessage};
+use herald_protocol::{Binding, Since};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::error;
@@ -28,6 +29,41 @@ pub(crate) struct Announcement {
     pub(crate) recovered: bool,
     /// Why, for the `history_truncated` error.
     pub(crate) truncated: Option<String>,
+}
+
+/// Check bindings and filters against the limits and the principal's grants.
+pub(crate) fn compile_spec(
+    limits: &LimitsConfig,
+    principal: &Principal,
+    bindings: &[Binding],
+    filters: &[serde_json::Value],
+) -> Result<SubSpec, (ErrorCode, String)> {
+    let bad = |msg: String| (ErrorCode::BadRequest, msg);
+    if bindings.is_empty() {
+        return Err(bad("`bindings` must name at least one {exchange, pattern}".into()));
+    }
+    if bindings.len() > limits.max_bindings {
+        let msg = format!("{} bindings; the limit is {} (limits.max_bindings)", bindings.len(), limits.max_bindings);
+        return Err((ErrorCode::LimitExceeded, msg));
+    }
+    if filters.len() > limits.max_filters {
+        let msg = format!("{} filters; the limit is {} (limits.max_filters)", filters.len(), limits.max_filters);
+        return Err((ErrorCode::LimitExceeded, msg));
+    }
+    let mut compiled = Vec::with_capacity(bindings.len());
+    for (i, b) in bindings.iter().enumerate() {
+        if b.exchange.is_empty() || b.exchange.len() > herald_core::event::MAX_NAME_BYTES {
+            return Err(bad(format!("binding #{i}: exchange must be 1 to 255 bytes")));
+        }
+        let pattern = Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
+        if !principal.may_bind(&b.exchange, &pattern) {
+            let msg = format!("binding #{i} ({} {}) is outside your subscribe grants", b.exchange, b.pattern);
+            return Err((ErrorCode::Forbidden, msg));
+        }
+        compiled.push((b.exchange.clone(), pattern));
+    }
+    let filters = Filter::compile_all(filters).map_err(|e| bad(e.to_string()))?;
+    Ok(SubSpec { bindings: compiled, filters })
 }
 
 /// Register a subscription at its starting point and start delivering.
@@ -100,9 +136,8 @@ pub(crate) async fn open(
                     return Err((ErrorCode::Internal, format!("history lookup failed: {e}")));
                 }
             };
-            let truncated = (found < last && bounds.first > 1).then(|| {
-                format!("only {found} matching events are still kept (oldest kept id {})", bounds.first)
-            });
+            let truncated = (found < last && bounds.first > 1)
+                .then(|| format!("only {found} matching events are still kept (oldest kept id {})", bounds.first));
             entry.set_cursor(cursor);
             // Not live yet, so no event can precede this announcement.
             announce(Announcement { head, recovered: truncated.is_none(), truncated });
@@ -115,7 +150,10 @@ pub(crate) async fn open(
 
 /// The message of a `history_truncated` error for a start after `after`.
 pub(crate) fn truncated_message(after: u64, first: u64) -> String {
-    format!("events after id {after} up to id {} are no longer kept; delivering from id {first}", first.saturating_sub(1))
+    format!(
+        "events after id {after} up to id {} are no longer kept; delivering from id {first}",
+        first.saturating_sub(1)
+    )
 }
 
 /// Find where to start so that exactly the last `n` matching events up to
@@ -125,7 +163,8 @@ async fn find_last(state: &AppState, entry: &SubEntry, head: u64, n: u64) -> Res
     let exchanges = entry.spec.exchanges();
     let (mut found, mut cursor, mut before) = (0u64, head, head);
     while found < n && before > 0 {
-        let query = ReadQuery { exchanges: Some(exchanges.clone()), after: 0, upto: before, limit: 512, newest_first: true };
+        let query =
+            ReadQuery { exchanges: Some(exchanges.clone()), after: 0, upto: before, limit: 512, newest_first: true };
         let chunk = log.read(query).await?;
         let Some(oldest) = chunk.last() else { break };
         before = oldest.id - 1;

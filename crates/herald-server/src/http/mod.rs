@@ -1,7 +1,10 @@
 //! HTTP endpoints: publish and health.
 
 pub(crate) mod health;
+pub(crate) mod history;
 pub(crate) mod publish;
+pub(crate) mod sse;
+mod stream_query;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -7,14 +7,12 @@
 use super::writer;
 use crate::admission::{RateLimit, Slot};
 use crate::state::AppState;
-use crate::subscription::{open, spawn_catch_up, truncated_message};
+use crate::subscription::{compile_spec, open, spawn_catch_up, truncated_message};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use herald_core::event::Origin;
 use herald_core::fanout::Registration;
-use herald_core::{
-    Filter, Frame, FrameFormat, NewEvent, Outbox, Pattern, Principal, ResumeError, Session, Start, SubRecord, SubSpec,
-};
+use herald_core::{Frame, FrameFormat, NewEvent, Outbox, Principal, ResumeError, Session, Start, SubRecord, SubSpec};
 use herald_protocol::{
     decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, ServerMessage, SessionInfo,
     SubOnly, Subscribe,
@@ -65,7 +63,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
         slow.into(),
         (CloseCode::SlowConsumer.code(), "slow consumer".into()),
     ));
-    let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms());
+    let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), false);
     let expiry = handle.clone();
     debug!(conn = conn_id, %peer, "WebSocket connected.");
     let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone()));
@@ -334,42 +332,10 @@ impl Connection {
     }
 
     fn validate_subscribe(&self, m: &Subscribe) -> Result<SubSpec, (ErrorCode, String)> {
-        let limits = &self.state.get().config.limits;
-        let bad = |msg: String| (ErrorCode::BadRequest, msg);
         if m.sub.is_empty() || m.sub.len() > MAX_SUB_ID_BYTES {
-            return Err(bad(format!("`sub` must be 1 to {MAX_SUB_ID_BYTES} bytes")));
+            return Err((ErrorCode::BadRequest, format!("`sub` must be 1 to {MAX_SUB_ID_BYTES} bytes")));
         }
-        if m.bindings.is_empty() {
-            return Err(bad("`bindings` must name at least one {exchange, pattern}".into()));
-        }
-        if m.bindings.len() > limits.max_bindings {
-            return Err((
-                ErrorCode::LimitExceeded,
-                format!("{} bindings; the limit is {} (limits.max_bindings)", m.bindings.len(), limits.max_bindings),
-            ));
-        }
-        if m.filters.len() > limits.max_filters {
-            return Err((
-                ErrorCode::LimitExceeded,
-                format!("{} filters; the limit is {} (limits.max_filters)", m.filters.len(), limits.max_filters),
-            ));
-        }
-        let mut bindings = Vec::with_capacity(m.bindings.len());
-        for (i, b) in m.bindings.iter().enumerate() {
-            if b.exchange.is_empty() || b.exchange.len() > herald_core::event::MAX_NAME_BYTES {
-                return Err(bad(format!("binding #{i}: exchange must be 1 to 255 bytes")));
-            }
-            let pattern = Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
-            if !self.principal.may_bind(&b.exchange, &pattern) {
-                return Err((
-                    ErrorCode::Forbidden,
-                    format!("binding #{i} ({} {}) is outside your subscribe grants", b.exchange, b.pattern),
-                ));
-            }
-            bindings.push((b.exchange.clone(), pattern));
-        }
-        let filters = Filter::compile_all(&m.filters).map_err(|e| bad(e.to_string()))?;
-        Ok(SubSpec { bindings, filters })
+        compile_spec(&self.state.get().config.limits, &self.principal, &m.bindings, &m.filters)
     }
 
     async fn subscribe(&mut self, session: &Arc<Session>, m: Subscribe) {
@@ -545,7 +511,6 @@ impl Connection {
         }
     }
 }
-
 
 /// A per-connection task that appends this connection's publishes in order,
 /// as many per log commit as are waiting.

@@ -13,4 +13,5 @@ mod publish;
 mod replay;
 mod sessions;
 mod slow;
+mod sse;
 mod subscribe;
