@@ -2,7 +2,6 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// A minimal SSE reader over a streaming HTTP response.
 struct Sse {
