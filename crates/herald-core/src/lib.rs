@@ -22,4 +22,4 @@ pub use index::PatternIndex;
 pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};
 pub use principal::{ExchangeMatch, Grant, GrantSpec, Grants, GrantsSpec, Principal};
-pub use session::{ResumeError, Session, SessionTable, SubRecord};
+pub use session::{ResumeError, Session, SessionSnapshot, SessionTable, SubRecord, SubSnapshot};

@@ -8,9 +8,14 @@
 //! detached sessions, so idle sessions cost no timer each.
 
 use crate::fanout::{SubEntry, SubSpec};
+use crate::filter::Filter;
 use crate::outbox::Outbox;
+use crate::pattern::Pattern;
+use herald_protocol::Binding;
 use parking_lot::Mutex;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +25,10 @@ use std::time::{Duration, Instant};
 pub struct SubRecord {
     /// Bindings and filters.
     pub spec: Arc<SubSpec>,
+    /// The bindings as the client sent them (kept to persist the session).
+    pub bindings: Vec<Binding>,
+    /// The filters as the client sent them.
+    pub filters: Vec<Value>,
     /// The highest id the client acknowledged (or the starting point).
     pub acked: u64,
     /// Whether the client paused it.
@@ -144,6 +153,102 @@ impl SessionTable {
             .map(|(id, _)| id.clone())
             .collect();
         expired.iter().filter_map(|id| sessions.remove(id)).collect()
+    }
+}
+
+/// A session as written to disk at shutdown, to be resumable after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionSnapshot {
+    /// Session id.
+    pub id: String,
+    /// Session secret.
+    pub secret: String,
+    /// Owner.
+    pub user: Option<String>,
+    /// Subscriptions.
+    pub subs: Vec<SubSnapshot>,
+}
+
+/// One subscription of a [`SessionSnapshot`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubSnapshot {
+    /// Subscription id.
+    pub sub: String,
+    /// Bindings as sent by the client.
+    pub bindings: Vec<Binding>,
+    /// Filters as sent by the client.
+    #[serde(default)]
+    pub filters: Vec<Value>,
+    /// Acknowledged position.
+    pub acked: u64,
+    /// Paused by the client.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl SessionTable {
+    /// Every session, for writing to disk.
+    pub fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let sessions = self.sessions.lock();
+        sessions
+            .values()
+            .map(|s| {
+                let st = s.state.lock();
+                SessionSnapshot {
+                    id: s.id.clone(),
+                    secret: s.secret.clone(),
+                    user: s.user.clone(),
+                    subs: st
+                        .subs
+                        .iter()
+                        .map(|(sub, r)| SubSnapshot {
+                            sub: sub.clone(),
+                            bindings: r.bindings.clone(),
+                            filters: r.filters.clone(),
+                            acked: r.acked,
+                            paused: r.paused,
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Load sessions written by [`SessionTable::snapshot`], detached as of
+    /// `now`; subscriptions that no longer compile are left out. Returns how
+    /// many sessions were restored.
+    pub fn restore(&self, snapshots: Vec<SessionSnapshot>, now: Instant) -> usize {
+        let mut sessions = self.sessions.lock();
+        let mut n = 0;
+        for snap in snapshots {
+            let mut subs = HashMap::new();
+            for sub in snap.subs {
+                let bindings: Option<Vec<(String, Pattern)>> = sub
+                    .bindings
+                    .iter()
+                    .map(|b| Pattern::parse(&b.pattern).ok().map(|p| (b.exchange.clone(), p)))
+                    .collect();
+                let (Some(bindings), Ok(filters)) = (bindings, Filter::compile_all(&sub.filters)) else { continue };
+                let record = SubRecord {
+                    spec: Arc::new(SubSpec { bindings, filters }),
+                    bindings: sub.bindings,
+                    filters: sub.filters,
+                    acked: sub.acked,
+                    paused: sub.paused,
+                    entry: None,
+                };
+                subs.insert(sub.sub, record);
+            }
+            let session = Session {
+                id: snap.id.clone(),
+                secret: snap.secret,
+                user: snap.user,
+                state: Mutex::new(SessionState { subs, attached: None, detached_at: Some(now) }),
+            };
+            sessions.insert(snap.id, Arc::new(session));
+            n += 1;
+        }
+        n
     }
 }
 

@@ -55,6 +55,7 @@ impl Server {
         }
         let dyn_log: Arc<dyn EventLog> = log.clone();
         let state = AppState::new(config.clone(), auth, dyn_log, fanout.clone(), drain_rx);
+        restore_sessions(&state);
 
         // Log -> fan-out: committed batches in id order. Subscriptions whose
         // client is behind continue from the log.
@@ -136,10 +137,53 @@ impl Server {
                 Ok(())
             }
         };
+        save_sessions(&state);
         log.close().await;
         info!("Event log closed.");
         result
     }
+}
+
+/// Where sessions wait across a restart.
+fn sessions_path(state: &AppState) -> std::path::PathBuf {
+    state.get().config.data.join("sessions.json")
+}
+
+/// Write every session to the data directory (owner-only: it holds secrets),
+/// so that clients can resume after the restart.
+fn save_sessions(state: &AppState) {
+    let snapshot = state.get().sessions.snapshot();
+    let path = sessions_path(state);
+    let tmp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    match write() {
+        Ok(()) => {
+            info!(sessions = snapshot.len(), path = %path.display(), "Sessions saved for resumption after restart.")
+        }
+        Err(e) => warn!(error = %e, path = %path.display(), "Could not save sessions; clients will start new ones."),
+    }
+}
+
+/// Load sessions saved at the last shutdown; they wait for their clients for one TTL.
+fn restore_sessions(state: &AppState) {
+    let path = sessions_path(state);
+    let Ok(bytes) = std::fs::read(&path) else { return };
+    match serde_json::from_slice::<Vec<herald_core::SessionSnapshot>>(&bytes) {
+        Ok(snapshots) => {
+            let n = state.get().sessions.restore(snapshots, Instant::now());
+            info!(sessions = n, "Sessions restored from the last shutdown.");
+        }
+        Err(e) => warn!(error = %e, path = %path.display(), "Ignoring an unreadable sessions file."),
+    }
+    // Once loaded they live in memory; a crash must not bring back stale ones.
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Why the server could not start or stopped serving.

@@ -301,6 +301,24 @@ impl Connection {
         st.detached_at = None;
         self.welcome(reference, &session, true);
         let first = s.log.bounds().first;
+        // The client may come back with other grants: a subscription they no
+        // longer allow is dropped, and the client told.
+        let principal = self.principal.clone();
+        let refused: Vec<String> = st
+            .subs
+            .iter()
+            .filter(|(_, r)| !r.spec.bindings.iter().all(|(x, p)| principal.may_bind(x, p)))
+            .map(|(sub, _)| sub.clone())
+            .collect();
+        for sub in refused {
+            st.subs.remove(&sub);
+            self.error(
+                None,
+                Some(sub),
+                ErrorCode::Forbidden,
+                "your grants no longer allow this subscription; it was removed",
+            );
+        }
         let mut catch_up = Vec::new();
         for (sub, rec) in st.subs.iter_mut() {
             let reg = Registration {
@@ -379,7 +397,14 @@ impl Connection {
         .await;
         match opened {
             Ok((entry, cursor)) => {
-                let record = SubRecord { spec, acked: cursor, paused: false, entry: Some(entry) };
+                let record = SubRecord {
+                    spec,
+                    bindings: m.bindings,
+                    filters: m.filters,
+                    acked: cursor,
+                    paused: false,
+                    entry: Some(entry),
+                };
                 session.state.lock().subs.insert(m.sub, record);
             }
             Err((code, msg)) => self.error(m.reference, Some(m.sub), code, msg),

@@ -51,10 +51,14 @@ async fn acknowledged_events_survive_kill_9() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_with_closing_and_restarts_cleanly() {
+async fn sigterm_drains_with_closing_and_sessions_resume_after_restart() {
     let mut g = Gateway::start();
     g.publish_n("x", "k", 3).await;
-    let (mut c, _) = g.hello().await;
+    let (mut c, w) = g.hello().await;
+    c.subscribe("s", binding("x", "#"), json!({"since": {"id": 0}})).await;
+    assert_eq!(ids(&c.events(3).await), vec![1, 2, 3]);
+    c.send(json!({"type": "ack", "sub": "s", "id": 2})).await;
+    c.request(json!({"type": "ping"})).await;
     let status = {
         let pid = g.child.id().to_string();
         std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill")
@@ -66,8 +70,16 @@ async fn sigterm_drains_with_closing_and_restarts_cleanly() {
     assert_eq!(c.expect_close().await, 1001);
     let exit = g.child.wait().expect("wait");
     assert!(exit.success(), "clean exit: {exit:?}");
+    let saved = g.data.join("sessions.json");
+    assert!(saved.exists(), "sessions saved at shutdown");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&saved).expect("meta").permissions().mode() & 0o777, 0o600);
     g.restart();
-    let (mut c, _) = g.hello().await;
-    c.subscribe("s", binding("x", "#"), json!({"since": {"id": 0}})).await;
-    assert_eq!(ids(&c.events(3).await), vec![1, 2, 3]);
+    g.publish_n("x", "k", 1).await;
+    let mut c = g.client().await;
+    let creds = json!({"id": w["session"]["id"], "secret": w["session"]["secret"]});
+    let w2 = c.request(json!({"type": "hello", "session": creds})).await;
+    assert_eq!(w2["resumed"], true, "{w2}");
+    assert_eq!(c.recv().await["type"], "subscribed");
+    assert_eq!(ids(&c.events(2).await), vec![3, 4], "after the ack, across the restart");
 }
