@@ -18,3 +18,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== tests"
 cargo test --workspace --locked
+
+echo "== fuzz (bounded)"
+scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-30}"
