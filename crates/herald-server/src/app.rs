@@ -7,6 +7,7 @@ use crate::ws;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
 use herald_core::FanOut;
 use herald_log::{EmbeddedLog, EventLog, RETENTION_INTERVAL};
 use herald_protocol::{encode, ServerMessage};
@@ -39,6 +40,7 @@ pub struct Server {
     listener: TcpListener,
     log: Arc<EmbeddedLog>,
     drain_tx: watch::Sender<bool>,
+    tls: Option<RustlsConfig>,
 }
 
 impl Server {
@@ -91,7 +93,22 @@ impl Server {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen.clone(), source })?;
-        Ok(Server { state, listener, log, drain_tx })
+        let tls = match &config.tls {
+            Some(t) => {
+                // One process-wide crypto provider; installing it twice is harmless.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let loaded = RustlsConfig::from_pem_file(&t.cert_file, &t.key_file).await.map_err(|e| {
+                    ServerError::Config(vec![format!(
+                        "tls: cannot load {} / {}: {e}",
+                        t.cert_file.display(),
+                        t.key_file.display()
+                    )])
+                })?;
+                Some(loaded)
+            }
+            None => None,
+        };
+        Ok(Server { state, listener, log, drain_tx, tls })
     }
 
     /// The address actually bound.
@@ -108,11 +125,13 @@ impl Server {
     /// reconnect (`closing` and close code 1001), wait up to the grace period
     /// for connections to finish, and close the log.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Server { state, listener, log, drain_tx } = self;
+        let Server { state, listener, log, drain_tx, tls } = self;
         let grace = state.get().config.shutdown_grace;
         let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let handle = axum_server::Handle::new();
         let drain_state = state.clone();
-        let graceful = async move {
+        let drain_handle = handle.clone();
+        tokio::spawn(async move {
             shutdown.await;
             info!("Shutting down: draining connections.");
             let _ = drain_tx.send(true);
@@ -122,25 +141,33 @@ impl Server {
             for c in s.connections.all() {
                 c.outbox.close_with(Some(closing.clone().into()), 1001, "server shutting down");
             }
-        };
-        let serve = axum::serve(listener, router).with_graceful_shutdown(graceful);
-        let s2 = state.clone();
-        let result = tokio::select! {
-            r = serve => r.map_err(ServerError::Serve),
-            _ = async move {
-                // Enforce the grace period once draining has begun.
-                let mut rx = s2.get().draining.clone();
-                let _ = rx.wait_for(|d| *d).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                warn!(remaining = state.get().connections.len(), "Grace period over; closing remaining connections.");
-                Ok(())
+            // Stop accepting; connections get the grace period to finish.
+            drain_handle.graceful_shutdown(Some(grace));
+        });
+        let listener = listener.into_std().map_err(ServerError::Serve)?;
+        let result = match tls {
+            Some(config) => {
+                axum_server::from_tcp_rustls(listener, config)
+                    .map_err(ServerError::Serve)?
+                    .handle(handle)
+                    .serve(router)
+                    .await
             }
+            None => axum_server::from_tcp(listener).map_err(ServerError::Serve)?.handle(handle).serve(router).await,
         };
+        let remaining = state.get().connections.len();
+        if remaining > 0 {
+            warn!(remaining, "Grace period over; closed the remaining connections.");
+        }
         save_sessions(&state);
         log.close().await;
         info!("Event log closed.");
-        result
+        result.map_err(ServerError::Serve)
+    }
+
+    /// Whether the listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Authentication.
     pub auth: AuthConfig,
+    /// TLS on the listener (absent: plain HTTP, e.g. behind a proxy that terminates TLS).
+    pub tls: Option<TlsConfig>,
     /// Idle connections are pinged after this long and closed after three times as long.
     #[serde(with = "duration")]
     pub heartbeat: Duration,
@@ -89,10 +91,21 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
+            tls: None,
             heartbeat: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// TLS settings (`[tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// Authentication settings (`[auth]`).

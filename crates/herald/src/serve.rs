@@ -37,7 +37,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     let addr = server.local_addr().ok_or_else(|| anyhow::anyhow!("no local address"))?;
     // The first stdout line is machine-readable: tests and `herald bench` wait for it.
-    println!("herald listening on http://{addr}");
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    println!("herald listening on {scheme}://{addr}");
     if args.dev {
         if let Some(token) = &dev_token {
             println!("  Token (user `dev`, every grant, 24h):\n    {token}");

@@ -39,7 +39,7 @@ impl Gateway {
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, toml).expect("write config");
         let (child, base) = Self::spawn(&data, &config, "127.0.0.1:0");
-        let addr = base.strip_prefix("http://").expect("http").to_string();
+        let addr = base.strip_prefix("http://").or_else(|| base.strip_prefix("https://")).expect("url").to_string();
         let admin_token = toml.lines().find_map(|l| l.trim().strip_prefix("jwt_secret = ")).map(|s| {
             let secret = s.trim_matches('"');
             let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 3600;
@@ -48,6 +48,22 @@ impl Gateway {
                 .expect("sign")
         });
         Gateway { child, base, addr, data, _dir: Some(dir), config: Some(config), admin_token }
+    }
+
+    /// Start with a configuration expected to be refused; returns stderr.
+    pub fn try_start_with(toml: &str) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run herald");
+        assert!(!out.status.success(), "expected the gateway to refuse this configuration");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     fn spawn(data: &Path, config: &Path, listen: &str) -> (Child, String) {

@@ -54,3 +54,33 @@ async fn health_and_readiness() {
         reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json().await.expect("json");
     assert_eq!(r["status"], "ready");
 }
+
+#[tokio::test]
+async fn tls_with_a_certificate_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let g =
+        Gateway::start_with(&format!("[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n", cert.display(), key.display()));
+    assert!(g.base.starts_with("https://"), "{}", g.base);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert)
+        .arg(format!("{}/healthz", g.base))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"status":"ok"}"#);
+    let plain = reqwest::get(format!("http://{}/healthz", g.addr)).await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true), "plain HTTP is not served on the TLS port");
+    let bad = Gateway::try_start_with("[tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"\n");
+    assert!(bad.contains("tls: cannot load"), "{bad}");
+}
