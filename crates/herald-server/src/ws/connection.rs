@@ -105,7 +105,18 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
                         break;
                     }
                     Some(Err(e)) => {
-                        debug!(conn = conn_id, error = %e, "WebSocket read failed.");
+                        // Tell the client which WebSocket rule it broke, if the
+                        // socket can still carry a close frame.
+                        let text = e.to_string();
+                        let (code, reason) = if text.contains("UTF-8") {
+                            (1007, "text frame is not valid UTF-8")
+                        } else if text.contains("Space limit") || text.contains("too long") {
+                            (1009, "frame too large")
+                        } else {
+                            (1002, "WebSocket protocol error")
+                        };
+                        debug!(conn = conn_id, error = %text, "WebSocket read failed.");
+                        outbox.close_with(None, code, reason);
                         break;
                     }
                     None => break,

@@ -86,4 +86,40 @@ async fn oversized_frame_is_refused_and_connection_continues() {
     assert_eq!(e["code"], "limit_exceeded", "{e}");
     c.expect_silence(Duration::from_millis(100)).await;
     assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    // Beyond four times the limit the WebSocket layer refuses the frame.
+    c.send(json!({"type": "ping", "ref": 2, "pad": "x".repeat(10_000)})).await;
+    assert_eq!(c.expect_close().await, 1009);
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_is_a_websocket_protocol_error_and_the_server_stays_up() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let g = Gateway::start();
+    let (mut c, _) = g.hello().await;
+    let frame = Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true);
+    c.send_raw(Message::Frame(frame)).await;
+    assert_eq!(c.expect_close().await, 1007);
+    let (mut other, _) = g.hello().await;
+    assert_eq!(other.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
+        .arg(dir.path())
+        .env("HERALD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let line = std::io::BufReader::new(stderr).lines().next().expect("a log line").expect("read");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{v}");
 }

@@ -15,10 +15,11 @@ async fn a_non_reading_client_is_closed_and_others_are_unaffected() {
     slow.subscribe("s", binding("big", "#"), json!({})).await;
     let (mut fast, _) = g.hello().await;
     fast.subscribe("f", binding("big", "#"), json!({})).await;
-    // 3000 events of about 8 KB in batches of 800 KB: each batch is larger
-    // than the outbound bound, and all of it far more than socket buffers.
+    // 6000 events of about 8 KB (48 MB) in batches of 800 KB: each batch is
+    // larger than the outbound bound, and all of it far more than socket buffers.
+    let rss_before = rss(g.child.id());
     let pad = "x".repeat(8000);
-    let total = 3000u64;
+    let total = 6000u64;
     let reader = tokio::spawn(async move {
         let got = ids(&fast.events(total as usize).await);
         (got, fast)
@@ -30,6 +31,8 @@ async fn a_non_reading_client_is_closed_and_others_are_unaffected() {
         g.publish(serde_json::Value::Array(batch)).await;
     }
     let (got, _fast) = reader.await.expect("reader");
+    let growth = rss(g.child.id()).saturating_sub(rss_before);
+    assert!(growth < 24 << 20, "memory stays bounded while a client does not read: grew {growth} bytes");
     // Stay unread for longer than slow_consumer_timeout (plus a sweep).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "the reading client got everything, in order");
@@ -52,4 +55,15 @@ async fn a_non_reading_client_is_closed_and_others_are_unaffected() {
     assert!(saw_error, "slow_consumer error before the close, then: {code}");
     assert!(code.contains("4408"), "{code}");
     assert!(slow_events < total, "what was queued for the slow client was dropped, not kept: {slow_events}");
+}
+
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
 }
