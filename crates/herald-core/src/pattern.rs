@@ -24,6 +24,7 @@ pub enum Word {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pattern {
     words: Vec<Word>,
+    has_hash: bool,
 }
 
 /// Why a pattern was refused.
@@ -56,8 +57,9 @@ impl Pattern {
                 "#" => Word::Hash,
                 lit => Word::Lit(lit.to_string()),
             })
-            .collect();
-        Ok(Pattern { words })
+            .collect::<Vec<_>>();
+        let has_hash = words.contains(&Word::Hash);
+        Ok(Pattern { words, has_hash })
     }
 
     /// The words of the pattern.
@@ -65,10 +67,29 @@ impl Pattern {
         &self.words
     }
 
-    /// Whether `key` matches. This is the reference implementation the
-    /// [`crate::PatternIndex`] is tested against: dynamic programming over
-    /// (pattern word, key word), linear in their product.
+    /// Whether `key` matches.
+    ///
+    /// Patterns without `#` compare word by word without allocating; `#`
+    /// alone matches everything; others use dynamic programming over
+    /// (pattern word, key word), linear in their product. The
+    /// [`crate::PatternIndex`] is tested against this.
     pub fn matches(&self, key: &str) -> bool {
+        if !self.has_hash {
+            let mut words = self.words.iter();
+            if !key.is_empty() {
+                for k in key.split('.') {
+                    match words.next() {
+                        Some(Word::Star) => {}
+                        Some(Word::Lit(w)) if w == k => {}
+                        _ => return false,
+                    }
+                }
+            }
+            return words.next().is_none();
+        }
+        if self.is_match_all() {
+            return true;
+        }
         let key = split_words(key);
         let (p, k) = (self.words.len(), key.len());
         // can[i][j]: pattern words i.. match key words j..
