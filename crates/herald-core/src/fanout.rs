@@ -393,6 +393,21 @@ impl FanOut {
         }
     }
 
+    /// The distinct outboxes of subscriptions bound to any of `exchanges`
+    /// (for `status` messages about the sources feeding them).
+    pub fn outboxes_for(&self, exchanges: &[String]) -> Vec<Arc<Outbox>> {
+        let inner = self.inner.lock();
+        let mut out: Vec<Arc<Outbox>> = Vec::new();
+        for e in inner.entries.values() {
+            if e.spec.bindings.iter().any(|(x, _)| exchanges.contains(x))
+                && !out.iter().any(|o| Arc::ptr_eq(o, &e.outbox))
+            {
+                out.push(e.outbox.clone());
+            }
+        }
+        out
+    }
+
     /// Dispatch a committed batch (ids ascending, all above the head).
     ///
     /// Returns the subscriptions that fell behind: an event did not fit in

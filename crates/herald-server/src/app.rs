@@ -56,7 +56,15 @@ impl Server {
             warn!("No [auth] configured: the gateway is open, every client may subscribe to and publish anything.");
         }
         let dyn_log: Arc<dyn EventLog> = log.clone();
-        let state = AppState::new(config.clone(), auth, dyn_log, fanout.clone(), drain_rx);
+        let mut connectors = Vec::new();
+        let mut peers = crate::peers::Peers::new();
+        for (id, connector, runtime) in crate::peers::build(&config.peer) {
+            peers.insert(id.clone(), runtime);
+            connectors.push((id, connector));
+        }
+        let peer_stop = drain_rx.clone();
+        let state = AppState::new(config.clone(), auth, peers, dyn_log, fanout.clone(), drain_rx);
+        crate::peers::start(&state, connectors, peer_stop);
         restore_sessions(&state);
 
         // Log -> fan-out: committed batches in id order. Subscriptions whose

@@ -26,6 +26,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS on the listener (absent: plain HTTP, e.g. behind a proxy that terminates TLS).
     pub tls: Option<TlsConfig>,
+    /// Connectors (`[[peer]]` tables).
+    pub peer: Vec<herald_connectors::PeerConfig>,
     /// Idle connections are pinged after this long and closed after three times as long.
     #[serde(with = "duration")]
     pub heartbeat: Duration,
@@ -92,6 +94,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            peer: Vec::new(),
             heartbeat: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -233,6 +236,7 @@ impl Config {
                 p.push(format!("auth.anonymous: {e}"));
             }
         }
+        p.extend(crate::peers::validate(&self.peer));
         if self.session.ttl.is_zero() {
             p.push("session.ttl must be positive".into());
         }

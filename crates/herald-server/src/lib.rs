@@ -12,6 +12,7 @@ pub mod config;
 mod connections;
 mod http;
 mod metrics;
+mod peers;
 mod state;
 mod subscription;
 mod ws;

@@ -7,6 +7,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use herald_connectors::PeerStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -20,6 +21,12 @@ use std::sync::atomic::Ordering;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Reason {
     pub(crate) reason: &'static str,
+}
+
+/// A `peer` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PeerLabel {
+    pub(crate) peer: String,
 }
 
 /// A `transport` label.
@@ -139,6 +146,23 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let mut out = String::new();
     let mut scrape = Registry::default();
     scrape.register_collector(Box::new(snapshot));
+    let per_peer = |name: &str, help: &str, read: &dyn Fn(&PeerStats) -> u64, scrape: &mut Registry| {
+        let family = Family::<PeerLabel, Counter>::default();
+        for (id, rt) in &s.peers {
+            family.get_or_create(&PeerLabel { peer: id.clone() }).inc_by(read(&rt.stats));
+        }
+        scrape.register(format!("herald_peer_{name}"), help.to_string(), family);
+    };
+    per_peer("in", "Messages received from the peer's upstream", &|p| p.r#in.load(Ordering::Relaxed), &mut scrape);
+    per_peer("out", "Events the peer appended to the log", &|p| p.out.load(Ordering::Relaxed), &mut scrape);
+    per_peer("err", "Messages the peer rejected", &|p| p.err.load(Ordering::Relaxed), &mut scrape);
+    per_peer("send", "Upstream operations sent (acks, declarations)", &|p| p.send.load(Ordering::Relaxed), &mut scrape);
+    per_peer("recv", "Upstream deliveries received", &|p| p.recv.load(Ordering::Relaxed), &mut scrape);
+    let up = Family::<PeerLabel, prometheus_client::metrics::gauge::Gauge>::default();
+    for (id, rt) in &s.peers {
+        up.get_or_create(&PeerLabel { peer: id.clone() }).set(i64::from(rt.stats.up.load(Ordering::Relaxed)));
+    }
+    scrape.register("herald_peer_up", "1 while the peer is connected to its upstream", up);
     let encoded = prometheus_client::encoding::text::encode_registry(&mut out, &scrape)
         .and_then(|_| prometheus_client::encoding::text::encode_registry(&mut out, &s.metrics.registry))
         .and_then(|_| prometheus_client::encoding::text::encode_eof(&mut out));

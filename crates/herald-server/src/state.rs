@@ -22,6 +22,7 @@ pub(crate) struct Inner {
     pub(crate) auth: Authenticator,
     pub(crate) admission: Arc<crate::admission::Admission>,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) peers: crate::peers::Peers,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) sessions: SessionTable,
@@ -35,6 +36,7 @@ impl AppState {
     pub(crate) fn new(
         config: Config,
         auth: Authenticator,
+        peers: crate::peers::Peers,
         log: Arc<dyn EventLog>,
         fanout: Arc<FanOut>,
         draining: watch::Receiver<bool>,
@@ -52,6 +54,7 @@ impl AppState {
                 auth,
                 admission,
                 metrics: crate::metrics::Metrics::new(),
+                peers,
                 log,
                 fanout,
                 sessions,

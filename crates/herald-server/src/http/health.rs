@@ -11,13 +11,22 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 when ready; 503 while draining.
+/// 200 when serving (`ready`, or `degraded` when a peer is down: history and
+/// other sources still work); 503 while draining.
 pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let s = state.get();
     let head = s.log.bounds().head;
+    let mut peers = serde_json::Map::new();
+    let mut all_up = true;
+    for (id, rt) in &s.peers {
+        let (up, detail) = rt.health.lock().clone();
+        all_up &= up;
+        peers.insert(id.clone(), json!({"type": rt.kind, "up": up, "detail": detail}));
+    }
     if s.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "log_head": head})))
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "log_head": head, "peers": peers})))
     } else {
-        (StatusCode::OK, Json(json!({"status": "ready", "log_head": head})))
+        let status = if all_up { "ready" } else { "degraded" };
+        (StatusCode::OK, Json(json!({"status": status, "log_head": head, "peers": peers})))
     }
 }

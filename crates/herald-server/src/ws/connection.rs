@@ -15,7 +15,7 @@ use herald_core::fanout::Registration;
 use herald_core::{Frame, FrameFormat, NewEvent, Outbox, Principal, ResumeError, Session, Start, SubRecord, SubSpec};
 use herald_protocol::{
     decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, ServerMessage, SessionInfo,
-    SubOnly, Subscribe,
+    StatusState, SubOnly, Subscribe,
 };
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -408,6 +408,14 @@ impl Connection {
         .await;
         match opened {
             Ok((entry, cursor)) => {
+                // Tell the client at once about any source feeding it that is down.
+                let exchanges = entry.spec.exchanges();
+                for (id, rt) in &self.state.get().peers {
+                    let (up, detail) = rt.health.lock().clone();
+                    if !up && rt.exchanges.iter().any(|x| exchanges.contains(x)) {
+                        self.send(&ServerMessage::Status { source: id.clone(), state: StatusState::Down, detail });
+                    }
+                }
                 let record = SubRecord {
                     spec,
                     bindings: m.bindings,

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod amqp;
 mod auth;
 mod cli;
 mod durability;

@@ -1,0 +1,62 @@
+//! `[peer.config]` of an `amqp` peer.
+
+use serde::{Deserialize, Serialize};
+
+/// One binding of the node's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpBinding {
+    /// A topic exchange.
+    pub exchange: String,
+    /// Binding key (topic pattern).
+    pub pattern: String,
+}
+
+/// Settings of the RabbitMQ source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// AMQP URL, e.g. `amqp://user:pass@host:5672/vhost`.
+    pub url: String,
+    /// The node's durable queue (one per Herald node, shared by all its clients).
+    pub queue: String,
+    /// Bindings of the queue.
+    pub bindings: Vec<AmqpBinding>,
+    /// Unacknowledged messages RabbitMQ may send at once.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Queue length cap (`x-max-length`); publishers are refused beyond it.
+    #[serde(default = "default_max_queue_length")]
+    pub max_queue_length: u32,
+    /// Declare the bound exchanges (durable topic exchanges) if missing.
+    #[serde(default)]
+    pub declare_exchanges: bool,
+}
+
+fn default_prefetch() -> u16 {
+    256
+}
+
+fn default_max_queue_length() -> u32 {
+    1_000_000
+}
+
+impl AmqpConfig {
+    /// Check the settings; returns every problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            p.push("url must start with amqp:// or amqps://".to_string());
+        }
+        if self.queue.is_empty() || self.queue.len() > 255 {
+            p.push("queue must be 1 to 255 bytes".to_string());
+        }
+        if self.bindings.is_empty() {
+            p.push("bindings must list at least one {exchange, pattern}".to_string());
+        }
+        if self.prefetch == 0 {
+            p.push("prefetch must be at least 1".to_string());
+        }
+        p
+    }
+}

@@ -1,0 +1,199 @@
+//! The connector itself.
+
+use super::config::AmqpConfig;
+use crate::peer::{decode_body, Codec, Interceptor, PeerStats};
+use crate::{BoxFuture, Connector, Host};
+use anyhow::{anyhow, Context};
+use futures_util::{FutureExt, StreamExt};
+use herald_core::event::Origin;
+use herald_core::NewEvent;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::sync::Arc;
+use tracing::warn;
+
+/// A RabbitMQ source peer.
+pub struct AmqpSource {
+    peer: String,
+    config: AmqpConfig,
+    codec: Codec,
+    interceptors: Vec<Interceptor>,
+    stats: Arc<PeerStats>,
+    session: Option<(Connection, Channel, Consumer)>,
+}
+
+impl AmqpSource {
+    /// A source for peer `peer`.
+    pub fn new(
+        peer: String,
+        config: AmqpConfig,
+        codec: Codec,
+        interceptors: Vec<Interceptor>,
+        stats: Arc<PeerStats>,
+    ) -> AmqpSource {
+        AmqpSource { peer, config, codec, interceptors, stats, session: None }
+    }
+
+    async fn open(&self) -> anyhow::Result<(Connection, Channel, Consumer)> {
+        let c = &self.config;
+        let conn = Connection::connect(&c.url, ConnectionProperties::default()).await.context("connecting")?;
+        let ch = conn.create_channel().await.context("opening a channel")?;
+        ch.basic_qos(c.prefetch, BasicQosOptions::default()).await.context("setting prefetch")?;
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(c.max_queue_length)));
+        // Refuse publishers rather than silently dropping the oldest messages.
+        args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+        let opts = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        ch.queue_declare(c.queue.as_str().into(), opts, args).await.context("declaring the queue")?;
+        for b in &c.bindings {
+            if c.declare_exchanges {
+                let opts = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+                ch.exchange_declare(b.exchange.as_str().into(), ExchangeKind::Topic, opts, FieldTable::default())
+                    .await
+                    .with_context(|| format!("declaring exchange {}", b.exchange))?;
+            }
+            ch.queue_bind(
+                c.queue.as_str().into(),
+                b.exchange.as_str().into(),
+                b.pattern.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding {} {}", b.exchange, b.pattern))?;
+            PeerStats::add(&self.stats.send, 1);
+        }
+        let tag = format!("herald-{}", self.peer);
+        let consumer = ch
+            .basic_consume(
+                c.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("consuming")?;
+        Ok((conn, ch, consumer))
+    }
+
+    /// Turn one delivery into events; `Err` for a body the codec refuses.
+    fn events(&self, d: &Delivery) -> Result<Vec<NewEvent>, String> {
+        let payloads = decode_body(self.codec, &self.interceptors, &d.data)?;
+        let headers = d.properties.headers().as_ref().map(|t| {
+            t.inner().iter().map(|(k, v)| (k.to_string(), amqp_to_json(v))).collect::<serde_json::Map<String, Value>>()
+        });
+        payloads
+            .into_iter()
+            .map(|p| {
+                let payload = RawValue::from_string(p).map_err(|e| e.to_string())?;
+                Ok(NewEvent {
+                    exchange: d.exchange.to_string(),
+                    routing_key: d.routing_key.to_string(),
+                    payload,
+                    acl: None,
+                    headers: headers.clone().filter(|h| !h.is_empty()),
+                    origin: Some(Origin { peer: self.peer.clone(), stream: 0, seq: d.delivery_tag }),
+                })
+            })
+            .collect()
+    }
+}
+
+fn amqp_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Float(f) => Value::from(*f),
+        AMQPValue::Double(f) => Value::from(*f),
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::ShortString(s) => Value::String(s.to_string()),
+        AMQPValue::LongString(s) => Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::FieldTable(t) => {
+            Value::Object(t.inner().iter().map(|(k, v)| (k.to_string(), amqp_to_json(v))).collect())
+        }
+        AMQPValue::Void => Value::Null,
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
+impl Connector for AmqpSource {
+    fn connect(&mut self, _attempt: u32) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.session = None;
+            self.session = Some(self.open().await?);
+            Ok(())
+        })
+    }
+
+    fn run<'a>(&'a mut self, host: &'a dyn Host, mut stop: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let Some((conn, ch, mut consumer)) = self.session.take() else {
+                return Err(anyhow!("not connected"));
+            };
+            let max_batch = usize::from(self.config.prefetch);
+            loop {
+                let first = tokio::select! {
+                    _ = &mut stop => {
+                        let _ = conn.close(200, "herald stopping".into()).await;
+                        return Ok(());
+                    }
+                    d = consumer.next() => d,
+                };
+                let Some(first) = first else { return Err(anyhow!("the consumer was cancelled")) };
+                let mut batch = vec![first.context("delivery failed")?];
+                // Take what has already arrived: one log commit for all of it.
+                while batch.len() < max_batch {
+                    match consumer.next().now_or_never() {
+                        Some(Some(d)) => batch.push(d.context("delivery failed")?),
+                        _ => break,
+                    }
+                }
+                PeerStats::add(&self.stats.recv, batch.len() as u64);
+                PeerStats::add(&self.stats.r#in, batch.len() as u64);
+                let mut events = Vec::new();
+                let mut rejected = Vec::new();
+                for d in &batch {
+                    match self.events(d) {
+                        Ok(mut e) => events.append(&mut e),
+                        Err(reason) => rejected.push((d.delivery_tag, reason)),
+                    }
+                }
+                let count = events.len() as u64;
+                if !events.is_empty() {
+                    host.append(events).await.context("the log did not store the batch; it will be redelivered")?;
+                    PeerStats::add(&self.stats.out, count);
+                }
+                // Durable now: acknowledge. Rejected bodies are dead-lettered
+                // (or dropped when the queue has no dead-letter exchange), never requeued forever.
+                for (tag, reason) in &rejected {
+                    warn!(peer = %self.peer, %reason, "Rejected an AMQP message.");
+                    PeerStats::add(&self.stats.err, 1);
+                    ch.basic_nack(*tag, BasicNackOptions { requeue: false, ..Default::default() })
+                        .await
+                        .context("rejecting")?;
+                }
+                for d in &batch {
+                    if rejected.iter().any(|(t, _)| *t == d.delivery_tag) {
+                        continue;
+                    }
+                    d.acker.ack(BasicAckOptions::default()).await.context("acknowledging")?;
+                    PeerStats::add(&self.stats.send, 1);
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,41 @@
+//! Connectors ("peers", after tremor's Peers and Streams RFC): configured
+//! endpoints that bring events into Herald.
+//!
+//! A connector implements [`Connector`]: `connect(attempt)` establishes the
+//! upstream session and `run` moves events until the upstream fails. The
+//! framework ([`runner::supervise`]), not each connector, owns reconnects
+//! (exponential backoff with jitter, forever), reports the peer `up` or
+//! `down` through [`Host::status`], and counts `in`/`out`/`err`/`send`/`recv`.
+//! Connectors hand events to [`Host::append`], which answers only once they
+//! are durable, so a source acknowledges upstream only what the log holds.
+
+pub mod amqp;
+pub mod peer;
+pub mod runner;
+
+pub use peer::{Codec, Interceptor, PeerConfig, PeerStats};
+pub use runner::{supervise, Backoff};
+
+use herald_core::NewEvent;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a connector can ask of the gateway.
+pub trait Host: Send + Sync + 'static {
+    /// Append events to the log; resolves with their ids once durable.
+    fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, anyhow::Result<Vec<u64>>>;
+    /// The peer went up or down; subscribers it feeds are told.
+    fn status(&self, peer: &str, up: bool, detail: &str);
+}
+
+/// A connector's lifecycle, driven by [`supervise`].
+pub trait Connector: Send + 'static {
+    /// Establish the upstream session. `attempt` counts from 1 since the
+    /// last success; an error is retried after a backoff.
+    fn connect(&mut self, attempt: u32) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Move events until the upstream fails (an error) or `stop` resolves (Ok).
+    fn run<'a>(&'a mut self, host: &'a dyn Host, stop: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<()>>;
+}

@@ -1,0 +1,140 @@
+//! `[[peer]]` configuration shared by every connector, and per-peer counters.
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// How message bodies become event payloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// The body is JSON and becomes the payload as is.
+    #[default]
+    Json,
+    /// The body becomes a JSON string (UTF-8, invalid bytes replaced).
+    String,
+    /// The body becomes a base64 JSON string.
+    Base64,
+}
+
+/// Processing applied to each incoming body before the codec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Interceptor {
+    /// Bodies larger than `max_bytes` are rejected (counted as `err`).
+    SizeGuard {
+        /// Largest body accepted.
+        max_bytes: usize,
+    },
+    /// One event per non-empty line of the body.
+    LineSplitter,
+}
+
+/// One `[[peer]]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Unique peer id; events carry it as their origin.
+    pub id: String,
+    /// Connector type: `amqp`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Body codec.
+    #[serde(default)]
+    pub codec: Codec,
+    /// Interceptors, applied in order.
+    #[serde(default)]
+    pub interceptors: Vec<Interceptor>,
+    /// Connector-specific settings.
+    #[serde(default)]
+    pub config: toml_like::Table,
+}
+
+/// The connector-specific table, kept as JSON values so each connector can
+/// deserialize (and check) its own settings.
+pub mod toml_like {
+    /// A table of settings.
+    pub type Table = serde_json::Map<String, serde_json::Value>;
+}
+
+/// Per-peer counters, as in tremor: `in` (upstream messages received),
+/// `out` (events appended), `err` (messages rejected), `send`/`recv`
+/// (upstream protocol operations).
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Messages received from upstream.
+    pub r#in: AtomicU64,
+    /// Events appended to the log.
+    pub out: AtomicU64,
+    /// Messages rejected (codec, interceptor, log failure).
+    pub err: AtomicU64,
+    /// Upstream operations sent (acks, declarations).
+    pub send: AtomicU64,
+    /// Upstream deliveries received.
+    pub recv: AtomicU64,
+    /// Whether the upstream is connected.
+    pub up: AtomicBool,
+}
+
+impl PeerStats {
+    /// Add to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Apply interceptors and the codec to one body: zero or more payloads
+/// (JSON text), or why the body was rejected.
+pub fn decode_body(codec: Codec, interceptors: &[Interceptor], body: &[u8]) -> Result<Vec<String>, String> {
+    let mut parts: Vec<&[u8]> = vec![body];
+    for i in interceptors {
+        match i {
+            Interceptor::SizeGuard { max_bytes } => {
+                if body.len() > *max_bytes {
+                    return Err(format!("body of {} bytes exceeds the size guard of {max_bytes}", body.len()));
+                }
+            }
+            Interceptor::LineSplitter => {
+                parts = parts
+                    .into_iter()
+                    .flat_map(|p| p.split(|b| *b == b'\n'))
+                    .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                    .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                    .collect();
+            }
+        }
+    }
+    parts
+        .into_iter()
+        .map(|p| match codec {
+            Codec::Json => {
+                let text = std::str::from_utf8(p).map_err(|_| "body is not UTF-8 JSON".to_string())?;
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| format!("body is not JSON: {e}"))?;
+                Ok(text.to_string())
+            }
+            Codec::String => Ok(serde_json::Value::String(String::from_utf8_lossy(p).into_owned()).to_string()),
+            Codec::Base64 => Ok(serde_json::Value::String(base64(p)).to_string()),
+        })
+        .collect()
+}
+
+fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_and_interceptors() {
+        assert_eq!(decode_body(Codec::Json, &[], br#"{"a":1}"#), Ok(vec![r#"{"a":1}"#.to_string()]));
+        assert!(decode_body(Codec::Json, &[], b"nope").is_err());
+        assert_eq!(decode_body(Codec::String, &[], b"hi\""), Ok(vec![r#""hi\"""#.to_string()]));
+        assert_eq!(decode_body(Codec::Base64, &[], b"hello"), Ok(vec![r#""aGVsbG8=""#.to_string()]));
+        let split = [Interceptor::LineSplitter];
+        assert_eq!(decode_body(Codec::Json, &split, b"1\n\n2\r\n"), Ok(vec!["1".to_string(), "2".to_string()]));
+        let guard = [Interceptor::SizeGuard { max_bytes: 3 }];
+        assert!(decode_body(Codec::Json, &guard, b"1234").is_err());
+    }
+}

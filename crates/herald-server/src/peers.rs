@@ -1,0 +1,102 @@
+//! Running the configured peers (connectors) and relaying their health.
+
+use crate::state::AppState;
+use herald_connectors::amqp::{AmqpConfig, AmqpSource};
+use herald_connectors::{BoxFuture, Connector, Host, PeerConfig, PeerStats};
+use herald_core::{Frame, NewEvent};
+use herald_protocol::{encode, ServerMessage, StatusState};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What the gateway knows of one running peer.
+#[derive(Debug)]
+pub(crate) struct PeerRuntime {
+    pub(crate) kind: String,
+    pub(crate) stats: Arc<PeerStats>,
+    /// Exchanges the peer feeds (its subscribers get its `status`).
+    pub(crate) exchanges: Vec<String>,
+    /// Last state: up, and why not.
+    pub(crate) health: Mutex<(bool, String)>,
+}
+
+/// Peers by id.
+pub(crate) type Peers = BTreeMap<String, Arc<PeerRuntime>>;
+
+/// Check every `[[peer]]` table; returns all problems.
+pub(crate) fn validate(peers: &[PeerConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in peers.iter().enumerate() {
+        let at = format!("peer #{i} ({})", p.id);
+        if p.id.is_empty() || !seen.insert(p.id.clone()) {
+            problems.push(format!("{at}: id must be non-empty and unique"));
+        }
+        match p.kind.as_str() {
+            "amqp" => match serde_json::from_value::<AmqpConfig>(serde_json::Value::Object(p.config.clone())) {
+                Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
+                Err(e) => problems.push(format!("{at}: config: {e}")),
+            },
+            other => problems.push(format!("{at}: unknown type `{other}` (known: amqp)")),
+        }
+    }
+    problems
+}
+
+/// Build the connectors (configuration already validated).
+pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Arc<PeerRuntime>)> {
+    let mut out = Vec::new();
+    for p in peers {
+        let stats = Arc::new(PeerStats::default());
+        if p.kind == "amqp" {
+            let Ok(cfg) = serde_json::from_value::<AmqpConfig>(serde_json::Value::Object(p.config.clone())) else {
+                continue;
+            };
+            let exchanges = cfg.bindings.iter().map(|b| b.exchange.clone()).collect();
+            let connector = AmqpSource::new(p.id.clone(), cfg, p.codec, p.interceptors.clone(), stats.clone());
+            let rt =
+                PeerRuntime { kind: p.kind.clone(), stats, exchanges, health: Mutex::new((false, "starting".into())) };
+            out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
+        }
+    }
+    out
+}
+
+/// The gateway as seen by connectors.
+pub(crate) struct GatewayHost {
+    pub(crate) state: AppState,
+}
+
+impl Host for GatewayHost {
+    fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, anyhow::Result<Vec<u64>>> {
+        Box::pin(async move {
+            let committed = self.state.get().log.append(events).await?;
+            Ok(committed.iter().map(|e| e.id).collect())
+        })
+    }
+
+    fn status(&self, peer: &str, up: bool, detail: &str) {
+        let s = self.state.get();
+        let Some(rt) = s.peers.get(peer) else { return };
+        *rt.health.lock() = (up, detail.to_string());
+        let msg = ServerMessage::Status {
+            source: peer.to_string(),
+            state: if up { StatusState::Up } else { StatusState::Down },
+            detail: detail.to_string(),
+        };
+        let frame: bytes::Bytes = encode(&msg).into();
+        for outbox in s.fanout.outboxes_for(&rt.exchanges) {
+            let _ = outbox.push(Frame::Text(frame.clone()));
+        }
+    }
+}
+
+/// Start every peer; they stop when `stop` turns true.
+pub(crate) fn start(state: &AppState, connectors: Vec<(String, Box<dyn Connector>)>, stop: watch::Receiver<bool>) {
+    let host: Arc<dyn Host> = Arc::new(GatewayHost { state: state.clone() });
+    for (id, connector) in connectors {
+        let Some(rt) = state.get().peers.get(&id) else { continue };
+        tokio::spawn(herald_connectors::supervise(id, connector, host.clone(), rt.stats.clone(), stop.clone()));
+    }
+}

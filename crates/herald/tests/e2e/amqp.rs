@@ -1,0 +1,150 @@
+//! The RabbitMQ source against the real RabbitMQ on this machine.
+
+use crate::common::*;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn names(tag: &str) -> (String, String) {
+    let n = format!("herald-test-{tag}-{}-{}", std::process::id(), rand_suffix());
+    (format!("{n}-x"), format!("{n}-q"))
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0)
+}
+
+fn peer_config(exchange: &str, queue: &str, url: &str) -> String {
+    format!(
+        "heartbeat = \"300ms\"\n[[peer]]\nid = \"rabbit\"\ntype = \"amqp\"\ncodec = \"json\"\ninterceptors = [{{type = \"size_guard\", max_bytes = 10000}}]\n[peer.config]\nurl = \"{url}\"\nqueue = \"{queue}\"\nbindings = [{{exchange = \"{exchange}\", pattern = \"orders.#\"}}]\ndeclare_exchanges = true\nprefetch = 100\n"
+    )
+}
+
+async fn readyz(g: &Gateway) -> Value {
+    reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json().await.expect("json")
+}
+
+async fn wait_up(g: &Gateway) {
+    for _ in 0..100 {
+        if readyz(g).await["peers"]["rabbit"]["up"] == true {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the peer never came up: {}", readyz(g).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_messages_become_events_acked_only_when_durable() {
+    let (exchange, queue) = names("src");
+    let g = Gateway::start_with(&peer_config(&exchange, &queue, URL));
+    wait_up(&g).await;
+    let (mut c, _) = g.hello().await;
+    c.subscribe("s", binding(&exchange, "#"), json!({})).await;
+
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let n = 500u64;
+    for i in 0..n {
+        let mut headers = FieldTable::default();
+        headers.insert("trace".into(), AMQPValue::LongString(format!("t{i}").into()));
+        let key = if i % 2 == 0 { "orders.eu" } else { "orders.us.created" };
+        ch.basic_publish(
+            exchange.as_str().into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            json!({"i": i}).to_string().as_bytes(),
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    // Not JSON, and too big: rejected, never delivered; not routed: never seen.
+    for body in [b"not json".to_vec(), vec![b'1'; 20_000]] {
+        ch.basic_publish(
+            exchange.as_str().into(),
+            "orders.bad".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    ch.basic_publish(
+        exchange.as_str().into(),
+        "other.key".into(),
+        BasicPublishOptions::default(),
+        b"{}",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+
+    let evs = c.events(n as usize).await;
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e["payload"]["i"], i as u64, "in order, once");
+        assert_eq!(e["exchange"], exchange.as_str());
+        assert_eq!(e["headers"]["trace"], format!("t{i}"));
+    }
+    assert_eq!(evs[1]["routing_key"], "orders.us.created");
+    c.expect_silence(Duration::from_millis(300)).await;
+
+    // Everything was acknowledged (after being stored): the queue is empty.
+    let q = ch
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    assert_eq!(q.message_count(), 0);
+    let metrics = reqwest::get(format!("{}/metrics", g.base)).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("herald_peer_out_total{peer=\"rabbit\"} 500"), "{metrics}");
+    assert!(metrics.contains("herald_peer_err_total{peer=\"rabbit\"} 2"), "{metrics}");
+    assert!(metrics.contains("herald_peer_up{peer=\"rabbit\"} 1"), "{metrics}");
+
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.expect("cleanup queue");
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await.expect("cleanup exchange");
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_reported_down_to_subscribers_and_readyz() {
+    let (exchange, queue) = names("down");
+    let g = Gateway::start_with(&peer_config(&exchange, &queue, "amqp://guest:guest@127.0.0.1:1/%2f"));
+    let (mut c, _) = g.hello().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.subscribe("s", binding(&exchange, "#"), json!({})).await;
+    let m = c.recv().await;
+    assert_eq!(m["type"], "status", "{m}");
+    assert_eq!(m["source"], "rabbit");
+    assert_eq!(m["state"], "down");
+    let r = readyz(&g).await;
+    assert_eq!(r["status"], "degraded", "{r}");
+    assert_eq!(r["peers"]["rabbit"]["up"], false);
+}
+
+#[test]
+fn peer_configuration_is_checked() {
+    let err = Gateway::try_start_with("[[peer]]\nid = \"p\"\ntype = \"kafka\"\n");
+    assert!(err.contains("unknown type `kafka`"), "{err}");
+    let err = Gateway::try_start_with(
+        "[[peer]]\nid = \"p\"\ntype = \"amqp\"\n[peer.config]\nurl = \"http://x\"\nqueue = \"\"\nbindings = []\n",
+    );
+    assert!(err.contains("url must start") && err.contains("queue must be") && err.contains("bindings"), "{err}");
+}
