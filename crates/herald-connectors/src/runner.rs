@@ -80,7 +80,7 @@ pub async fn supervise(
             }
             Err(e) => {
                 // The first failure and every tenth after it are worth a warning.
-                if attempt == 1 || attempt % 10 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(10) {
                     warn!(%peer, attempt, error = %format!("{e:#}"), "Peer cannot connect; retrying with backoff.");
                 } else {
                     debug!(%peer, attempt, error = %format!("{e:#}"), "Peer cannot connect.");
