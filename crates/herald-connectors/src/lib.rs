@@ -29,6 +29,15 @@ pub trait Host: Send + Sync + 'static {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, anyhow::Result<Vec<u64>>>;
     /// The peer went up or down; subscribers it feeds are told.
     fn status(&self, peer: &str, up: bool, detail: &str);
+    /// Upstream message ids of the newest events this peer stored (at most
+    /// `limit`, scanning the given exchanges), to recognise redeliveries of
+    /// messages stored before a crash.
+    fn recent_message_ids<'a>(
+        &'a self,
+        peer: &'a str,
+        exchanges: &'a [String],
+        limit: usize,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
 }
 
 /// A connector's lifecycle, driven by [`supervise`].

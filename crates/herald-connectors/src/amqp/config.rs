@@ -31,6 +31,14 @@ pub struct AmqpConfig {
     /// Declare the bound exchanges (durable topic exchanges) if missing.
     #[serde(default)]
     pub declare_exchanges: bool,
+    /// How many recent upstream `message_id`s are remembered to drop
+    /// redeliveries of messages already stored (0 disables it).
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window: usize,
+}
+
+fn default_dedupe_window() -> usize {
+    100_000
 }
 
 fn default_prefetch() -> u16 {

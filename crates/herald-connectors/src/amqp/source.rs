@@ -27,6 +27,36 @@ pub struct AmqpSource {
     interceptors: Vec<Interceptor>,
     stats: Arc<PeerStats>,
     session: Option<(Connection, Channel, Consumer)>,
+    /// Recently stored upstream message ids, oldest first.
+    seen: RecentIds,
+    /// Whether `seen` was loaded from the log since start.
+    seen_loaded: bool,
+}
+
+/// A bounded set of recent ids.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.cap == 0 || !self.set.insert(id.clone()) {
+            return;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 impl AmqpSource {
@@ -38,7 +68,8 @@ impl AmqpSource {
         interceptors: Vec<Interceptor>,
         stats: Arc<PeerStats>,
     ) -> AmqpSource {
-        AmqpSource { peer, config, codec, interceptors, stats, session: None }
+        let seen = RecentIds { cap: config.dedupe_window, ..RecentIds::default() };
+        AmqpSource { peer, config, codec, interceptors, stats, session: None, seen, seen_loaded: false }
     }
 
     async fn open(&self) -> anyhow::Result<(Connection, Channel, Consumer)> {
@@ -86,9 +117,16 @@ impl AmqpSource {
     /// Turn one delivery into events; `Err` for a body the codec refuses.
     fn events(&self, d: &Delivery) -> Result<Vec<NewEvent>, String> {
         let payloads = decode_body(self.codec, &self.interceptors, &d.data)?;
-        let headers = d.properties.headers().as_ref().map(|t| {
-            t.inner().iter().map(|(k, v)| (k.to_string(), amqp_to_json(v))).collect::<serde_json::Map<String, Value>>()
-        });
+        let mut headers: serde_json::Map<String, Value> = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|t| t.inner().iter().map(|(k, v)| (k.to_string(), amqp_to_json(v))).collect())
+            .unwrap_or_default();
+        if let Some(id) = d.properties.message_id() {
+            headers.insert("message_id".into(), Value::String(id.to_string()));
+        }
+        let headers = Some(headers);
         payloads
             .into_iter()
             .map(|p| {
@@ -145,6 +183,14 @@ impl Connector for AmqpSource {
                 return Err(anyhow!("not connected"));
             };
             let max_batch = usize::from(self.config.prefetch);
+            if !self.seen_loaded && self.config.dedupe_window > 0 {
+                let exchanges: Vec<String> = self.config.bindings.iter().map(|b| b.exchange.clone()).collect();
+                let ids = host.recent_message_ids(&self.peer, &exchanges, self.config.dedupe_window).await?;
+                for id in ids.into_iter().rev() {
+                    self.seen.insert(id);
+                }
+                self.seen_loaded = true;
+            }
             loop {
                 let first = tokio::select! {
                     _ = &mut stop => {
@@ -166,9 +212,20 @@ impl Connector for AmqpSource {
                 PeerStats::add(&self.stats.r#in, batch.len() as u64);
                 let mut events = Vec::new();
                 let mut rejected = Vec::new();
+                let mut stored_ids = Vec::new();
                 for d in &batch {
+                    let message_id = d.properties.message_id().as_ref().map(|m| m.to_string());
+                    if let Some(id) = &message_id {
+                        // Stored before a crash (or a lost ack): acknowledge, do not store twice.
+                        if self.seen.contains(id) || stored_ids.contains(id) {
+                            continue;
+                        }
+                    }
                     match self.events(d) {
-                        Ok(mut e) => events.append(&mut e),
+                        Ok(mut e) => {
+                            events.append(&mut e);
+                            stored_ids.extend(message_id);
+                        }
                         Err(reason) => rejected.push((d.delivery_tag, reason)),
                     }
                 }
@@ -176,6 +233,9 @@ impl Connector for AmqpSource {
                 if !events.is_empty() {
                     host.append(events).await.context("the log did not store the batch; it will be redelivered")?;
                     PeerStats::add(&self.stats.out, count);
+                }
+                for id in stored_ids {
+                    self.seen.insert(id);
                 }
                 // Durable now: acknowledge. Rejected bodies are dead-lettered
                 // (or dropped when the queue has no dead-letter exchange), never requeued forever.
