@@ -11,6 +11,7 @@
 
 pub mod amqp;
 pub mod peer;
+pub mod postgres;
 pub mod runner;
 
 pub use peer::{Codec, Interceptor, PeerConfig, PeerStats};
@@ -29,6 +30,13 @@ pub trait Host: Send + Sync + 'static {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, anyhow::Result<Vec<u64>>>;
     /// The peer went up or down; subscribers it feeds are told.
     fn status(&self, peer: &str, up: bool, detail: &str);
+    /// The highest origin sequence of this peer's events in the log (its
+    /// upstream position), scanning the given exchanges newest first.
+    fn last_origin_seq<'a>(
+        &'a self,
+        peer: &'a str,
+        exchanges: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<Option<u64>>>;
     /// Upstream message ids of the newest events this peer stored (at most
     /// `limit`, scanning the given exchanges), to recognise redeliveries of
     /// messages stored before a crash.

@@ -2,6 +2,7 @@
 
 use crate::state::AppState;
 use herald_connectors::amqp::{AmqpConfig, AmqpSource};
+use herald_connectors::postgres::{PostgresConfig, PostgresSource};
 use herald_connectors::{BoxFuture, Connector, Host, PeerConfig, PeerStats};
 use herald_core::{Frame, NewEvent};
 use herald_protocol::{encode, ServerMessage, StatusState};
@@ -38,7 +39,11 @@ pub(crate) fn validate(peers: &[PeerConfig]) -> Vec<String> {
                 Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
                 Err(e) => problems.push(format!("{at}: config: {e}")),
             },
-            other => problems.push(format!("{at}: unknown type `{other}` (known: amqp)")),
+            "postgres" => match serde_json::from_value::<PostgresConfig>(serde_json::Value::Object(p.config.clone())) {
+                Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
+                Err(e) => problems.push(format!("{at}: config: {e}")),
+            },
+            other => problems.push(format!("{at}: unknown type `{other}` (known: amqp, postgres)")),
         }
     }
     problems
@@ -58,6 +63,15 @@ pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Ar
             let rt =
                 PeerRuntime { kind: p.kind.clone(), stats, exchanges, health: Mutex::new((false, "starting".into())) };
             out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
+        } else if p.kind == "postgres" {
+            let Ok(cfg) = serde_json::from_value::<PostgresConfig>(serde_json::Value::Object(p.config.clone())) else {
+                continue;
+            };
+            let exchanges = vec![cfg.exchange.clone()];
+            let connector = PostgresSource::new(p.id.clone(), cfg, stats.clone());
+            let rt =
+                PeerRuntime { kind: p.kind.clone(), stats, exchanges, health: Mutex::new((false, "starting".into())) };
+            out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
         }
     }
     out
@@ -73,6 +87,33 @@ impl Host for GatewayHost {
         Box::pin(async move {
             let committed = self.state.get().log.append(events).await?;
             Ok(committed.iter().map(|e| e.id).collect())
+        })
+    }
+
+    fn last_origin_seq<'a>(
+        &'a self,
+        peer: &'a str,
+        exchanges: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<Option<u64>>> {
+        Box::pin(async move {
+            let log = &self.state.get().log;
+            let mut before = log.bounds().head;
+            while before > 0 {
+                let query = herald_log::ReadQuery {
+                    exchanges: Some(exchanges.to_vec()),
+                    after: 0,
+                    upto: before,
+                    limit: 1000,
+                    newest_first: true,
+                };
+                let events = log.read(query).await?;
+                let Some(oldest) = events.last() else { break };
+                before = oldest.id - 1;
+                if let Some(o) = events.iter().filter_map(|e| e.origin.as_ref()).find(|o| o.peer == peer) {
+                    return Ok(Some(o.seq));
+                }
+            }
+            Ok(None)
         })
     }
 

@@ -1,6 +1,7 @@
-//! Fault tests for the RabbitMQ source: kill -9 Herald and restart RabbitMQ
-//! in the middle of a stream, then check that every message arrived exactly
-//! once and in order. Run one at a time: restarting RabbitMQ affects everyone.
+//! Fault tests for the sources: kill -9 Herald, restart RabbitMQ, kill the
+//! PostgreSQL backend, in the middle of a stream of thousands of events, then
+//! check that every event arrived exactly once and in order. Run one at a
+//! time: restarting RabbitMQ affects everyone.
 #![allow(missing_docs, unreachable_pub)]
 
 #[path = "e2e/common.rs"]
@@ -154,4 +155,120 @@ async fn rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
     assert_exactly_once_in_order(&g, &exchange, n).await;
     drop(g);
     cleanup(&exchange, &queue).await;
+}
+
+const PG: &str = "host=127.0.0.1 user=postgres";
+
+async fn pg(dbname: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&format!("{PG} dbname={dbname}"), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must be running");
+    tokio::spawn(connection);
+    client
+}
+
+async fn pg_setup(tag: &str) -> (String, tokio_postgres::Client) {
+    let db = format!("herald_test_{tag}_{}", std::process::id());
+    let admin = pg("postgres").await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop old db");
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("create db");
+    let client = pg(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE logs (id bigserial PRIMARY KEY, kind text NOT NULL, owner text, body jsonb NOT NULL)",
+        )
+        .await
+        .expect("create table");
+    (db, client)
+}
+
+async fn pg_cleanup(db: &str) {
+    let admin = pg("postgres").await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop db");
+}
+
+fn pg_config(db: &str) -> String {
+    format!(
+        "[[peer]]\nid = \"pg\"\ntype = \"postgres\"\n[peer.config]\nurl = \"{PG} dbname={db} application_name=herald-pg\"\nchannel = \"logs_changed\"\nquery = \"SELECT id, body AS payload, kind AS routing_key, owner AS acl_user FROM logs WHERE id > $1 ORDER BY id LIMIT $2\"\nexchange = \"pg.logs\"\nbatch = 100\npoll_interval_s = 600\n"
+    )
+}
+
+async fn insert(client: &tokio_postgres::Client, i: u64, owner: Option<&str>, body: serde_json::Value) {
+    client
+        .execute(
+            "WITH r AS (INSERT INTO logs (kind, owner, body) VALUES ($1, $2, $3) RETURNING id) SELECT pg_notify('logs_changed', id::text) FROM r",
+            &[&format!("k.{}", i % 3), &owner, &body],
+        )
+        .await
+        .expect("insert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_become_events_with_acl_and_large_rows() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = pg_setup("e2e").await;
+    let g = Gateway::start_with(&pg_config(&db));
+    let (mut c, _) = g.hello().await;
+    c.subscribe("s", binding("pg.logs", "k.*"), json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    insert(&client, 0, None, json!({"n": 0})).await;
+    insert(&client, 1, Some("alice"), json!({"n": 1})).await; // ACL user:alice: not for anonymous
+    insert(&client, 2, None, json!({"n": 2, "big": "x".repeat(20_000)})).await; // far over NOTIFY's limit
+    let evs = c.events(2).await;
+    assert_eq!(evs[0]["payload"]["n"], 0);
+    assert_eq!(evs[0]["routing_key"], "k.0");
+    assert_eq!(evs[0]["exchange"], "pg.logs");
+    assert_eq!(evs[1]["payload"]["n"], 2);
+    assert_eq!(evs[1]["payload"]["big"].as_str().map(str::len), Some(20_000));
+    c.expect_silence(Duration::from_millis(300)).await;
+    drop(g);
+    pg_cleanup(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_killed_and_herald_killed_mid_stream_lose_and_duplicate_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (db, client) = pg_setup("fault").await;
+    let mut g = Gateway::start_with(&pg_config(&db));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = 3000u64;
+    let writer = tokio::spawn(async move {
+        for i in 0..n {
+            insert(&client, i, None, json!({"i": i})).await;
+        }
+        client
+    });
+    let admin = pg("postgres").await;
+    for _ in 0..300 {
+        if log_head(&g).await >= 800 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = admin
+        .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'herald-pg'", &[])
+        .await
+        .expect("terminate");
+    assert_eq!(killed.len(), 1, "Herald's LISTEN backend was terminated");
+    for _ in 0..300 {
+        if log_head(&g).await >= 1800 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_kill = log_head(&g).await;
+    g.kill_and_restart();
+    let _client = writer.await.expect("writer");
+    eprintln!("PostgreSQL backend killed at about 800, Herald killed at log head {at_kill}; {n} rows in total");
+    assert!(at_kill < n, "Herald was killed mid-stream");
+    let mut got = Vec::new();
+    let (mut c, _) = g.hello().await;
+    c.subscribe("all", binding("pg.logs", "#"), json!({"since": {"id": 0}})).await;
+    for e in c.events(n as usize).await {
+        got.push(e["payload"]["i"].as_u64().expect("i"));
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "every row once, in order");
+    c.expect_silence(Duration::from_millis(500)).await;
+    drop(g);
+    pg_cleanup(&db).await;
 }
