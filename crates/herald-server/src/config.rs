@@ -26,6 +26,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS on the listener (absent: plain HTTP, e.g. behind a proxy that terminates TLS).
     pub tls: Option<TlsConfig>,
+    /// Publish stream lifecycle events (`start`/`end` of every WebSocket and
+    /// SSE connection) on the `herald.streams` exchange.
+    pub stream_events: bool,
     /// Connectors (`[[peer]]` tables).
     pub peer: Vec<herald_connectors::PeerConfig>,
     /// Idle connections are pinged after this long and closed after three times as long.
@@ -95,6 +98,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             peer: Vec::new(),
+            stream_events: false,
             heartbeat: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
         }

@@ -14,6 +14,7 @@ mod http;
 mod metrics;
 mod peers;
 mod state;
+mod streams;
 mod subscription;
 mod ws;
 

@@ -42,6 +42,7 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        crate::streams::publish(&self.state, "sse", "end", self.conn_id, serde_json::json!({}));
         let s = self.state.get();
         s.fanout.unregister(&self.entry);
         s.connections.remove(self.conn_id);
@@ -131,6 +132,14 @@ pub(crate) async fn sse(
             return Err(ApiError::new(code, msg));
         }
     };
+    let user = entry.principal.user.clone();
+    crate::streams::publish(
+        &state,
+        "sse",
+        "start",
+        conn_id,
+        serde_json::json!({"user": user, "remote": peer.ip().to_string()}),
+    );
     let guard = Guard { state: state.clone(), entry, conn_id, _slot: slot };
     let latency = s.metrics.deliver_latency.clone();
     let stream = futures_util::stream::unfold(Some((outbox, guard)), move |st| {

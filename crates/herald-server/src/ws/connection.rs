@@ -33,6 +33,8 @@ const PUBLISH_QUEUE: usize = 256;
 type Publication = (NewEvent, Option<Ref>);
 
 struct Connection {
+    /// The client's address.
+    peer: SocketAddr,
     /// This connection's place in the connection limits.
     slot: Slot,
     rate: RateLimit,
@@ -68,6 +70,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
     debug!(conn = conn_id, %peer, "WebSocket connected.");
     let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone()));
     let mut conn = Connection {
+        peer,
         slot,
         rate: RateLimit::new(s.config.limits.commands_per_second),
         handle: expiry,
@@ -124,6 +127,10 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
             }
             _ = &mut writer => break,
         }
+    }
+    if conn.session.is_some() {
+        let how = if orderly { "closed" } else { "lost" };
+        crate::streams::publish(&state, "ws", "end", conn_id, serde_json::json!({"end": how}));
     }
     conn.finish(orderly);
     s.connections.remove(conn_id);
@@ -231,6 +238,16 @@ impl Connection {
         ControlFlow::Continue(())
     }
 
+    fn stream_started(&self, session: &Session, resumed: bool) {
+        let detail = serde_json::json!({
+            "session": session.id,
+            "resumed": resumed,
+            "user": self.principal.user,
+            "remote": self.peer.ip().to_string(),
+        });
+        crate::streams::publish(&self.state, "ws", "start", self.conn_id, detail);
+    }
+
     fn welcome(&self, reference: Option<Ref>, session: &Session, resumed: bool) {
         let s = self.state.get();
         self.send(&ServerMessage::Welcome {
@@ -289,6 +306,7 @@ impl Connection {
         let session = s.sessions.create(user, self.outbox.clone());
         debug!(conn = self.conn_id, session = %session.id, "Session started.");
         self.welcome(h.reference, &session, false);
+        self.stream_started(&session, false);
         self.session = Some(session);
         ControlFlow::Continue(())
     }
@@ -354,6 +372,7 @@ impl Connection {
         }
         drop(st);
         info!(conn = self.conn_id, session = %session.id, subscriptions = catch_up.len(), "Session resumed.");
+        self.stream_started(&session, true);
         self.session = Some(session);
         for entry in catch_up {
             spawn_catch_up(self.state.clone(), entry);

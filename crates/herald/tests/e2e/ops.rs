@@ -84,3 +84,26 @@ async fn tls_with_a_certificate_and_key() {
     let bad = Gateway::try_start_with("[tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"\n");
     assert!(bad.contains("tls: cannot load"), "{bad}");
 }
+
+#[tokio::test]
+async fn stream_lifecycle_events_on_herald_streams() {
+    let g = Gateway::start_with("stream_events = true\n");
+    let (mut observer, _) = g.hello().await;
+    observer.subscribe("st", binding("herald.streams", "ws.*"), json!({})).await;
+    let (mut c, w) = g.hello().await;
+    c.ws.close(None).await.expect("close");
+    // (The observer's own start may also show up: it is stored asynchronously.)
+    let mut start = None;
+    let end = loop {
+        let e = observer.events(1).await.remove(0);
+        if e["routing_key"] == "ws.start" && e["payload"]["session"] == w["session"]["id"] {
+            start = Some(e);
+        } else if e["routing_key"] == "ws.end" {
+            break e;
+        }
+    };
+    let start = start.expect("the start came before the end");
+    assert_eq!(end["payload"]["end"], "closed");
+    assert_eq!(start["payload"]["stream"], end["payload"]["stream"]);
+    assert_eq!(start["payload"]["peer"], "ws");
+}
