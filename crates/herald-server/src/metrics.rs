@@ -89,6 +89,17 @@ impl Metrics {
     }
 }
 
+/// Record the commit-to-socket latency of the live events among `frames`,
+/// just written.
+pub(crate) fn observe_written(latency: &Histogram, frames: &[herald_core::Frame]) {
+    let now = herald_core::event::now_us();
+    for f in frames {
+        if let herald_core::Frame::Event(_, t) = f {
+            latency.observe(now.saturating_sub(*t) as f64 / 1e6);
+        }
+    }
+}
+
 /// Values read at scrape time.
 #[derive(Debug)]
 struct Snapshot {

@@ -8,7 +8,6 @@
 
 use super::stream_query::StreamQuery;
 use super::ApiError;
-use crate::auth::bearer;
 use crate::state::AppState;
 use crate::subscription::compile_spec;
 use axum::extract::rejection::QueryRejection;
@@ -32,10 +31,7 @@ pub(crate) async fn history(
 ) -> Result<Response, ApiError> {
     let s = state.get();
     let q = StreamQuery::from_request(query)?;
-    let principal = s.auth.authenticate(bearer(&headers, q.token.as_deref()).as_deref()).map_err(|e| {
-        s.metrics.auth_failures.inc();
-        ApiError::new(e.code, e.message)
-    })?;
+    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)
         .map_err(|(code, msg)| ApiError::new(code, msg))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);

@@ -38,3 +38,17 @@ impl IntoResponse for ApiError {
         (status, Json(body)).into_response()
     }
 }
+
+/// Authenticate an HTTP request (bearer header, else the `token` parameter),
+/// counting failures.
+pub(crate) fn authenticate(
+    state: &crate::state::AppState,
+    headers: &axum::http::HeaderMap,
+    query_token: Option<&str>,
+) -> Result<std::sync::Arc<herald_core::Principal>, ApiError> {
+    let s = state.get();
+    s.auth.authenticate(crate::auth::bearer(headers, query_token).as_deref()).map_err(|e| {
+        s.metrics.auth_failures.inc();
+        ApiError::new(e.code, e.message)
+    })
+}

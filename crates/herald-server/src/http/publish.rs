@@ -4,7 +4,6 @@
 //! answer (`{"id": N}` or `{"ids": [..]}`) comes once all of them are durable.
 
 use super::{ApiError, TokenQuery};
-use crate::auth::bearer;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -23,10 +22,7 @@ pub(crate) async fn publish(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let s = state.get();
-    let principal = s.auth.authenticate(bearer(&headers, q.token.as_deref()).as_deref()).map_err(|e| {
-        s.metrics.auth_failures.inc();
-        ApiError::new(e.code, e.message)
-    })?;
+    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     if s.is_draining() {
         return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }

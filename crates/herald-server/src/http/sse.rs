@@ -10,7 +10,6 @@
 use super::stream_query::StreamQuery;
 use super::ApiError;
 use crate::admission::Slot;
-use crate::auth::bearer;
 use crate::state::AppState;
 use crate::subscription::{compile_spec, open};
 use axum::body::Body;
@@ -64,10 +63,7 @@ pub(crate) async fn sse(
     if !s.origin_allowed(origin) {
         return Err(ApiError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)"));
     }
-    let principal = s.auth.authenticate(bearer(&headers, q.token.as_deref()).as_deref()).map_err(|e| {
-        s.metrics.auth_failures.inc();
-        ApiError::new(e.code, e.message)
-    })?;
+    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     let mut slot = match s.admission.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -167,12 +163,7 @@ pub(crate) async fn sse(
                 }
             }
             outbox.written(&frames);
-            let now = herald_core::event::now_us();
-            for f in &frames {
-                if let Frame::Event(_, t) = f {
-                    latency.observe(now.saturating_sub(*t) as f64 / 1e6);
-                }
-            }
+            crate::metrics::observe_written(&latency, &frames);
             let next = if closing { None } else { Some((outbox, guard)) };
             Some((Ok::<Bytes, Infallible>(buf.freeze()), next))
         }

@@ -44,12 +44,7 @@ pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Out
             return;
         }
         outbox.written(&frames);
-        let now = herald_core::event::now_us();
-        for f in &frames {
-            if let Frame::Event(_, t) = f {
-                latency.observe(now.saturating_sub(*t) as f64 / 1e6);
-            }
-        }
+        crate::metrics::observe_written(&latency, &frames);
         frames.clear();
         if let Some(msg) = close {
             let _ = sink.send(msg).await;
