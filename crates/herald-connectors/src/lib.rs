@@ -10,10 +10,12 @@
 //! are durable, so a source acknowledges upstream only what the log holds.
 
 pub mod amqp;
+pub mod dynamic;
 pub mod peer;
 pub mod postgres;
 pub mod runner;
 
+pub use dynamic::{DynamicBindings, DynamicError};
 pub use peer::{Codec, Interceptor, PeerConfig, PeerStats};
 pub use runner::{supervise, Backoff};
 

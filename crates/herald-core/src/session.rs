@@ -35,6 +35,8 @@ pub struct SubRecord {
     pub paused: bool,
     /// The live registration while a connection is attached.
     pub entry: Option<Arc<SubEntry>>,
+    /// Dynamic upstream bindings held for it: (peer, exchange, pattern).
+    pub leases: Vec<(String, String, String)>,
 }
 
 /// Mutable part of a session.
@@ -236,6 +238,7 @@ impl SessionTable {
                     acked: sub.acked,
                     paused: sub.paused,
                     entry: None,
+                    leases: Vec::new(),
                 };
                 subs.insert(sub.sub, record);
             }

@@ -96,6 +96,10 @@ pub enum ServerMessage {
         head: u64,
         /// False when the requested history is no longer (or not) in the log.
         recovered: bool,
+        /// `"from_now"` when an upstream binding was created for this
+        /// subscription just now, so no history exists before it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        history: Option<&'static str>,
     },
     /// Answer to `unsubscribe`.
     Unsubscribed {

@@ -89,6 +89,9 @@ impl Server {
                 tick.tick().await;
                 s.connections.sweep(s.now_ms(), heartbeat_ms, s.config.limits.slow_consumer_timeout, &s.metrics);
                 for expired in s.sessions.sweep(Instant::now()) {
+                    for rec in expired.state.lock().subs.values() {
+                        crate::peers::release(&sweeper, &rec.leases);
+                    }
                     info!(session = %expired.id, "Session expired.");
                 }
                 if last_retention.elapsed() >= RETENTION_INTERVAL {

@@ -3,7 +3,7 @@
 use crate::state::AppState;
 use herald_connectors::amqp::{AmqpConfig, AmqpSource};
 use herald_connectors::postgres::{PostgresConfig, PostgresSource};
-use herald_connectors::{BoxFuture, Connector, Host, PeerConfig, PeerStats};
+use herald_connectors::{BoxFuture, Connector, DynamicBindings, Host, PeerConfig, PeerStats};
 use herald_core::{Frame, NewEvent};
 use herald_protocol::{encode, ServerMessage, StatusState};
 use parking_lot::Mutex;
@@ -20,6 +20,46 @@ pub(crate) struct PeerRuntime {
     pub(crate) exchanges: Vec<String>,
     /// Last state: up, and why not.
     pub(crate) health: Mutex<(bool, String)>,
+    /// Bindings clients may add on demand.
+    pub(crate) dynamic: Option<Arc<DynamicBindings>>,
+}
+
+/// Take dynamic upstream bindings for a subscription's bindings that no
+/// peer feeds statically but some peer may bind on demand. Returns the
+/// leases, or the error (with every lease taken so far given back).
+pub(crate) fn lease(
+    state: &AppState,
+    bindings: &[herald_protocol::Binding],
+) -> Result<Vec<(String, String, String)>, String> {
+    let peers = &state.get().peers;
+    let mut leases = Vec::new();
+    for b in bindings {
+        if peers.values().any(|rt| rt.exchanges.contains(&b.exchange)) {
+            continue;
+        }
+        let Some((id, dynamic)) =
+            peers.iter().find_map(|(id, rt)| rt.dynamic.as_ref().filter(|d| d.allows(&b.exchange)).map(|d| (id, d)))
+        else {
+            continue;
+        };
+        match dynamic.acquire(&b.exchange, &b.pattern) {
+            Ok(()) => leases.push((id.clone(), b.exchange.clone(), b.pattern.clone())),
+            Err(e) => {
+                release(state, &leases);
+                return Err(format!("peer {id}: {e}"));
+            }
+        }
+    }
+    Ok(leases)
+}
+
+/// Give dynamic bindings back.
+pub(crate) fn release(state: &AppState, leases: &[(String, String, String)]) {
+    for (peer, exchange, pattern) in leases {
+        if let Some(d) = state.get().peers.get(peer).and_then(|rt| rt.dynamic.as_ref()) {
+            d.release(exchange, pattern);
+        }
+    }
 }
 
 /// Peers by id.
@@ -60,8 +100,13 @@ pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Ar
             };
             let exchanges = cfg.bindings.iter().map(|b| b.exchange.clone()).collect();
             let connector = AmqpSource::new(p.id.clone(), cfg, p.codec, p.interceptors.clone(), stats.clone());
-            let rt =
-                PeerRuntime { kind: p.kind.clone(), stats, exchanges, health: Mutex::new((false, "starting".into())) };
+            let rt = PeerRuntime {
+                kind: p.kind.clone(),
+                stats,
+                exchanges,
+                health: Mutex::new((false, "starting".into())),
+                dynamic: Some(connector.dynamic()),
+            };
             out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
         } else if p.kind == "postgres" {
             let Ok(cfg) = serde_json::from_value::<PostgresConfig>(serde_json::Value::Object(p.config.clone())) else {
@@ -69,8 +114,13 @@ pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Ar
             };
             let exchanges = vec![cfg.exchange.clone()];
             let connector = PostgresSource::new(p.id.clone(), cfg, stats.clone());
-            let rt =
-                PeerRuntime { kind: p.kind.clone(), stats, exchanges, health: Mutex::new((false, "starting".into())) };
+            let rt = PeerRuntime {
+                kind: p.kind.clone(),
+                stats,
+                exchanges,
+                health: Mutex::new((false, "starting".into())),
+                dynamic: None,
+            };
             out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
         }
     }

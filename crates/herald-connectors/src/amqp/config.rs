@@ -35,6 +35,17 @@ pub struct AmqpConfig {
     /// redeliveries of messages already stored (0 disables it).
     #[serde(default = "default_dedupe_window")]
     pub dedupe_window: usize,
+    /// Exchanges (exact, or a prefix ending in `*`) that clients may make
+    /// this peer bind on demand by subscribing to them.
+    #[serde(default)]
+    pub dynamic_exchanges: Vec<String>,
+    /// Most dynamic bindings at once.
+    #[serde(default = "default_max_dynamic")]
+    pub max_dynamic_bindings: usize,
+}
+
+fn default_max_dynamic() -> usize {
+    100
 }
 
 fn default_dedupe_window() -> usize {

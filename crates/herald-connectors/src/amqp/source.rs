@@ -2,6 +2,7 @@
 
 use super::config::AmqpConfig;
 use crate::peer::{decode_body, Codec, Interceptor, PeerStats};
+use crate::DynamicBindings;
 use crate::{BoxFuture, Connector, Host};
 use anyhow::{anyhow, Context};
 use futures_util::{FutureExt, StreamExt};
@@ -16,6 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tracing::warn;
 
@@ -31,6 +33,9 @@ pub struct AmqpSource {
     seen: RecentIds,
     /// Whether `seen` was loaded from the log since start.
     seen_loaded: bool,
+    /// Bindings clients asked for, and those in place on the current channel.
+    dynamic: Arc<DynamicBindings>,
+    applied: BTreeSet<(String, String)>,
 }
 
 /// A bounded set of recent ids.
@@ -69,7 +74,69 @@ impl AmqpSource {
         stats: Arc<PeerStats>,
     ) -> AmqpSource {
         let seen = RecentIds { cap: config.dedupe_window, ..RecentIds::default() };
-        AmqpSource { peer, config, codec, interceptors, stats, session: None, seen, seen_loaded: false }
+        let dynamic = Arc::new(DynamicBindings::new(config.dynamic_exchanges.clone(), config.max_dynamic_bindings));
+        AmqpSource {
+            peer,
+            config,
+            codec,
+            interceptors,
+            stats,
+            session: None,
+            seen,
+            seen_loaded: false,
+            dynamic,
+            applied: BTreeSet::new(),
+        }
+    }
+
+    /// The dynamic bindings, shared with the gateway.
+    pub fn dynamic(&self) -> Arc<DynamicBindings> {
+        self.dynamic.clone()
+    }
+
+    /// Bring the channel's dynamic bindings in line with what clients want.
+    async fn reconcile(&mut self, conn: &Connection, ch: &Channel) -> anyhow::Result<()> {
+        let wanted = self.dynamic.wanted();
+        let queue = self.config.queue.as_str();
+        for (x, p) in wanted.difference(&self.applied.clone()) {
+            // Binding to a missing exchange would close the channel: check on a
+            // throwaway channel first.
+            let probe = conn.create_channel().await.context("opening a probe channel")?;
+            let exists = probe
+                .exchange_declare(
+                    x.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            let _ = probe.close(200, "probe".into()).await;
+            if !exists {
+                warn!(peer = %self.peer, exchange = %x, "A dynamic binding names an exchange that does not exist; ignored.");
+                self.dynamic.forget(x, p);
+                continue;
+            }
+            ch.queue_bind(
+                queue.into(),
+                x.as_str().into(),
+                p.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding {x} {p}"))?;
+            PeerStats::add(&self.stats.send, 1);
+            self.applied.insert((x.clone(), p.clone()));
+        }
+        for (x, p) in self.applied.clone().difference(&wanted) {
+            ch.queue_unbind(queue.into(), x.as_str().into(), p.as_str().into(), FieldTable::default())
+                .await
+                .with_context(|| format!("unbinding {x} {p}"))?;
+            PeerStats::add(&self.stats.send, 1);
+            self.applied.remove(&(x.clone(), p.clone()));
+        }
+        Ok(())
     }
 
     async fn open(&self) -> anyhow::Result<(Connection, Channel, Consumer)> {
@@ -182,6 +249,9 @@ impl Connector for AmqpSource {
             let Some((conn, ch, mut consumer)) = self.session.take() else {
                 return Err(anyhow!("not connected"));
             };
+            // Bindings live on the durable queue, so what was applied before a
+            // reconnect is still there; apply what changed meanwhile.
+            self.reconcile(&conn, &ch).await?;
             let max_batch = usize::from(self.config.prefetch);
             if !self.seen_loaded && self.config.dedupe_window > 0 {
                 let exchanges: Vec<String> = self.config.bindings.iter().map(|b| b.exchange.clone()).collect();
@@ -196,6 +266,10 @@ impl Connector for AmqpSource {
                     _ = &mut stop => {
                         let _ = conn.close(200, "herald stopping".into()).await;
                         return Ok(());
+                    }
+                    _ = self.dynamic.changed() => {
+                        self.reconcile(&conn, &ch).await?;
+                        continue;
                     }
                     d = consumer.next() => d,
                 };

@@ -107,8 +107,13 @@ pub(crate) async fn sse(
     };
     let announced = outbox.clone();
     let opened = open(&state, reg, since, move |a| {
-        let msg =
-            ServerMessage::Subscribed { reference: None, sub: "sse".into(), head: a.head, recovered: a.recovered };
+        let msg = ServerMessage::Subscribed {
+            reference: None,
+            sub: "sse".into(),
+            head: a.head,
+            recovered: a.recovered,
+            history: None,
+        };
         let _ = announced.push(Frame::Text(record("subscribed", &msg)));
         if let Some(message) = a.truncated {
             let err = ServerMessage::Error {

@@ -340,7 +340,9 @@ impl Connection {
             .map(|(sub, _)| sub.clone())
             .collect();
         for sub in refused {
-            st.subs.remove(&sub);
+            if let Some(rec) = st.subs.remove(&sub) {
+                crate::peers::release(&self.state, &rec.leases);
+            }
             self.error(
                 None,
                 Some(sub),
@@ -360,7 +362,13 @@ impl Connection {
             let start = if rec.paused { Start::Paused(rec.acked) } else { Start::CatchUp(rec.acked) };
             let recovered = rec.acked + 1 >= first;
             let (entry, _) = s.fanout.register(reg, start, |head| {
-                self.send(&ServerMessage::Subscribed { reference: None, sub: sub.clone(), head, recovered });
+                self.send(&ServerMessage::Subscribed {
+                    reference: None,
+                    sub: sub.clone(),
+                    head,
+                    recovered,
+                    history: None,
+                });
             });
             if !recovered {
                 self.error(None, Some(sub.clone()), ErrorCode::HistoryTruncated, truncated_message(rec.acked, first));
@@ -417,9 +425,22 @@ impl Connection {
             outbox: self.outbox.clone(),
             format: FrameFormat::WebSocket,
         };
+        // Exchanges a peer binds on demand: history starts now for those.
+        let leases = match crate::peers::lease(&self.state, &m.bindings) {
+            Ok(leases) => leases,
+            Err(msg) => return self.error(m.reference, Some(m.sub), ErrorCode::LimitExceeded, msg),
+        };
+        let history = (!leases.is_empty()).then_some("from_now");
         let (reference, sub) = (m.reference.clone(), m.sub.clone());
         let opened = open(&self.state, reg, m.since, |a| {
-            self.send(&ServerMessage::Subscribed { reference, sub: sub.clone(), head: a.head, recovered: a.recovered });
+            let head = a.head;
+            self.send(&ServerMessage::Subscribed {
+                reference,
+                sub: sub.clone(),
+                head,
+                recovered: a.recovered,
+                history,
+            });
             if let Some(msg) = a.truncated {
                 self.error(None, Some(sub), ErrorCode::HistoryTruncated, msg);
             }
@@ -442,10 +463,14 @@ impl Connection {
                     acked: cursor,
                     paused: false,
                     entry: Some(entry),
+                    leases,
                 };
                 session.state.lock().subs.insert(m.sub, record);
             }
-            Err((code, msg)) => self.error(m.reference, Some(m.sub), code, msg),
+            Err((code, msg)) => {
+                crate::peers::release(&self.state, &leases);
+                self.error(m.reference, Some(m.sub), code, msg)
+            }
         }
     }
 
@@ -472,6 +497,7 @@ impl Connection {
                 if let Some(e) = rec.entry {
                     self.state.get().fanout.unregister(&e);
                 }
+                crate::peers::release(&self.state, &rec.leases);
                 self.send(&ServerMessage::Unsubscribed { reference: m.reference, sub: m.sub });
             }
             None => self.error(m.reference, Some(m.sub), ErrorCode::NotFound, "no subscription with this `sub`"),
@@ -564,6 +590,9 @@ impl Connection {
             }
         }
         if orderly {
+            for rec in st.subs.values() {
+                crate::peers::release(&self.state, &rec.leases);
+            }
             drop(st);
             s.sessions.remove(&session.id);
             debug!(conn = self.conn_id, session = %session.id, "Session ended by the client.");

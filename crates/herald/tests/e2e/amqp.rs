@@ -148,3 +148,86 @@ fn peer_configuration_is_checked() {
     );
     assert!(err.contains("url must start") && err.contains("queue must be") && err.contains("bindings"), "{err}");
 }
+
+fn bound(queue: &str, exchange: &str, pattern: &str) -> bool {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_bindings", "-q", "source_name", "destination_name", "routing_key"])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        f.len() == 3 && f[0] == exchange && f[1] == queue && f[2] == pattern
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_bindings_are_made_on_demand_counted_capped_and_removed() {
+    let (exchange, queue) = names("dyn");
+    let dynamic = format!("{exchange}-dyn");
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_declare(
+        dynamic.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    // A long heartbeat: rabbitmqctl takes a while and this client only reads in between.
+    let cfg = peer_config(&exchange, &queue, URL).replace("heartbeat = \"300ms\"", "heartbeat = \"30s\"")
+        + &format!("dynamic_exchanges = [\"{exchange}-dyn*\"]\nmax_dynamic_bindings = 1\n");
+    let g = Gateway::start_with(&cfg);
+    wait_up(&g).await;
+    let (mut c, _) = g.hello().await;
+    let s = c.subscribe("a", binding(&dynamic, "a.#"), json!({})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    assert_eq!(s["history"], "from_now");
+    let s2 = c.subscribe("a2", binding(&dynamic, "a.#"), json!({})).await;
+    assert_eq!(s2["type"], "subscribed", "the same binding is shared");
+    let e = c.subscribe("b", binding(&dynamic, "b.#"), json!({})).await;
+    assert_eq!(e["code"], "limit_exceeded", "capped: {e}");
+    // Publish until the binding is in place (earlier messages are unroutable).
+    let mut got = None;
+    for i in 0..50 {
+        ch.basic_publish(
+            dynamic.as_str().into(),
+            "a.x".into(),
+            BasicPublishOptions::default(),
+            json!({"i": i}).to_string().as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+        if let Ok(m) = c.try_recv(Duration::from_millis(200)).await {
+            got = Some(m);
+            break;
+        }
+    }
+    let m = got.expect("an event through the dynamic binding");
+    assert_eq!(m["type"], "event");
+    assert_eq!(m["exchange"], dynamic.as_str());
+    assert!(bound(&queue, &dynamic, "a.#"));
+    c.request(json!({"type": "unsubscribe", "sub": "a"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bound(&queue, &dynamic, "a.#"), "still used by a2");
+    c.request(json!({"type": "unsubscribe", "sub": "a2"})).await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if !bound(&queue, &dynamic, "a.#") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "unbound when the last subscriber left");
+    // A missing exchange is ignored without disturbing the peer.
+    let s = c.subscribe("m", binding(&format!("{exchange}-dyn-missing"), "#"), json!({})).await;
+    assert_eq!(s["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(readyz(&g).await["peers"]["rabbit"]["up"], true);
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(dynamic.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+}

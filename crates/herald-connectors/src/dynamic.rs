@@ -1,0 +1,116 @@
+//! Dynamic upstream bindings: a client may subscribe to an exchange that a
+//! peer's allow-list names but its configuration does not bind; the peer
+//! binds it on demand. Bindings are reference-counted (unbound when the last
+//! subscription using them ends) and capped in number, so clients cannot
+//! make Herald create unbounded state in the broker.
+
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::Notify;
+
+/// Why a dynamic binding was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DynamicError {
+    /// The cap on distinct dynamic bindings is reached.
+    #[error("the peer already holds its maximum of {0} dynamic bindings")]
+    TooMany(usize),
+}
+
+/// The dynamic bindings of one peer: what clients want, with reference counts.
+#[derive(Debug)]
+pub struct DynamicBindings {
+    allow: Vec<String>,
+    max: usize,
+    refs: Mutex<HashMap<(String, String), usize>>,
+    changed: Notify,
+}
+
+impl DynamicBindings {
+    /// Exchanges named exactly or by a prefix ending in `*`; at most `max` bindings.
+    pub fn new(allow: Vec<String>, max: usize) -> DynamicBindings {
+        DynamicBindings { allow, max, refs: Mutex::new(HashMap::new()), changed: Notify::new() }
+    }
+
+    /// Whether the allow-list names this exchange.
+    pub fn allows(&self, exchange: &str) -> bool {
+        self.allow.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => exchange.starts_with(prefix),
+            None => a == exchange,
+        })
+    }
+
+    /// Take a reference on `(exchange, pattern)`; the first one asks the peer to bind.
+    pub fn acquire(&self, exchange: &str, pattern: &str) -> Result<(), DynamicError> {
+        let mut refs = self.refs.lock();
+        let key = (exchange.to_string(), pattern.to_string());
+        if let Some(n) = refs.get_mut(&key) {
+            *n += 1;
+            return Ok(());
+        }
+        if refs.len() >= self.max {
+            return Err(DynamicError::TooMany(self.max));
+        }
+        refs.insert(key, 1);
+        drop(refs);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Drop a reference; the last one asks the peer to unbind.
+    pub fn release(&self, exchange: &str, pattern: &str) {
+        let mut refs = self.refs.lock();
+        let key = (exchange.to_string(), pattern.to_string());
+        if let Some(n) = refs.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                refs.remove(&key);
+                drop(refs);
+                self.changed.notify_one();
+            }
+        }
+    }
+
+    /// Forget a binding the broker refused (for example, no such exchange).
+    pub fn forget(&self, exchange: &str, pattern: &str) {
+        self.refs.lock().remove(&(exchange.to_string(), pattern.to_string()));
+    }
+
+    /// The bindings wanted now.
+    pub fn wanted(&self) -> BTreeSet<(String, String)> {
+        self.refs.lock().keys().cloned().collect()
+    }
+
+    /// Number of distinct bindings wanted.
+    pub fn len(&self) -> usize {
+        self.refs.lock().len()
+    }
+
+    /// Whether none is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves when the wanted set may have changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_caps() {
+        let d = DynamicBindings::new(vec!["dyn/*".into(), "exact".into()], 2);
+        assert!(d.allows("dyn/a") && d.allows("exact") && !d.allows("exactly") && !d.allows("other"));
+        d.acquire("dyn/a", "#").expect("first");
+        d.acquire("dyn/a", "#").expect("same again");
+        d.acquire("dyn/b", "#").expect("second");
+        assert_eq!(d.acquire("dyn/c", "#"), Err(DynamicError::TooMany(2)));
+        d.release("dyn/a", "#");
+        assert_eq!(d.len(), 2, "one reference left");
+        d.release("dyn/a", "#");
+        assert_eq!(d.wanted().into_iter().collect::<Vec<_>>(), vec![("dyn/b".to_string(), "#".to_string())]);
+    }
+}
