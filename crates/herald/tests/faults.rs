@@ -56,6 +56,17 @@ async fn publish(conn: &Connection, exchange: &str, range: std::ops::Range<u64>)
     }
 }
 
+async fn wait_peer_up(g: &Gateway) {
+    for _ in 0..100 {
+        let r: Value = reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json().await.expect("json");
+        if r["peers"]["rabbit"]["up"] == true {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the peer never came up");
+}
+
 async fn log_head(g: &Gateway) -> u64 {
     match reqwest::get(format!("{}/readyz", g.base)).await {
         Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["log_head"].as_u64()).unwrap_or(0),
@@ -92,15 +103,7 @@ async fn kill_9_herald_mid_stream_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let (exchange, queue) = names("kill");
     let mut g = Gateway::start_with(&config(&exchange, &queue));
-    for _ in 0..100 {
-        if reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json::<Value>().await.expect("json")
-            ["peers"]["rabbit"]["up"]
-            == true
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_peer_up(&g).await;
     let n = 3000u64;
     let conn = connect().await;
     let x = exchange.clone();
@@ -131,6 +134,7 @@ async fn rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
     let _serial = SERIAL.lock().await;
     let (exchange, queue) = names("restart");
     let g = Gateway::start_with(&config(&exchange, &queue));
+    wait_peer_up(&g).await;
     let (mut watcher, _) = g.hello().await;
     watcher.subscribe("w", binding(&exchange, "#"), json!({})).await;
     let n = 2000u64;
