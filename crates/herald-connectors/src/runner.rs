@@ -3,7 +3,7 @@
 //! `up`/`down` status for subscribers and `/readyz`.
 
 use crate::peer::PeerStats;
-use crate::{Connector, Host};
+use crate::{Connector, Control, Host};
 use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,20 +39,22 @@ impl Backoff {
     }
 }
 
-/// Run a connector until `stop` turns true: connect, run, and on any
-/// failure report `down`, wait, and connect again.
+/// Run a connector until `control` says drain: connect, run, and on any
+/// failure report `down`, close, wait, and connect again.
 pub async fn supervise(
     peer: String,
     mut connector: Box<dyn Connector>,
     host: Arc<dyn Host>,
     stats: Arc<PeerStats>,
-    mut stop: watch::Receiver<bool>,
+    mut control: watch::Receiver<Control>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut attempt = 0u32;
     let mut reported_down = false;
     loop {
-        if *stop.borrow() {
+        let draining = *control.borrow() == Control::Drain;
+        if draining {
+            connector.close().await;
             return;
         }
         attempt += 1;
@@ -63,11 +65,8 @@ pub async fn supervise(
                 backoff.reset();
                 stats.up.store(true, Ordering::Relaxed);
                 host.status(&peer, true, "connected");
-                let mut stop_rx = stop.clone();
-                let stopped = Box::pin(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                });
-                let result = connector.run(host.as_ref(), stopped).await;
+                let result = connector.run(host.as_ref(), control.clone()).await;
+                connector.close().await;
                 stats.up.store(false, Ordering::Relaxed);
                 match result {
                     Ok(()) => return,
@@ -94,9 +93,18 @@ pub async fn supervise(
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = drained(&mut control) => {
+                connector.close().await;
+                return;
+            }
         }
     }
+}
+
+/// Resolves when the control says drain (or its sender is gone).
+async fn drained(control: &mut watch::Receiver<Control>) {
+    // Map the guard away so that no lock guard is held across an await.
+    let _ = control.wait_for(|c| *c == Control::Drain).await.map(|_| ());
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct GrantsSpec {
     pub serve: Vec<String>,
     /// Rendezvous services this client may call.
     pub request: Vec<String>,
+    /// May operate the gateway (pause and resume peers).
+    pub admin: bool,
 }
 
 /// One compiled grant.
@@ -98,6 +100,8 @@ pub struct Grants {
     pub serve: Vec<String>,
     /// Services this client may request.
     pub request: Vec<String>,
+    /// May operate the gateway.
+    pub admin: bool,
 }
 
 /// A grant that could not be compiled.
@@ -114,7 +118,7 @@ impl Grants {
     /// Everything: every exchange, every key, every service.
     pub fn all() -> Grants {
         let all = || vec![Grant { exchange: ExchangeMatch::Prefix(String::new()), pattern: hash() }];
-        Grants { subscribe: all(), publish: all(), serve: vec!["*".into()], request: vec!["*".into()] }
+        Grants { subscribe: all(), publish: all(), serve: vec!["*".into()], request: vec!["*".into()], admin: true }
     }
 
     /// Compile grants from their specification.
@@ -133,6 +137,7 @@ impl Grants {
             publish: compile(&spec.publish)?,
             serve: spec.serve.clone(),
             request: spec.request.clone(),
+            admin: spec.admin,
         })
     }
 

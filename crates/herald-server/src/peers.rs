@@ -3,7 +3,7 @@
 use crate::state::AppState;
 use herald_connectors::amqp::{AmqpConfig, AmqpSource};
 use herald_connectors::postgres::{PostgresConfig, PostgresSource};
-use herald_connectors::{BoxFuture, Connector, DynamicBindings, Host, PeerConfig, PeerStats};
+use herald_connectors::{BoxFuture, Connector, Control, DynamicBindings, Host, PeerConfig, PeerStats};
 use herald_core::{Frame, NewEvent};
 use herald_protocol::{encode, ServerMessage, StatusState};
 use parking_lot::Mutex;
@@ -22,6 +22,8 @@ pub(crate) struct PeerRuntime {
     pub(crate) health: Mutex<(bool, String)>,
     /// Bindings clients may add on demand.
     pub(crate) dynamic: Option<Arc<DynamicBindings>>,
+    /// Run, pause or drain.
+    pub(crate) control: watch::Sender<Control>,
 }
 
 /// Take dynamic upstream bindings for a subscription's bindings that no
@@ -106,6 +108,7 @@ pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Ar
                 exchanges,
                 health: Mutex::new((false, "starting".into())),
                 dynamic: Some(connector.dynamic()),
+                control: watch::channel(Control::Run).0,
             };
             out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
         } else if p.kind == "postgres" {
@@ -120,6 +123,7 @@ pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Ar
                 exchanges,
                 health: Mutex::new((false, "starting".into())),
                 dynamic: None,
+                control: watch::channel(Control::Run).0,
             };
             out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
         }
@@ -208,11 +212,41 @@ impl Host for GatewayHost {
     }
 }
 
-/// Start every peer; they stop when `stop` turns true.
-pub(crate) fn start(state: &AppState, connectors: Vec<(String, Box<dyn Connector>)>, stop: watch::Receiver<bool>) {
+/// Start every peer; they drain when the gateway starts draining.
+pub(crate) fn start(
+    state: &AppState,
+    connectors: Vec<(String, Box<dyn Connector>)>,
+    mut draining: watch::Receiver<bool>,
+) {
     let host: Arc<dyn Host> = Arc::new(GatewayHost { state: state.clone() });
     for (id, connector) in connectors {
         let Some(rt) = state.get().peers.get(&id) else { continue };
-        tokio::spawn(herald_connectors::supervise(id, connector, host.clone(), rt.stats.clone(), stop.clone()));
+        let control = rt.control.subscribe();
+        tokio::spawn(herald_connectors::supervise(id, connector, host.clone(), rt.stats.clone(), control));
     }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _ = draining.wait_for(|d| *d).await;
+        for rt in state.get().peers.values() {
+            let _ = rt.control.send(Control::Drain);
+        }
+    });
+}
+
+/// Pause or resume a peer (an operator's action); subscribers it feeds are told.
+pub(crate) fn set_paused(state: &AppState, id: &str, paused: bool) -> bool {
+    let Some(rt) = state.get().peers.get(id) else { return false };
+    let next = if paused { Control::Pause } else { Control::Run };
+    if *rt.control.borrow() == Control::Drain {
+        return true;
+    }
+    let _ = rt.control.send(next);
+    let host = GatewayHost { state: state.clone() };
+    let (up, _) = rt.health.lock().clone();
+    if paused {
+        host.status(id, false, "paused by an operator; events are held upstream");
+    } else if up {
+        host.status(id, true, "resumed");
+    }
+    true
 }

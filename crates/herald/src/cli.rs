@@ -45,6 +45,9 @@ pub(crate) struct TokenArgs {
     /// Rendezvous service the user may request; repeat for several.
     #[arg(long)]
     pub(crate) request: Vec<String>,
+    /// May operate the gateway (pause and resume peers).
+    #[arg(long)]
+    pub(crate) admin: bool,
     /// Grant everything.
     #[arg(long)]
     pub(crate) all: bool,

@@ -19,7 +19,7 @@ struct Claims<'a> {
 /// Every grant: what `--all` and `serve --dev` hand out.
 pub(crate) fn all_grants() -> GrantsSpec {
     let all = vec![GrantSpec { exchange: "*".into(), pattern: "#".into() }];
-    GrantsSpec { subscribe: all.clone(), publish: all, serve: vec!["*".into()], request: vec!["*".into()] }
+    GrantsSpec { subscribe: all.clone(), publish: all, serve: vec!["*".into()], request: vec!["*".into()], admin: true }
 }
 
 fn parse_bindings(list: &[String]) -> anyhow::Result<Vec<GrantSpec>> {
@@ -70,6 +70,7 @@ pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
             publish: parse_bindings(&args.publish)?,
             serve: args.serve.clone(),
             request: args.request.clone(),
+            admin: args.admin,
         }
     };
     herald_core::Grants::compile(&grants)?;

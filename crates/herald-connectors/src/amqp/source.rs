@@ -3,7 +3,7 @@
 use super::config::AmqpConfig;
 use crate::peer::{decode_body, Codec, Interceptor, PeerStats};
 use crate::DynamicBindings;
-use crate::{BoxFuture, Connector, Host};
+use crate::{BoxFuture, Connector, Control, Host};
 use anyhow::{anyhow, Context};
 use futures_util::{FutureExt, StreamExt};
 use herald_core::event::Origin;
@@ -244,7 +244,19 @@ impl Connector for AmqpSource {
         })
     }
 
-    fn run<'a>(&'a mut self, host: &'a dyn Host, mut stop: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some((conn, _, _)) = self.session.take() {
+                let _ = conn.close(200, "herald closing".into()).await;
+            }
+        })
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        host: &'a dyn Host,
+        mut control: tokio::sync::watch::Receiver<Control>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let Some((conn, ch, mut consumer)) = self.session.take() else {
                 return Err(anyhow!("not connected"));
@@ -262,10 +274,17 @@ impl Connector for AmqpSource {
                 self.seen_loaded = true;
             }
             loop {
+                // Paused: stop taking deliveries; RabbitMQ holds the rest (prefetch bounds what is in flight).
+                if !crate::runnable(&mut control).await {
+                    let _ = conn.close(200, "herald draining".into()).await;
+                    return Ok(());
+                }
                 let first = tokio::select! {
-                    _ = &mut stop => {
-                        let _ = conn.close(200, "herald stopping".into()).await;
-                        return Ok(());
+                    r = control.changed() => {
+                        if r.is_err() {
+                            return Ok(());
+                        }
+                        continue;
                     }
                     _ = self.dynamic.changed() => {
                         self.reconcile(&conn, &ch).await?;

@@ -2,7 +2,7 @@
 
 use super::config::PostgresConfig;
 use crate::peer::PeerStats;
-use crate::{BoxFuture, Connector, Host};
+use crate::{BoxFuture, Connector, Control, Host};
 use anyhow::{anyhow, Context};
 use futures_util::StreamExt;
 use herald_core::event::Origin;
@@ -124,7 +124,18 @@ impl Connector for PostgresSource {
         })
     }
 
-    fn run<'a>(&'a mut self, host: &'a dyn Host, mut stop: BoxFuture<'a, ()>) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        // Dropping the client ends the connection (and its LISTEN).
+        Box::pin(async move {
+            self.session = None;
+        })
+    }
+
+    fn run<'a>(
+        &'a mut self,
+        host: &'a dyn Host,
+        mut control: tokio::sync::watch::Receiver<Control>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let Some((client, mut wake)) = self.session.take() else { return Err(anyhow!("not connected")) };
             if self.last_id.is_none() {
@@ -134,10 +145,14 @@ impl Connector for PostgresSource {
             }
             let poll = Duration::from_secs(self.config.poll_interval_s);
             loop {
+                // Paused: read nothing; the table keeps the rows.
+                if !crate::runnable(&mut control).await {
+                    return Ok(());
+                }
                 // LISTEN is in place before this read, so no row can slip between.
                 self.catch_up(&client, host).await?;
                 tokio::select! {
-                    _ = &mut stop => return Ok(()),
+                    r = control.changed() => if r.is_err() { return Ok(()) },
                     w = wake.recv() => if w.is_none() { return Err(anyhow!("the PostgreSQL connection was lost")) },
                     _ = tokio::time::sleep(poll) => {}
                 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod health;
 pub(crate) mod history;
+pub(crate) mod peers;
 pub(crate) mod publish;
 pub(crate) mod sse;
 mod stream_query;

@@ -231,3 +231,73 @@ async fn dynamic_bindings_are_made_on_demand_counted_capped_and_removed() {
     let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
     let _ = conn.close(200, "done".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_pause_and_resume_without_losing_anything() {
+    let (exchange, queue) = names("pause");
+    let g = Gateway::start_with(
+        &peer_config(&exchange, &queue, URL).replace("heartbeat = \"300ms\"", "heartbeat = \"30s\""),
+    );
+    wait_up(&g).await;
+    let (mut c, _) = g.hello().await;
+    c.subscribe("s", binding(&exchange, "#"), json!({})).await;
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{}/v1/peers/rabbit/pause", g.base)).send().await.expect("pause");
+    assert_eq!(r.status(), 200);
+    let st = c.recv().await;
+    assert_eq!((st["type"].as_str(), st["state"].as_str()), (Some("status"), Some("down")), "{st}");
+    let peers: Value = http.get(format!("{}/v1/peers", g.base)).send().await.expect("list").json().await.expect("json");
+    assert_eq!(peers["rabbit"]["control"], "paused");
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    for i in 0..20u64 {
+        ch.basic_publish(
+            exchange.as_str().into(),
+            "orders.x".into(),
+            BasicPublishOptions::default(),
+            json!({"i": i}).to_string().as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    c.expect_silence(Duration::from_millis(700)).await;
+    assert_eq!(http.post(format!("{}/v1/peers/nope/pause", g.base)).send().await.expect("pause").status(), 404);
+    assert_eq!(http.post(format!("{}/v1/peers/rabbit/resume", g.base)).send().await.expect("resume").status(), 200);
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let m = c.recv().await;
+        if m["type"] == "event" {
+            got.push(m["payload"]["i"].as_u64().unwrap_or(99));
+        } else {
+            assert_eq!((m["type"].as_str(), m["state"].as_str()), (Some("status"), Some("up")), "{m}");
+        }
+    }
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+    // Operating peers needs an admin token.
+    let secured = Gateway::start_with("[auth]\njwt_secret = \"peers-secret-0123456789\"\n");
+    assert_eq!(http.get(format!("{}/v1/peers", secured.base)).send().await.expect("list").status(), 401);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 60;
+    let user = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "u", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(b"peers-secret-0123456789"),
+    )
+    .expect("sign");
+    let r = http.get(format!("{}/v1/peers", secured.base)).bearer_auth(&user).send().await.expect("list");
+    assert_eq!(r.status(), 403);
+    let admin = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "ops", "exp": exp, "herald": {"admin": true}}),
+        &jsonwebtoken::EncodingKey::from_secret(b"peers-secret-0123456789"),
+    )
+    .expect("sign");
+    let r = http.get(format!("{}/v1/peers", secured.base)).bearer_auth(&admin).send().await.expect("list");
+    assert_eq!(r.status(), 200);
+}

@@ -1,0 +1,86 @@
+//! `GET /v1/peers` and `POST /v1/peers/{id}/pause|resume`: operating the
+//! connectors. Needs a token with `"admin": true` in its `herald` claim (or
+//! open mode).
+
+use super::{authenticate, ApiError, TokenQuery};
+use crate::state::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use herald_connectors::Control;
+use herald_protocol::ErrorCode;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+fn admin(state: &AppState, headers: &HeaderMap, q: &TokenQuery) -> Result<(), ApiError> {
+    let principal = authenticate(state, headers, q.token.as_deref())?;
+    if principal.grants.admin {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, "operating peers needs an admin token"))
+    }
+}
+
+/// Every peer with its state and counters.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state, &headers, &q)?;
+    let mut out = serde_json::Map::new();
+    for (id, rt) in &state.get().peers {
+        let (up, detail) = rt.health.lock().clone();
+        let control = match *rt.control.borrow() {
+            Control::Run => "running",
+            Control::Pause => "paused",
+            Control::Drain => "draining",
+        };
+        let st = &rt.stats;
+        out.insert(
+            id.clone(),
+            json!({
+                "type": rt.kind, "up": up, "detail": detail, "control": control,
+                "in": st.r#in.load(Ordering::Relaxed), "out": st.out.load(Ordering::Relaxed),
+                "err": st.err.load(Ordering::Relaxed), "send": st.send.load(Ordering::Relaxed),
+                "recv": st.recv.load(Ordering::Relaxed),
+                "dynamic_bindings": rt.dynamic.as_ref().map_or(0, |d| d.len()),
+            }),
+        );
+    }
+    Ok(Json(Value::Object(out)))
+}
+
+async fn set(
+    state: AppState,
+    headers: HeaderMap,
+    q: TokenQuery,
+    id: String,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state, &headers, &q)?;
+    if !crate::peers::set_paused(&state, &id, paused) {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("no peer `{id}`")));
+    }
+    Ok(Json(json!({"peer": id, "control": if paused { "paused" } else { "running" }})))
+}
+
+/// Stop taking events from the peer's upstream (it buffers meanwhile).
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set(state, headers, q, id, true).await
+}
+
+/// Take events from the peer's upstream again.
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    set(state, headers, q, id, false).await
+}
