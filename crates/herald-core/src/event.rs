@@ -142,6 +142,14 @@ impl Event {
         }
     }
 
+    /// The routing key and any CC routing keys (AMQP's `CC` header, a list
+    /// of strings): the event matches a binding if any of them does, as in
+    /// RabbitMQ.
+    pub fn routing_keys(&self) -> impl Iterator<Item = &str> {
+        let cc = self.headers.as_ref().and_then(|h| h.get("CC")).and_then(Value::as_array);
+        std::iter::once(self.routing_key.as_str()).chain(cc.into_iter().flatten().filter_map(Value::as_str))
+    }
+
     /// The payload as a parsed JSON value (parsed once, then cached).
     pub fn payload_value(&self) -> &Value {
         self.parsed.get_or_init(|| serde_json::from_str(self.payload.get()).unwrap_or(Value::Null))

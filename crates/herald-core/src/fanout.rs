@@ -37,7 +37,7 @@ pub struct SubSpec {
 impl SubSpec {
     /// Whether an event matches a binding and every filter.
     pub fn matches(&self, event: &Event) -> bool {
-        self.bindings.iter().any(|(x, p)| *x == event.exchange && p.matches(&event.routing_key))
+        self.bindings.iter().any(|(x, p)| *x == event.exchange && event.routing_keys().any(|k| p.matches(k)))
             && self.filters.iter().all(|f| f.accepts(event))
     }
 
@@ -427,7 +427,14 @@ impl FanOut {
             }
             keys.clear();
             shared.clear();
-            inner.index.for_each_match(&event.exchange, &event.routing_key, |k| keys.push(*k));
+            for rk in event.routing_keys() {
+                inner.index.for_each_match(&event.exchange, rk, |k| keys.push(*k));
+            }
+            if event.headers.is_some() {
+                // CC keys may reach the same subscription twice.
+                keys.sort_unstable();
+                keys.dedup();
+            }
             for key in &keys {
                 let Some(entry) = inner.entries.get(key) else {
                     continue;

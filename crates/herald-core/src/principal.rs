@@ -189,7 +189,7 @@ impl Principal {
 
     /// Whether a subscribe grant covers the event.
     pub fn granted(&self, event: &Event) -> bool {
-        self.grants.subscribe.iter().any(|g| g.covers(&event.exchange, &event.routing_key))
+        event.routing_keys().any(|k| self.grants.subscribe.iter().any(|g| g.covers(&event.exchange, k)))
     }
 
     /// Whether the principal may publish to this exchange and routing key.

@@ -301,3 +301,44 @@ async fn peers_pause_and_resume_without_losing_anything() {
     let r = http.get(format!("{}/v1/peers", secured.base)).bearer_auth(&admin).send().await.expect("list");
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cc_routing_keys_route_like_in_rabbitmq() {
+    let (exchange, queue) = names("cc");
+    let g = Gateway::start_with(&peer_config(&exchange, &queue, URL));
+    wait_up(&g).await;
+    let (mut c, _) = g.hello().await;
+    c.subscribe("cc", binding(&exchange, "orders.cc"), json!({})).await;
+    c.subscribe("all", binding(&exchange, "#"), json!({})).await;
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(
+            vec![AMQPValue::LongString("orders.cc".into()), AMQPValue::LongString("orders.other".into())].into(),
+        ),
+    );
+    // Routed to Herald's queue by the CC key only (the binding is orders.#).
+    ch.basic_publish(
+        exchange.as_str().into(),
+        "misc.1".into(),
+        BasicPublishOptions::default(),
+        b"{\"n\":1}",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let evs = c.events(2).await;
+    let subs: Vec<&str> = evs.iter().map(|e| e["sub"].as_str().unwrap_or("")).collect();
+    assert_eq!(subs, vec!["cc", "all"], "each subscription once, although two CC keys match `#`");
+    assert_eq!(evs[0]["routing_key"], "misc.1");
+    assert_eq!(evs[0]["headers"]["CC"], json!(["orders.cc", "orders.other"]));
+    c.expect_silence(Duration::from_millis(300)).await;
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+}
