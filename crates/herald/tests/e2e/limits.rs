@@ -69,7 +69,7 @@ async fn command_rate_is_limited_then_enforced() {
             _ => panic!("unexpected {m}"),
         }
     }
-    assert!((9..=12).contains(&pongs), "the burst passes: {pongs}");
+    assert!((9..=16).contains(&pongs), "the burst passes, then about 5 per second: {pongs}");
     assert_eq!(pongs + limited, 30);
     // A client that keeps flooding is disconnected.
     for i in 0..300 {
