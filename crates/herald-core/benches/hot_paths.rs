@@ -1,0 +1,97 @@
+//! Micro-benchmarks of the fan-out's hot paths: pattern matching, the
+//! pattern index with many subscriptions, and dispatching one event to
+//! many subscribers (`cargo bench -p herald-core`). Whole-system figures
+//! come from `herald bench`.
+#![allow(missing_docs)]
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use herald_core::{
+    Event, FanOut, FrameFormat, NewEvent, Outbox, Pattern, PatternIndex, Principal, Registration, Start, SubSpec,
+};
+use serde_json::value::RawValue;
+use std::hint::black_box;
+use std::sync::Arc;
+
+fn event(id: u64, rk: &str) -> Arc<Event> {
+    Arc::new(Event::commit(
+        id,
+        id,
+        NewEvent {
+            exchange: "exchanges/taskcluster-queue/v1/task-completed".into(),
+            routing_key: rk.into(),
+            payload: RawValue::from_string(r#"{"status":{"state":"completed"},"runId":0}"#.into()).expect("raw"),
+            acl: None,
+            headers: None,
+            origin: None,
+        },
+    ))
+}
+
+fn patterns(c: &mut Criterion) {
+    let key = "primary.fSVtH5ZiQIqOhzAa5p9J1w.0.aws.i-0123.gecko-3.b-linux.tc";
+    let literal = Pattern::parse("primary.fSVtH5ZiQIqOhzAa5p9J1w.0.aws.i-0123.gecko-3.b-linux.tc").expect("p");
+    let star = Pattern::parse("primary.*.*.*.*.gecko-3.*.*").expect("p");
+    let hash = Pattern::parse("primary.#.gecko-3.#").expect("p");
+    c.bench_function("pattern/literal", |b| b.iter(|| literal.matches(black_box(key))));
+    c.bench_function("pattern/stars", |b| b.iter(|| star.matches(black_box(key))));
+    c.bench_function("pattern/hashes", |b| b.iter(|| hash.matches(black_box(key))));
+}
+
+fn index(c: &mut Criterion) {
+    // 10,000 subscriptions, each on its own task group: a key matches a few.
+    let mut idx = PatternIndex::new();
+    for i in 0..10_000u32 {
+        let p = Pattern::parse(&format!("primary.*.*.*.*.group-{i}.#")).expect("p");
+        idx.insert("x", &p, i);
+    }
+    idx.insert("x", &Pattern::parse("#").expect("p"), 10_000);
+    let key = "primary.task.0.aws.worker.group-4242.linux.tc";
+    c.bench_function("index/10k-subscriptions", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            idx.for_each_match("x", black_box(key), |_| n += 1);
+            n
+        })
+    });
+}
+
+fn dispatch(c: &mut Criterion) {
+    // One event to 1,000 live subscribers with the same subscription id:
+    // encoded once, shared by all.
+    let fan = FanOut::new(0);
+    let outboxes: Vec<Arc<Outbox>> =
+        (0..1000).map(|_| Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, String::new())))).collect();
+    for o in &outboxes {
+        let reg = Registration {
+            sub: "s".into(),
+            spec: Arc::new(SubSpec {
+                bindings: vec![(
+                    "exchanges/taskcluster-queue/v1/task-completed".into(),
+                    Pattern::parse("#").expect("p"),
+                )],
+                filters: vec![],
+            }),
+            principal: Arc::new(Principal::open()),
+            outbox: o.clone(),
+            format: FrameFormat::WebSocket,
+        };
+        fan.register(reg, Start::Live, |_| {});
+    }
+    let mut id = 0;
+    let mut drained = Vec::new();
+    c.bench_function("dispatch/1-event-to-1000-subscribers", |b| {
+        b.iter(|| {
+            id += 1;
+            fan.dispatch(&[event(id, "primary.a.b")]);
+            for o in &outboxes {
+                drained.clear();
+                o.take(&mut drained);
+                o.written(&drained);
+            }
+        })
+    });
+}
+
+criterion_group!(benches, patterns, index, dispatch);
+criterion_main!(benches);
