@@ -96,37 +96,31 @@ pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Ar
     let mut out = Vec::new();
     for p in peers {
         let stats = Arc::new(PeerStats::default());
-        if p.kind == "amqp" {
-            let Ok(cfg) = serde_json::from_value::<AmqpConfig>(serde_json::Value::Object(p.config.clone())) else {
-                continue;
-            };
-            let exchanges = cfg.bindings.iter().map(|b| b.exchange.clone()).collect();
-            let connector = AmqpSource::new(p.id.clone(), cfg, p.codec, p.interceptors.clone(), stats.clone());
-            let rt = PeerRuntime {
-                kind: p.kind.clone(),
-                stats,
-                exchanges,
-                health: Mutex::new((false, "starting".into())),
-                dynamic: Some(connector.dynamic()),
-                control: watch::channel(Control::Run).0,
-            };
-            out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
-        } else if p.kind == "postgres" {
-            let Ok(cfg) = serde_json::from_value::<PostgresConfig>(serde_json::Value::Object(p.config.clone())) else {
-                continue;
-            };
-            let exchanges = vec![cfg.exchange.clone()];
-            let connector = PostgresSource::new(p.id.clone(), cfg, stats.clone());
-            let rt = PeerRuntime {
-                kind: p.kind.clone(),
-                stats,
-                exchanges,
-                health: Mutex::new((false, "starting".into())),
-                dynamic: None,
-                control: watch::channel(Control::Run).0,
-            };
-            out.push((p.id.clone(), Box::new(connector) as Box<dyn Connector>, Arc::new(rt)));
-        }
+        let config = serde_json::Value::Object(p.config.clone());
+        let (connector, exchanges, dynamic): (Box<dyn Connector>, Vec<String>, _) = match p.kind.as_str() {
+            "amqp" => {
+                let Ok(cfg) = serde_json::from_value::<AmqpConfig>(config) else { continue };
+                let exchanges = cfg.bindings.iter().map(|b| b.exchange.clone()).collect();
+                let source = AmqpSource::new(p.id.clone(), cfg, p.codec, p.interceptors.clone(), stats.clone());
+                let dynamic = Some(source.dynamic());
+                (Box::new(source), exchanges, dynamic)
+            }
+            "postgres" => {
+                let Ok(cfg) = serde_json::from_value::<PostgresConfig>(config) else { continue };
+                let exchanges = vec![cfg.exchange.clone()];
+                (Box::new(PostgresSource::new(p.id.clone(), cfg, stats.clone())), exchanges, None)
+            }
+            _ => continue,
+        };
+        let rt = PeerRuntime {
+            kind: p.kind.clone(),
+            stats,
+            exchanges,
+            health: Mutex::new((false, "starting".into())),
+            dynamic,
+            control: watch::channel(Control::Run).0,
+        };
+        out.push((p.id.clone(), connector, Arc::new(rt)));
     }
     out
 }
