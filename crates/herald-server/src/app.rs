@@ -33,6 +33,9 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .route("/metrics", get(crate::metrics::metrics))
+        .route("/inspector", get(http::inspector::index))
+        .route("/inspector/", get(http::inspector::index))
+        .route("/inspector/{file}", get(http::inspector::file))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -43,6 +43,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(token) = &dev_token {
             println!("  Token (user `dev`, every grant, 24h):\n    {token}");
         }
+        match &dev_token {
+            // The token rides in the fragment: browsers never send it to the server or in a Referer.
+            Some(token) => println!("  Inspector:  {scheme}://{addr}/inspector/#token={token}"),
+            None => println!("  Inspector:  {scheme}://{addr}/inspector/"),
+        }
         println!("  WebSocket:  ws://{addr}/v1/ws");
         println!("  Publish:    curl -d '{{\"exchange\":\"demo\",\"routing_key\":\"a.b\",\"payload\":{{}}}}' http://{addr}/v1/publish");
         println!("  Tail:       herald tail --url http://{addr} --bind 'demo=#'");

@@ -1,7 +1,8 @@
-//! HTTP endpoints: publish and health.
+//! HTTP endpoints: publish, SSE, history, peers, health and the inspector.
 
 pub(crate) mod health;
 pub(crate) mod history;
+pub(crate) mod inspector;
 pub(crate) mod peers;
 pub(crate) mod publish;
 pub(crate) mod sse;

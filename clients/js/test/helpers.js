@@ -1,0 +1,151 @@
+// Test helpers: a real `herald serve` process, tokens from `herald token`,
+// HTTP publishing, and a TCP proxy that cuts connections on demand.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+import { createInterface } from 'node:readline';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repoRoot = resolve(here, '../../..');
+
+/** The `herald` binary under test: $HERALD_BIN or the workspace's debug build. */
+export function heraldBin() {
+  const bin = process.env.HERALD_BIN ?? join(repoRoot, 'target/debug/herald');
+  if (!existsSync(bin)) throw new Error(`${bin} does not exist: run \`cargo build -p herald\` or set HERALD_BIN`);
+  return bin;
+}
+
+export const SECRET = 'js-client-tests-secret-0123456789';
+
+/** Starts `herald serve` on a free port with `[auth] jwt_secret` and `extraToml`. */
+export async function startHerald({ extraToml = '', args = [] } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'herald-js-'));
+  const config = join(dir, 'herald.toml');
+  writeFileSync(config, `heartbeat = "30s"\n[auth]\njwt_secret = "${SECRET}"\n${extraToml}\n`);
+  const child = spawn(heraldBin(), ['serve', '--listen', '127.0.0.1:0', '--data', join(dir, 'data'), '--config', config, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, HERALD_LOG: process.env.HERALD_LOG ?? 'warn' },
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    if (stderr.length > 65536) stderr = stderr.slice(-32768);
+  });
+  const lines = createInterface({ input: child.stdout });
+  const output = [];
+  const httpUrl = await new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`herald did not start in 20 s:\n${stderr}`)), 20000);
+    child.on('exit', (code) => fail(new Error(`herald exited with ${code}:\n${stderr}`)));
+    lines.on('line', (line) => {
+      output.push(line);
+      const m = /^herald listening on (\S+)/.exec(line);
+      if (m) {
+        clearTimeout(timer);
+        ok(m[1]);
+      }
+    });
+  });
+  const addr = new URL(httpUrl);
+  return {
+    httpUrl,
+    port: Number(addr.port),
+    output,
+    stderr: () => stderr,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGKILL');
+        await new Promise((r) => child.once('exit', r));
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A token from `herald token`; `grants` are its flags, e.g. `['--subscribe', 'orders=#']`. */
+export function mint(sub, grants = ['--all'], ttl = '1h') {
+  return execFileSync(heraldBin(), ['token', '--sub', sub, '--ttl', ttl, ...grants], {
+    env: { ...process.env, HERALD_JWT_SECRET: SECRET },
+  })
+    .toString()
+    .trim();
+}
+
+/** POST /v1/publish; returns the parsed answer (throws on an HTTP error). */
+export async function publish(httpUrl, token, events) {
+  const res = await fetch(`${httpUrl}/v1/publish`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify(events),
+  });
+  const body = await res.json();
+  if (!res.ok) throw new Error(`publish: ${res.status} ${JSON.stringify(body)}`);
+  return body;
+}
+
+/**
+ * A TCP proxy to `port` whose `cut()` destroys every connection through it
+ * at once, without a WebSocket close frame: what a network failure does.
+ */
+export async function startProxy(port) {
+  const pairs = new Set();
+  let refusing = false;
+  const server = net.createServer((client) => {
+    if (refusing) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(port, '127.0.0.1');
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const end = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: server.address().port,
+    url: `http://127.0.0.1:${server.address().port}`,
+    /** Number of connections cut so far. */
+    cuts: 0,
+    cut() {
+      for (const { client, upstream } of [...pairs]) {
+        this.cuts++;
+        client.resetAndDestroy?.() ?? client.destroy();
+        upstream.destroy();
+      }
+      pairs.clear();
+    },
+    /** While true, new connections are closed at once (the network is down). */
+    refuse(on) {
+      refusing = on;
+    },
+    open() {
+      return pairs.size;
+    },
+    close() {
+      this.cut();
+      return new Promise((r) => server.close(r));
+    },
+  };
+}
+
+/** Resolves when `predicate()` holds, polling; rejects after `ms` with `what`. */
+export async function until(predicate, what, ms = 20000) {
+  const deadline = Date.now() + ms;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
