@@ -49,6 +49,21 @@ ensure_postgres() {
   wait_port 5432 PostgreSQL
 }
 
+# The JavaScript client's tests: Node 20+ with npm, and Debian's Chromium
+# (driven by playwright-core; it never downloads a browser of its own).
+ensure_browser_tools() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing Node.js and npm"; apt_install nodejs npm
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$major" -lt 20 ]; then log "Node.js $(node --version) is too old for the client tests (need 20+)"; return 1; fi
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing Chromium"; apt_install chromium
+  fi
+}
+
 ensure_rabbitmq
 ensure_postgres
+ensure_browser_tools
 log "ready"

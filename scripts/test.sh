@@ -21,9 +21,15 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --all-targets --locked 2>&1 | tee "$results"
 
+echo "== JavaScript client and inspector (Node and headless Chromium)"
+cargo build -p herald --locked
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$results"
+
 echo "== fuzz (bounded)"
 scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-30}"
 
 # One closing line with the totals of every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+     /^# pass [0-9]+$/ { p += $3 }
+     /^# fail [0-9]+$/ { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$results"

@@ -56,6 +56,33 @@ async fn health_and_readiness() {
 }
 
 #[tokio::test]
+async fn inspector_files_are_served_from_the_binary() {
+    let g = Gateway::start();
+    for (path, kind) in [
+        ("/inspector", "text/html"),
+        ("/inspector/", "text/html"),
+        ("/inspector/herald.js", "text/javascript"),
+        ("/inspector/inspector.js", "text/javascript"),
+        ("/inspector/inspector.css", "text/css"),
+    ] {
+        let r = reqwest::get(format!("{}{path}", g.base)).await.expect("inspector");
+        assert_eq!(r.status(), 200, "{path}");
+        let headers = r.headers().clone();
+        assert!(headers["content-type"].to_str().unwrap_or("").starts_with(kind), "{path}: {headers:?}");
+        assert!(headers["content-security-policy"].to_str().unwrap_or("").contains("frame-ancestors 'none'"));
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(!r.text().await.expect("body").is_empty());
+    }
+    let client =
+        reqwest::get(format!("{}/inspector/herald.js", g.base)).await.expect("get").text().await.expect("text");
+    assert!(client.contains("export class HeraldClient"), "the client library itself");
+    let missing = reqwest::get(format!("{}/inspector/../Cargo.toml", g.base)).await.expect("get");
+    assert_eq!(missing.status(), 404);
+    let missing = reqwest::get(format!("{}/inspector/nope.js", g.base)).await.expect("get");
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
 async fn tls_with_a_certificate_and_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
