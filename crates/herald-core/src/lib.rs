@@ -13,6 +13,7 @@ pub mod index;
 pub mod outbox;
 pub mod pattern;
 pub mod principal;
+pub mod rendezvous;
 pub mod session;
 
 pub use event::{Event, EventError, NewEvent, Origin};
@@ -22,4 +23,5 @@ pub use index::PatternIndex;
 pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};
 pub use principal::{ExchangeMatch, Grant, GrantSpec, Grants, GrantsSpec, Principal};
+pub use rendezvous::{AnswerError, Broker, BrokerLimits, Incoming, Pending, RendezvousError, Sink};
 pub use session::{ResumeError, Session, SessionSnapshot, SessionTable, SubRecord, SubSnapshot};

@@ -166,6 +166,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// May this client answer requests for `service`?
+    pub fn may_serve(&self, service: &str) -> bool {
+        Grants::service_allowed(&self.grants.serve, service)
+    }
+
+    /// May this client make requests of `service`?
+    pub fn may_request(&self, service: &str) -> bool {
+        Grants::service_allowed(&self.grants.request, service)
+    }
+
     /// An anonymous principal with no grants.
     pub fn anonymous() -> Principal {
         Principal::default()

@@ -135,6 +135,56 @@ pub struct Publish {
     pub headers: Option<serde_json::Map<String, Value>>,
 }
 
+/// `request`: ask one responder of `service` and wait for its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// Request reference; the `response` echoes it.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The rendezvous service.
+    pub service: String,
+    /// Opaque body (any JSON, often a string), handed to the responder as is.
+    pub body: Box<RawValue>,
+    /// Wait at most this long for the answer (capped by the server's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `serve`: take requests for `service` on this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serve {
+    /// Request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The rendezvous service.
+    pub service: String,
+    /// How many requests this responder handles at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+/// `unserve`: stop taking requests for `service`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unserve {
+    /// Request reference.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The rendezvous service.
+    pub service: String,
+}
+
+/// `answer`: the responder's answer to an `incoming` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer {
+    /// Request reference (of this answer message).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Ref>,
+    /// The `request` id from `incoming`.
+    pub request: String,
+    /// Opaque body, handed to the requester as is.
+    pub body: Box<RawValue>,
+}
+
 /// Every message a client may send.
 #[derive(Debug, Clone)]
 pub enum ClientMessage {
@@ -154,14 +204,14 @@ pub enum ClientMessage {
     Ping(Ping),
     /// `publish`
     Publish(Publish),
-    /// `request`, `serve` or `answer`: rendezvous messages, recognised so that
-    /// a server without rendezvous can say so precisely.
-    Rendezvous {
-        /// The message type.
-        kind: &'static str,
-        /// Request reference.
-        reference: Option<Ref>,
-    },
+    /// `request` (rendezvous requester)
+    Request(Request),
+    /// `serve` (rendezvous responder)
+    Serve(Serve),
+    /// `unserve`
+    Unserve(Unserve),
+    /// `answer`
+    Answer(Answer),
 }
 
 impl ClientMessage {
@@ -174,7 +224,10 @@ impl ClientMessage {
             ClientMessage::Ack(_) => None,
             ClientMessage::Ping(m) => m.reference.as_ref(),
             ClientMessage::Publish(m) => m.reference.as_ref(),
-            ClientMessage::Rendezvous { reference, .. } => reference.as_ref(),
+            ClientMessage::Request(m) => m.reference.as_ref(),
+            ClientMessage::Serve(m) => m.reference.as_ref(),
+            ClientMessage::Unserve(m) => m.reference.as_ref(),
+            ClientMessage::Answer(m) => m.reference.as_ref(),
         }
     }
 }

@@ -62,9 +62,10 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
         "ack" => ClientMessage::Ack(fields(value, &kind, r)?),
         "ping" => ClientMessage::Ping(fields(value, &kind, r)?),
         "publish" => ClientMessage::Publish(fields(value, &kind, r)?),
-        "request" => ClientMessage::Rendezvous { kind: "request", reference },
-        "serve" => ClientMessage::Rendezvous { kind: "serve", reference },
-        "answer" => ClientMessage::Rendezvous { kind: "answer", reference },
+        "request" => ClientMessage::Request(fields(value, &kind, r)?),
+        "serve" => ClientMessage::Serve(fields(value, &kind, r)?),
+        "unserve" => ClientMessage::Unserve(fields(value, &kind, r)?),
+        "answer" => ClientMessage::Answer(fields(value, &kind, r)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(DecodeError::bad(format!("unknown message type `{shown}`"), reference));
@@ -89,6 +90,7 @@ fn check_numbers(msg: &ClientMessage) -> Result<(), String> {
     };
     match msg {
         ClientMessage::Ack(a) => too_big(a.id, "id"),
+        ClientMessage::Request(r) => r.timeout_ms.map_or(Ok(()), |t| too_big(t, "timeout_ms")),
         ClientMessage::Subscribe(s) => match &s.since {
             Some(Since::Id { id }) => too_big(*id, "since.id"),
             Some(Since::Last { last }) => too_big(*last, "since.last"),
@@ -123,6 +125,30 @@ mod tests {
         let e = decode_client(r#"{"type":"subscribe","ref":"r7"}"#).expect_err("missing fields");
         assert_eq!(e.reference, Some(Ref::Str("r7".into())));
         assert!(e.message.contains("sub"), "{}", e.message);
+    }
+
+    #[test]
+    fn decodes_rendezvous_messages() {
+        match decode_client(r#"{"type":"request","ref":2,"service":"s","body":{"offer":"x"},"timeout_ms":500}"#) {
+            Ok(ClientMessage::Request(r)) => {
+                assert_eq!(r.service, "s");
+                assert_eq!(r.body.get(), r#"{"offer":"x"}"#);
+                assert_eq!(r.timeout_ms, Some(500));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match decode_client(r#"{"type":"serve","service":"s","concurrency":4}"#) {
+            Ok(ClientMessage::Serve(s)) => assert_eq!(s.concurrency, Some(4)),
+            other => panic!("unexpected {other:?}"),
+        }
+        match decode_client(r#"{"type":"answer","ref":"a","request":"r1","body":"text"}"#) {
+            Ok(ClientMessage::Answer(a)) => assert_eq!((a.request.as_str(), a.body.get()), ("r1", r#""text""#)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(decode_client(r#"{"type":"request","service":"s"}"#).is_err(), "body is required");
+        assert!(decode_client(r#"{"type":"serve","service":"s","concurrency":-1}"#).is_err());
+        let e = decode_client(r#"{"type":"answer","ref":9,"body":1}"#).expect_err("no request id");
+        assert_eq!(e.reference, Some(Ref::Num(9)));
     }
 
     #[test]

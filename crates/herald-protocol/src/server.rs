@@ -139,6 +139,49 @@ pub enum ServerMessage {
         /// The id the log assigned.
         id: u64,
     },
+    /// Answer to `request`: the responder's answer.
+    Response {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// The answer body, as the responder sent it.
+        body: Box<RawValue>,
+    },
+    /// Answer to `serve`: requests for `service` now come to this connection.
+    Serving {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// The service.
+        service: String,
+    },
+    /// Answer to `unserve`.
+    Unserved {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// The service.
+        service: String,
+    },
+    /// A request for a service this connection serves; answer it with `answer`.
+    Incoming {
+        /// The request id, to put in the `answer`.
+        request: String,
+        /// The service.
+        service: String,
+        /// The request body, as the requester sent it.
+        body: Box<RawValue>,
+        /// Milliseconds left before the requester stops waiting.
+        deadline_ms: u64,
+    },
+    /// Answer to `answer`: the requester has it.
+    Answered {
+        /// Request reference.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Ref>,
+        /// The request id.
+        request: String,
+    },
     /// Health of an upstream source feeding the client's subscriptions.
     Status {
         /// The source (peer id).

@@ -1,0 +1,666 @@
+//! Rendezvous: a request for a named service goes to exactly one responder,
+//! and its answer goes back to the requester (Snowflake's broker,
+//! generalised).
+//!
+//! The [`Broker`] knows nothing of transports. A responder registers a
+//! [`Sink`]: a *stream* (a WebSocket connection: many requests over time,
+//! up to its concurrency at once) or a *once* sink (an HTTP long-poll: one
+//! request, then it is gone). A requester calls [`Broker::request`] and
+//! awaits the [`Pending`] it gets. Responders are taken in rotation among
+//! those with a free slot, so work spreads evenly. A request that finds no
+//! free responder waits, in order, up to the match timeout (then
+//! `unavailable`); once handed over, the responder has until the answer
+//! deadline (then `timeout`). Deadlines are enforced by [`Broker::sweep`],
+//! which the server calls on a short timer.
+
+use herald_protocol::ErrorCode;
+use parking_lot::Mutex;
+use rand::Rng;
+use serde_json::value::RawValue;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// An opaque request or answer body: any JSON value.
+pub type Body = Box<RawValue>;
+
+/// Identifies a registered responder.
+pub type ResponderId = u64;
+
+/// A request handed to a responder.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The request id, quoted in the answer.
+    pub request: String,
+    /// The service asked for.
+    pub service: Arc<str>,
+    /// The requester's body.
+    pub body: Body,
+    /// When the requester stops waiting for the answer.
+    pub deadline: Instant,
+}
+
+/// Hands an [`Incoming`] to a stream responder; gives it back when the
+/// responder cannot take it (its connection is closing).
+pub type Deliver = Arc<dyn Fn(Incoming) -> Result<(), Incoming> + Send + Sync>;
+
+/// Where a responder receives requests.
+pub enum Sink {
+    /// A connection: requests keep coming, up to `concurrency` at once.
+    Stream(Deliver),
+    /// A long-poll: one request, then the responder is gone.
+    Once(oneshot::Sender<Incoming>),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sink::Stream(_) => "Sink::Stream",
+            Sink::Once(_) => "Sink::Once",
+        })
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RendezvousError {
+    /// No responder took the request in time, or the one that had it went away.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The responder did not answer before the deadline.
+    #[error("{0}")]
+    Timeout(String),
+    /// Too many requests are waiting for this service.
+    #[error("{0}")]
+    LimitExceeded(String),
+}
+
+impl RendezvousError {
+    /// The protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RendezvousError::Unavailable(_) => ErrorCode::Unavailable,
+            RendezvousError::Timeout(_) => ErrorCode::Timeout,
+            RendezvousError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+        }
+    }
+}
+
+/// Why an answer was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// No request with this id is waiting for an answer.
+    #[error("no request `{0}` is waiting for an answer (answered already, timed out, or never made)")]
+    Unknown(String),
+    /// The request belongs to another service than the answerer may serve.
+    #[error("request `{0}` is not for a service you may serve")]
+    WrongService(String),
+    /// The requester went away before the answer came ("client gone").
+    #[error("the requester of `{0}` is gone")]
+    RequesterGone(String),
+}
+
+impl AnswerError {
+    /// The protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AnswerError::Unknown(_) | AnswerError::RequesterGone(_) => ErrorCode::NotFound,
+            AnswerError::WrongService(_) => ErrorCode::Forbidden,
+        }
+    }
+}
+
+/// The broker's timing and size limits.
+#[derive(Debug, Clone)]
+pub struct BrokerLimits {
+    /// How long a request waits for a free responder before `unavailable`.
+    pub match_timeout: Duration,
+    /// How long a responder has to answer before `timeout` (the default
+    /// and the cap for a request's own `timeout_ms`).
+    pub answer_timeout: Duration,
+    /// Most requests waiting for a responder, per service.
+    pub max_waiting: usize,
+    /// Most requests one stream responder takes at once.
+    pub max_concurrency: u32,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        BrokerLimits {
+            match_timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(10),
+            max_waiting: 10_000,
+            max_concurrency: 64,
+        }
+    }
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    /// Requests made.
+    pub requests: AtomicU64,
+    /// Requests answered (the answer reached the requester).
+    pub answered: AtomicU64,
+    /// Requests that found no responder, or lost it.
+    pub unavailable: AtomicU64,
+    /// Requests whose responder did not answer in time.
+    pub timeouts: AtomicU64,
+    /// Answers whose requester was gone.
+    pub requester_gone: AtomicU64,
+}
+
+/// A snapshot of the broker's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerGauges {
+    /// Registered responders.
+    pub responders: usize,
+    /// Requests waiting for a responder.
+    pub waiting: usize,
+    /// Requests handed over and not answered yet.
+    pub in_flight: usize,
+}
+
+type Reply = oneshot::Sender<Result<Body, RendezvousError>>;
+
+struct Responder {
+    service: Arc<str>,
+    concurrency: u32,
+    busy: u32,
+    sink: Option<Sink>,
+}
+
+struct Waiting {
+    id: String,
+    body: Body,
+    reply: Reply,
+    match_deadline: Instant,
+    /// The requester's own overall deadline (`timeout_ms`), if it set one.
+    overall: Option<Instant>,
+}
+
+struct InFlight {
+    service: Arc<str>,
+    responder: ResponderId,
+    reply: Reply,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Service {
+    rotation: VecDeque<ResponderId>,
+    waiting: VecDeque<Waiting>,
+}
+
+#[derive(Default)]
+struct State {
+    next_responder: ResponderId,
+    responders: HashMap<ResponderId, Responder>,
+    services: HashMap<Arc<str>, Service>,
+    in_flight: HashMap<String, InFlight>,
+}
+
+/// The rendezvous broker. One per gateway, shared by every transport.
+#[derive(Default)]
+pub struct Broker {
+    state: Mutex<State>,
+    limits: BrokerLimits,
+    /// Counters, for metrics.
+    pub counters: BrokerCounters,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("limits", &self.limits).field("gauges", &self.gauges()).finish()
+    }
+}
+
+/// A request on its way; await [`Pending::answer`].
+#[derive(Debug)]
+pub struct Pending {
+    /// The request id.
+    pub id: String,
+    rx: oneshot::Receiver<Result<Body, RendezvousError>>,
+}
+
+impl Pending {
+    /// The answer, or why there is none. Every request ends: the broker
+    /// answers, or its sweep fails the request at a deadline.
+    pub async fn answer(self) -> Result<Body, RendezvousError> {
+        self.rx.await.unwrap_or_else(|_| Err(RendezvousError::Unavailable("the gateway is shutting down".into())))
+    }
+}
+
+impl Broker {
+    /// A broker with these limits.
+    pub fn new(limits: BrokerLimits) -> Broker {
+        Broker { state: Mutex::default(), limits, counters: BrokerCounters::default() }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &BrokerLimits {
+        &self.limits
+    }
+
+    /// Register a responder for `service`. Waiting requests go to it at once.
+    pub fn serve(&self, service: &str, concurrency: u32, sink: Sink) -> ResponderId {
+        let concurrency = concurrency.clamp(1, self.limits.max_concurrency.max(1));
+        let concurrency = if matches!(sink, Sink::Once(_)) { 1 } else { concurrency };
+        let mut st = self.state.lock();
+        st.next_responder += 1;
+        let id = st.next_responder;
+        let service: Arc<str> = match st.services.get_key_value(service) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(service),
+        };
+        st.responders.insert(id, Responder { service: service.clone(), concurrency, busy: 0, sink: Some(sink) });
+        st.services.entry(service.clone()).or_default().rotation.push_back(id);
+        self.dispatch(&mut st, &service);
+        id
+    }
+
+    /// Stop sending new requests to a responder. Requests it holds stay
+    /// answerable until their deadline.
+    pub fn unserve(&self, responder: ResponderId) {
+        let mut st = self.state.lock();
+        Self::remove_responder(&mut st, responder);
+    }
+
+    /// The responder's connection ended: unregister it and fail, at once,
+    /// the requests it held (`unavailable`), so their requesters need not
+    /// wait for the deadline.
+    pub fn responder_gone(&self, responder: ResponderId) {
+        let mut st = self.state.lock();
+        Self::remove_responder(&mut st, responder);
+        let held: Vec<String> =
+            st.in_flight.iter().filter(|(_, f)| f.responder == responder).map(|(id, _)| id.clone()).collect();
+        for id in held {
+            if let Some(f) = st.in_flight.remove(&id) {
+                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                let _ = f.reply.send(Err(RendezvousError::Unavailable(format!(
+                    "the responder of `{}` went away before answering; retry",
+                    f.service
+                ))));
+            }
+        }
+    }
+
+    fn remove_responder(st: &mut State, responder: ResponderId) {
+        if let Some(r) = st.responders.remove(&responder) {
+            if let Some(svc) = st.services.get_mut(&r.service) {
+                svc.rotation.retain(|id| *id != responder);
+                if svc.rotation.is_empty() && svc.waiting.is_empty() {
+                    st.services.remove(&r.service);
+                }
+            }
+        }
+    }
+
+    /// Ask one responder of `service`. `timeout`, when given, bounds the
+    /// whole wait (finding a responder and its answer); the broker's own
+    /// timeouts still apply within it.
+    pub fn request(&self, service: &str, body: Body, timeout: Option<Duration>) -> Pending {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let id = request_id();
+        let now = Instant::now();
+        let overall = timeout.map(|t| now + t);
+        let mut st = self.state.lock();
+        let key: Arc<str> = match st.services.get_key_value(service) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(service),
+        };
+        let svc = st.services.entry(key.clone()).or_default();
+        if svc.waiting.len() >= self.limits.max_waiting {
+            self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Err(RendezvousError::LimitExceeded(format!(
+                "{} requests already wait for a responder of `{service}`",
+                self.limits.max_waiting
+            ))));
+        } else {
+            let mut match_deadline = now + self.limits.match_timeout;
+            if let Some(o) = overall {
+                match_deadline = match_deadline.min(o);
+            }
+            svc.waiting.push_back(Waiting { id: id.clone(), body, reply: tx, match_deadline, overall });
+            self.dispatch(&mut st, &key);
+        }
+        Pending { id, rx }
+    }
+
+    /// Deliver `body` to the requester of `request`. `may_serve` says
+    /// whether the answerer may serve the request's service.
+    pub fn answer(&self, request: &str, body: Body, may_serve: impl FnOnce(&str) -> bool) -> Result<(), AnswerError> {
+        let mut st = self.state.lock();
+        let Some(f) = st.in_flight.get(request) else {
+            return Err(AnswerError::Unknown(request.to_string()));
+        };
+        if !may_serve(&f.service) {
+            return Err(AnswerError::WrongService(request.to_string()));
+        }
+        let Some(f) = st.in_flight.remove(request) else {
+            return Err(AnswerError::Unknown(request.to_string()));
+        };
+        if let Some(r) = st.responders.get_mut(&f.responder) {
+            r.busy = r.busy.saturating_sub(1);
+        }
+        // The freed slot may take a waiting request.
+        self.dispatch(&mut st, &f.service);
+        drop(st);
+        if f.reply.send(Ok(body)).is_err() {
+            self.counters.requester_gone.fetch_add(1, Ordering::Relaxed);
+            return Err(AnswerError::RequesterGone(request.to_string()));
+        }
+        self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fail requests past their deadlines: waiting ones with `unavailable`,
+    /// handed-over ones with `timeout` (freeing their responder's slot).
+    /// Returns the earliest deadline still pending, for the caller's timer.
+    pub fn sweep(&self, now: Instant) -> Option<Instant> {
+        let mut st = self.state.lock();
+        let mut next: Option<Instant> = None;
+        let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        let mut emptied = Vec::new();
+        for (name, svc) in st.services.iter_mut() {
+            let mut kept = VecDeque::with_capacity(svc.waiting.len());
+            for w in svc.waiting.drain(..) {
+                if w.match_deadline <= now {
+                    self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                    let _ = w.reply.send(Err(RendezvousError::Unavailable(format!(
+                        "no responder available for `{name}`"
+                    ))));
+                } else if w.reply.is_closed() {
+                    // The requester left before a responder was free.
+                } else {
+                    earliest(w.match_deadline);
+                    kept.push_back(w);
+                }
+            }
+            svc.waiting = kept;
+            if svc.waiting.is_empty() && svc.rotation.is_empty() {
+                emptied.push(name.clone());
+            }
+        }
+        for name in emptied {
+            st.services.remove(&name);
+        }
+        let expired: Vec<String> =
+            st.in_flight.iter().filter(|(_, f)| f.deadline <= now).map(|(id, _)| id.clone()).collect();
+        let mut freed = Vec::new();
+        for id in expired {
+            if let Some(f) = st.in_flight.remove(&id) {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                let _ = f.reply.send(Err(RendezvousError::Timeout(format!(
+                    "the responder of `{}` did not answer in time",
+                    f.service
+                ))));
+                if let Some(r) = st.responders.get_mut(&f.responder) {
+                    r.busy = r.busy.saturating_sub(1);
+                }
+                freed.push(f.service);
+            }
+        }
+        for service in freed {
+            self.dispatch(&mut st, &service);
+        }
+        for f in st.in_flight.values() {
+            earliest(f.deadline);
+        }
+        next
+    }
+
+    /// Sizes, for metrics and tests.
+    pub fn gauges(&self) -> BrokerGauges {
+        let st = self.state.lock();
+        BrokerGauges {
+            responders: st.responders.len(),
+            waiting: st.services.values().map(|s| s.waiting.len()).sum(),
+            in_flight: st.in_flight.len(),
+        }
+    }
+
+    /// Hand waiting requests of `service` to free responders, in rotation.
+    fn dispatch(&self, st: &mut State, service: &Arc<str>) {
+        loop {
+            let Some(svc) = st.services.get_mut(service) else { return };
+            if svc.waiting.is_empty() {
+                return;
+            }
+            // The first responder in rotation order with a free slot; it
+            // moves to the back, so the next request goes to the next one.
+            let mut chosen = None;
+            for _ in 0..svc.rotation.len() {
+                let Some(id) = svc.rotation.pop_front() else { break };
+                svc.rotation.push_back(id);
+                if st.responders.get(&id).is_some_and(|r| r.busy < r.concurrency) {
+                    chosen = Some(id);
+                    break;
+                }
+            }
+            let Some(responder_id) = chosen else { return };
+            let Some(w) = svc.waiting.pop_front() else { return };
+            if w.reply.is_closed() {
+                continue; // the requester left while waiting
+            }
+            let mut deadline = Instant::now() + self.limits.answer_timeout;
+            if let Some(o) = w.overall {
+                deadline = deadline.min(o);
+            }
+            let incoming = Incoming { request: w.id.clone(), service: service.clone(), body: w.body, deadline };
+            let Some(r) = st.responders.get_mut(&responder_id) else { return };
+            let delivered = match r.sink.take() {
+                Some(Sink::Stream(deliver)) => {
+                    let result = deliver(incoming);
+                    r.sink = Some(Sink::Stream(deliver));
+                    result
+                }
+                Some(Sink::Once(tx)) => tx.send(incoming),
+                None => Err(incoming),
+            };
+            match delivered {
+                Ok(()) => {
+                    r.busy += 1;
+                    let once = r.sink.is_none();
+                    st.in_flight.insert(
+                        w.id,
+                        InFlight { service: service.clone(), responder: responder_id, reply: w.reply, deadline },
+                    );
+                    if once {
+                        Self::remove_responder(st, responder_id);
+                    }
+                }
+                Err(back) => {
+                    // That responder is gone; the request goes back to the
+                    // front of the line for the next one.
+                    Self::remove_responder(st, responder_id);
+                    let w = Waiting {
+                        id: back.request,
+                        body: back.body,
+                        reply: w.reply,
+                        match_deadline: w.match_deadline,
+                        overall: w.overall,
+                    };
+                    match st.services.get_mut(service) {
+                        Some(svc) => svc.waiting.push_front(w),
+                        None => st.services.entry(service.clone()).or_default().waiting.push_front(w),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 128 random bits, hex: request ids are capabilities for `answer`.
+fn request_id() -> String {
+    let mut rng = rand::rng();
+    let n: u128 = rng.random();
+    format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(s: &str) -> Body {
+        RawValue::from_string(s.to_string()).expect("valid JSON")
+    }
+
+    fn limits(match_ms: u64, answer_ms: u64) -> BrokerLimits {
+        BrokerLimits {
+            match_timeout: Duration::from_millis(match_ms),
+            answer_timeout: Duration::from_millis(answer_ms),
+            max_waiting: 3,
+            max_concurrency: 8,
+        }
+    }
+
+    /// A stream responder collecting what it is handed.
+    fn collector() -> (Sink, Arc<Mutex<Vec<Incoming>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        (
+            Sink::Stream(Arc::new(move |i| {
+                g.lock().push(i);
+                Ok(())
+            })),
+            got,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_reaches_one_responder_and_the_answer_comes_back() {
+        let b = Broker::new(limits(100, 1000));
+        let (sink, got) = collector();
+        b.serve("echo", 1, sink);
+        let p = b.request("echo", body(r#"{"q":1}"#), None);
+        let incoming = got.lock().pop().expect("delivered");
+        assert_eq!(incoming.body.get(), r#"{"q":1}"#);
+        assert_eq!(&*incoming.service, "echo");
+        b.answer(&incoming.request, body(r#""a""#), |_| true).expect("answered");
+        assert_eq!(p.answer().await.expect("answer").get(), r#""a""#);
+        assert_eq!(b.gauges(), BrokerGauges { responders: 1, waiting: 0, in_flight: 0 });
+    }
+
+    #[tokio::test]
+    async fn rotation_is_fair_and_one_at_a_time() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (s1, g1) = collector();
+        let (s2, g2) = collector();
+        b.serve("s", 1, s1);
+        b.serve("s", 1, s2);
+        let pending: Vec<Pending> = (0..4).map(|i| b.request("s", body(&i.to_string()), None)).collect();
+        // One each; the other two wait for a free slot.
+        assert_eq!((g1.lock().len(), g2.lock().len()), (1, 1));
+        assert_eq!(b.gauges().waiting, 2);
+        let first = g1.lock()[0].request.clone();
+        b.answer(&first, body("10"), |_| true).expect("answer");
+        assert_eq!(g1.lock().len(), 2, "the freed responder takes the next request");
+        assert_eq!(g1.lock()[1].body.get(), "2", "waiting requests are served in order");
+        drop(pending);
+    }
+
+    #[tokio::test]
+    async fn concurrency_lets_a_responder_take_several() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (s, g) = collector();
+        b.serve("s", 3, s);
+        let _p: Vec<Pending> = (0..4).map(|_| b.request("s", body("1"), None)).collect();
+        assert_eq!(g.lock().len(), 3);
+        assert_eq!(b.gauges().waiting, 1);
+    }
+
+    #[tokio::test]
+    async fn no_responder_means_unavailable_after_the_match_timeout() {
+        let b = Broker::new(limits(20, 1000));
+        let p = b.request("nobody", body("1"), None);
+        assert!(b.sweep(Instant::now()).is_some(), "still waiting");
+        let later = Instant::now() + Duration::from_millis(25);
+        b.sweep(later);
+        assert!(matches!(p.answer().await, Err(RendezvousError::Unavailable(_))));
+        assert_eq!(b.gauges(), BrokerGauges::default(), "nothing left behind");
+    }
+
+    #[tokio::test]
+    async fn a_silent_responder_means_timeout_and_frees_its_slot() {
+        let b = Broker::new(limits(10_000, 30));
+        let (s, g) = collector();
+        b.serve("s", 1, s);
+        let p1 = b.request("s", body("1"), None);
+        let p2 = b.request("s", body("2"), None);
+        b.sweep(Instant::now() + Duration::from_millis(35));
+        assert!(matches!(p1.answer().await, Err(RendezvousError::Timeout(_))));
+        assert_eq!(g.lock().len(), 2, "the slot went to the waiting request");
+        let late = g.lock()[0].request.clone();
+        assert!(matches!(b.answer(&late, body("0"), |_| true), Err(AnswerError::Unknown(_))));
+        drop(p2);
+    }
+
+    #[tokio::test]
+    async fn a_request_timeout_shortens_the_deadline() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (s, _g) = collector();
+        b.serve("s", 1, s);
+        let p = b.request("s", body("1"), Some(Duration::from_millis(5)));
+        b.sweep(Instant::now() + Duration::from_millis(10));
+        assert!(matches!(p.answer().await, Err(RendezvousError::Timeout(_))));
+    }
+
+    #[tokio::test]
+    async fn a_responder_that_goes_away_fails_its_requests_at_once() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (s, _g) = collector();
+        let r = b.serve("s", 2, s);
+        let p = b.request("s", body("1"), None);
+        b.responder_gone(r);
+        assert!(matches!(p.answer().await, Err(RendezvousError::Unavailable(m)) if m.contains("went away")));
+        assert_eq!(b.gauges(), BrokerGauges::default());
+    }
+
+    #[tokio::test]
+    async fn an_answer_for_a_requester_that_left_says_so() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (s, g) = collector();
+        b.serve("s", 1, s);
+        drop(b.request("s", body("1"), None));
+        let id = g.lock()[0].request.clone();
+        assert!(matches!(b.answer(&id, body("1"), |_| true), Err(AnswerError::RequesterGone(_))));
+        assert_eq!(b.counters.requester_gone.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_are_checked_against_the_service() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (s, g) = collector();
+        b.serve("s", 1, s);
+        let _p = b.request("s", body("1"), None);
+        let id = g.lock()[0].request.clone();
+        assert!(matches!(b.answer(&id, body("1"), |svc| svc == "other"), Err(AnswerError::WrongService(_))));
+        assert!(b.answer(&id, body("1"), |svc| svc == "s").is_ok(), "still answerable by a rightful responder");
+    }
+
+    #[tokio::test]
+    async fn once_sinks_take_one_request_and_a_closed_one_is_skipped() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (closed_tx, closed_rx) = oneshot::channel();
+        drop(closed_rx);
+        b.serve("s", 1, Sink::Once(closed_tx));
+        let (tx, rx) = oneshot::channel();
+        b.serve("s", 1, Sink::Once(tx));
+        let _p = b.request("s", body("7"), None);
+        let got = rx.await.expect("the live poller got it");
+        assert_eq!(got.body.get(), "7");
+        assert_eq!(b.gauges(), BrokerGauges { responders: 0, waiting: 0, in_flight: 1 });
+    }
+
+    #[tokio::test]
+    async fn the_waiting_line_is_bounded() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let _held: Vec<Pending> = (0..3).map(|_| b.request("s", body("1"), None)).collect();
+        let p = b.request("s", body("1"), None);
+        assert!(matches!(p.answer().await, Err(RendezvousError::LimitExceeded(_))));
+    }
+}
