@@ -370,9 +370,8 @@ impl Broker {
             for w in svc.waiting.drain(..) {
                 if w.match_deadline <= now {
                     self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                    let _ = w.reply.send(Err(RendezvousError::Unavailable(format!(
-                        "no responder available for `{name}`"
-                    ))));
+                    let _ =
+                        w.reply.send(Err(RendezvousError::Unavailable(format!("no responder available for `{name}`"))));
                 } else if w.reply.is_closed() {
                     // The requester left before a responder was free.
                 } else {

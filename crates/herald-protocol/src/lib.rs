@@ -13,7 +13,8 @@ mod decode;
 mod server;
 
 pub use client::{
-    Ack, Binding, ClientMessage, Hello, Ping, Publish, Ref, SessionCredentials, Since, SubOnly, Subscribe,
+    Ack, Answer, Binding, ClientMessage, Hello, Ping, Publish, Ref, Request, Serve, SessionCredentials, Since, SubOnly,
+    Subscribe, Unserve,
 };
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::{decode_client, DecodeError, MAX_NUMBER};

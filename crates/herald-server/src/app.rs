@@ -27,6 +27,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/publish", post(http::publish::publish))
         .route("/v1/sse", get(http::sse::sse))
         .route("/v1/history", get(http::history::history))
+        .route("/v1/rendezvous/answer/{request}", post(http::rendezvous::answer))
+        .route("/v1/rendezvous/{service}", post(http::rendezvous::request))
+        .route("/v1/rendezvous/{service}/poll", post(http::rendezvous::poll))
         .route("/v1/peers", get(http::peers::list))
         .route("/v1/peers/{id}/pause", post(http::peers::pause))
         .route("/v1/peers/{id}/resume", post(http::peers::resume))
@@ -62,14 +65,15 @@ impl Server {
             warn!("No [auth] configured: the gateway is open, every client may subscribe to and publish anything.");
         }
         let dyn_log: Arc<dyn EventLog> = log.clone();
+        let broker = Arc::new(herald_core::Broker::new(config.rendezvous.broker_limits()));
         let mut connectors = Vec::new();
         let mut peers = crate::peers::Peers::new();
-        for (id, connector, runtime) in crate::peers::build(&config.peer) {
+        for (id, connector, runtime) in crate::peers::build(&config.peer, &broker) {
             peers.insert(id.clone(), runtime);
             connectors.push((id, connector));
         }
         let peer_stop = drain_rx.clone();
-        let state = AppState::new(config.clone(), auth, peers, dyn_log, fanout.clone(), drain_rx);
+        let state = AppState::new(config.clone(), auth, peers, dyn_log, fanout.clone(), broker.clone(), drain_rx);
         crate::peers::start(&state, connectors, peer_stop);
         restore_sessions(&state);
 
@@ -81,6 +85,16 @@ impl Server {
                 for entry in fanout.dispatch(&batch) {
                     crate::subscription::spawn_catch_up(dispatcher.clone(), entry);
                 }
+            }
+        });
+
+        // Rendezvous deadlines: one timer for every request.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                broker.sweep(std::time::Instant::now());
             }
         });
 

@@ -31,6 +31,8 @@ pub struct Config {
     pub stream_events: bool,
     /// Connectors (`[[peer]]` tables).
     pub peer: Vec<herald_connectors::PeerConfig>,
+    /// Request/response rendezvous.
+    pub rendezvous: RendezvousConfig,
     /// Idle connections are pinged after this long and closed after three times as long.
     #[serde(with = "duration")]
     pub heartbeat: Duration,
@@ -87,6 +89,57 @@ pub struct SessionConfig {
     pub ttl: Duration,
 }
 
+/// Rendezvous settings (`[rendezvous]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RendezvousConfig {
+    /// How long a request waits for a free responder before `unavailable`.
+    #[serde(with = "duration")]
+    pub match_timeout: Duration,
+    /// How long a responder has to answer before `timeout`; also the
+    /// longest `timeout_ms` a request may ask for.
+    #[serde(with = "duration")]
+    pub answer_timeout: Duration,
+    /// How long `POST /v1/rendezvous/{service}/poll` waits for a request
+    /// before answering 204 (a `timeout` query parameter may shorten it).
+    #[serde(with = "duration")]
+    pub poll_timeout: Duration,
+    /// Largest request or answer body, as JSON text.
+    pub max_body_bytes: usize,
+    /// Most requests waiting for a responder, per service.
+    pub max_waiting: usize,
+    /// Most requests one WebSocket responder may take at once (`serve.concurrency`).
+    pub max_concurrency: u32,
+    /// Most unanswered requests one WebSocket connection may have open.
+    pub max_requests_per_connection: usize,
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        RendezvousConfig {
+            match_timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(30),
+            max_body_bytes: 65536,
+            max_waiting: 10_000,
+            max_concurrency: 64,
+            max_requests_per_connection: 100,
+        }
+    }
+}
+
+impl RendezvousConfig {
+    /// The broker's limits.
+    pub fn broker_limits(&self) -> herald_core::BrokerLimits {
+        herald_core::BrokerLimits {
+            match_timeout: self.match_timeout,
+            answer_timeout: self.answer_timeout,
+            max_waiting: self.max_waiting,
+            max_concurrency: self.max_concurrency,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -98,6 +151,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             peer: Vec::new(),
+            rendezvous: RendezvousConfig::default(),
             stream_events: false,
             heartbeat: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
@@ -241,6 +295,29 @@ impl Config {
             }
         }
         p.extend(crate::peers::validate(&self.peer));
+        let r = &self.rendezvous;
+        for (name, d) in [
+            ("rendezvous.match_timeout", r.match_timeout),
+            ("rendezvous.answer_timeout", r.answer_timeout),
+            ("rendezvous.poll_timeout", r.poll_timeout),
+        ] {
+            if d < Duration::from_millis(10) {
+                p.push(format!("{name} must be at least 10ms"));
+            }
+        }
+        for (name, v) in [
+            ("rendezvous.max_body_bytes", r.max_body_bytes),
+            ("rendezvous.max_waiting", r.max_waiting),
+            ("rendezvous.max_concurrency", r.max_concurrency as usize),
+            ("rendezvous.max_requests_per_connection", r.max_requests_per_connection),
+        ] {
+            if v == 0 {
+                p.push(format!("{name} must be at least 1"));
+            }
+        }
+        if r.max_body_bytes > l.max_frame_bytes.saturating_sub(1024) {
+            p.push("rendezvous.max_body_bytes must leave 1 KiB of limits.max_frame_bytes for the envelope".into());
+        }
         if self.session.ttl.is_zero() {
             p.push("session.ttl must be positive".into());
         }

@@ -13,6 +13,7 @@ mod connections;
 mod http;
 mod metrics;
 mod peers;
+mod rendezvous;
 mod state;
 mod streams;
 mod subscription;

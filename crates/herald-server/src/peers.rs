@@ -92,7 +92,11 @@ pub(crate) fn validate(peers: &[PeerConfig]) -> Vec<String> {
 }
 
 /// Build the connectors (configuration already validated).
-pub(crate) fn build(peers: &[PeerConfig]) -> Vec<(String, Box<dyn Connector>, Arc<PeerRuntime>)> {
+pub(crate) fn build(
+    peers: &[PeerConfig],
+    broker: &Arc<herald_core::Broker>,
+) -> Vec<(String, Box<dyn Connector>, Arc<PeerRuntime>)> {
+    let _ = broker;
     let mut out = Vec::new();
     for p in peers {
         let stats = Arc::new(PeerStats::default());

@@ -27,6 +27,8 @@ pub(crate) struct Inner {
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) sessions: SessionTable,
     pub(crate) connections: Connections,
+    /// Request/response rendezvous, shared by every transport.
+    pub(crate) broker: Arc<herald_core::Broker>,
     pub(crate) started: Instant,
     /// Flips to true when the server starts draining.
     pub(crate) draining: watch::Receiver<bool>,
@@ -39,6 +41,7 @@ impl AppState {
         peers: crate::peers::Peers,
         log: Arc<dyn EventLog>,
         fanout: Arc<FanOut>,
+        broker: Arc<herald_core::Broker>,
         draining: watch::Receiver<bool>,
     ) -> AppState {
         let sessions = SessionTable::new(config.session.ttl);
@@ -59,6 +62,7 @@ impl AppState {
                 fanout,
                 sessions,
                 connections: Connections::default(),
+                broker,
                 started: Instant::now(),
                 draining,
             }),

@@ -5,6 +5,7 @@ pub(crate) mod history;
 pub(crate) mod inspector;
 pub(crate) mod peers;
 pub(crate) mod publish;
+pub(crate) mod rendezvous;
 pub(crate) mod sse;
 mod stream_query;
 

@@ -14,9 +14,10 @@ use herald_core::event::Origin;
 use herald_core::fanout::Registration;
 use herald_core::{Frame, FrameFormat, NewEvent, Outbox, Principal, ResumeError, Session, Start, SubRecord, SubSpec};
 use herald_protocol::{
-    decode_client, encode, Ack, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, ServerMessage, SessionInfo,
-    StatusState, SubOnly, Subscribe,
+    decode_client, encode, Ack, Answer, ClientMessage, CloseCode, ErrorCode, Hello, Publish, Ref, Request, Serve,
+    ServerMessage, SessionInfo, StatusState, SubOnly, Subscribe, Unserve,
 };
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
@@ -46,6 +47,12 @@ struct Connection {
     session: Option<Arc<Session>>,
     publisher: Option<mpsc::Sender<Publication>>,
     publish_seq: u64,
+    /// Services this connection serves, with its responder id for each.
+    serving: HashMap<String, herald_core::rendezvous::ResponderId>,
+    /// This connection's requests waiting for answers; dropping the set
+    /// (the connection ends) drops them, so a late answer learns the
+    /// requester is gone.
+    requests: tokio::task::JoinSet<()>,
 }
 
 pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, slot: Slot) {
@@ -81,6 +88,8 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
         session: None,
         publisher: None,
         publish_seq: 0,
+        serving: HashMap::new(),
+        requests: tokio::task::JoinSet::new(),
     };
     if s.is_draining() {
         let closing = encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });
@@ -133,6 +142,7 @@ pub(crate) async fn run(socket: WebSocket, state: AppState, peer: SocketAddr, sl
         crate::streams::publish(&state, "ws", "end", conn_id, serde_json::json!({"end": how}));
     }
     conn.finish(orderly);
+    conn.finish_rendezvous();
     s.connections.remove(conn_id);
     if outbox.is_closed() {
         // The server closed: keep reading (and ignoring) until the client's
@@ -228,12 +238,10 @@ impl Connection {
             ClientMessage::Ack(m) => self.ack(&session, m),
             ClientMessage::Ping(m) => self.send(&ServerMessage::Pong { reference: m.reference }),
             ClientMessage::Publish(m) => self.publish(m).await,
-            ClientMessage::Rendezvous { kind, reference } => self.error(
-                reference,
-                None,
-                ErrorCode::Unavailable,
-                format!("`{kind}` (rendezvous) is not available on this server yet"),
-            ),
+            ClientMessage::Request(m) => self.request(m),
+            ClientMessage::Serve(m) => self.serve(m),
+            ClientMessage::Unserve(m) => self.unserve(m),
+            ClientMessage::Answer(m) => self.answer(m),
         }
         ControlFlow::Continue(())
     }
@@ -571,6 +579,116 @@ impl Connection {
         // Waiting here when the queue is full stops reading from this client:
         // backpressure, not buffering.
         let _ = tx.send((event, m.reference)).await;
+    }
+
+    /// `request`: hand it to the broker; a task sends the `response` (or
+    /// the error) when it comes.
+    fn request(&mut self, m: Request) {
+        let s = self.state.get();
+        if let Err((code, msg)) = crate::rendezvous::check_request(&self.principal, &m.service, m.body.get(), s) {
+            return self.error(m.reference, None, code, msg);
+        }
+        while self.requests.try_join_next().is_some() {}
+        let most = s.config.rendezvous.max_requests_per_connection;
+        if self.requests.len() >= most {
+            return self.error(
+                m.reference,
+                None,
+                ErrorCode::LimitExceeded,
+                format!("{most} requests already wait for answers on this connection (rendezvous.max_requests_per_connection)"),
+            );
+        }
+        let timeout = m.timeout_ms.map(std::time::Duration::from_millis);
+        let pending = s.broker.request(&m.service, m.body, timeout);
+        debug!(conn = self.conn_id, service = %m.service, request = %pending.id, "Rendezvous request.");
+        let outbox = self.outbox.clone();
+        let reference = m.reference;
+        self.requests.spawn(async move {
+            let reply = match pending.answer().await {
+                Ok(body) => ServerMessage::Response { reference, body },
+                Err(e) => ServerMessage::Error { reference, sub: None, code: e.code(), message: e.to_string() },
+            };
+            let _ = outbox.push(Frame::Text(encode(&reply).into()));
+        });
+    }
+
+    /// `serve`: register this connection as a responder of the service.
+    fn serve(&mut self, m: Serve) {
+        let s = self.state.get();
+        if let Err((code, msg)) = crate::rendezvous::check_service(&m.service) {
+            return self.error(m.reference, None, code, msg);
+        }
+        if !self.principal.may_serve(&m.service) {
+            let msg = format!("your token does not grant serving `{}`", m.service);
+            return self.error(m.reference, None, ErrorCode::Forbidden, msg);
+        }
+        let most = s.config.rendezvous.max_concurrency;
+        let concurrency = m.concurrency.unwrap_or(1);
+        if concurrency == 0 || concurrency > most {
+            let msg = format!("`concurrency` must be 1 to {most} (rendezvous.max_concurrency)");
+            return self.error(m.reference, None, ErrorCode::BadRequest, msg);
+        }
+        if self.serving.contains_key(&m.service) {
+            let msg = format!("this connection already serves `{}`", m.service);
+            return self.error(m.reference, None, ErrorCode::Conflict, msg);
+        }
+        // `serving` goes out before the first `incoming`: both pass through the outbox.
+        self.send(&ServerMessage::Serving { reference: m.reference, service: m.service.clone() });
+        let outbox = self.outbox.clone();
+        let deliver: herald_core::rendezvous::Deliver = Arc::new(move |incoming: herald_core::Incoming| {
+            let msg = ServerMessage::Incoming {
+                request: incoming.request.clone(),
+                service: incoming.service.to_string(),
+                body: incoming.body.clone(),
+                deadline_ms: incoming.deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
+            };
+            match outbox.push(Frame::Text(encode(&msg).into())) {
+                Ok(()) => Ok(()),
+                Err(_) => Err(incoming),
+            }
+        });
+        let id = s.broker.serve(&m.service, concurrency, herald_core::Sink::Stream(deliver));
+        debug!(conn = self.conn_id, service = %m.service, concurrency, "Serving.");
+        self.serving.insert(m.service, id);
+    }
+
+    /// `unserve`: no new requests; those already here may still be answered.
+    fn unserve(&mut self, m: Unserve) {
+        match self.serving.remove(&m.service) {
+            Some(id) => {
+                self.state.get().broker.unserve(id);
+                self.send(&ServerMessage::Unserved { reference: m.reference, service: m.service });
+            }
+            None => {
+                let msg = format!("this connection does not serve `{}`", m.service);
+                self.error(m.reference, None, ErrorCode::NotFound, msg);
+            }
+        }
+    }
+
+    /// `answer`: route the body back to the requester.
+    fn answer(&mut self, m: Answer) {
+        let s = self.state.get();
+        let max = s.config.rendezvous.max_body_bytes;
+        if m.body.get().len() > max {
+            let msg = format!("answer body of {} bytes exceeds rendezvous.max_body_bytes ({max})", m.body.get().len());
+            return self.error(m.reference, None, ErrorCode::LimitExceeded, msg);
+        }
+        let principal = self.principal.clone();
+        match s.broker.answer(&m.request, m.body, |service| principal.may_serve(service)) {
+            Ok(()) => self.send(&ServerMessage::Answered { reference: m.reference, request: m.request }),
+            Err(e) => self.error(m.reference, None, e.code(), e.to_string()),
+        }
+    }
+
+    /// The connection ended: its responders are gone (their requests fail
+    /// at once) and its requests are abandoned.
+    fn finish_rendezvous(&mut self) {
+        let broker = &self.state.get().broker;
+        for (_, id) in self.serving.drain() {
+            broker.responder_gone(id);
+        }
+        self.requests.abort_all();
     }
 
     /// The connection ended: detach the session (abrupt end) or end it (orderly close).

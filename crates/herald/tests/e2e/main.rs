@@ -11,6 +11,7 @@ mod limits;
 mod ops;
 mod protocol;
 mod publish;
+mod rendezvous;
 mod replay;
 mod sessions;
 mod slow;

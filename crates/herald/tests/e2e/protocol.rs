@@ -68,14 +68,6 @@ async fn anything_before_hello_is_a_protocol_violation() {
 }
 
 #[tokio::test]
-async fn rendezvous_messages_are_answered_not_ignored() {
-    let g = Gateway::start();
-    let (mut c, _) = g.hello().await;
-    let e = c.request(json!({"type": "request", "service": "s", "body": {}})).await;
-    assert_eq!(e["code"], "unavailable", "{e}");
-}
-
-#[tokio::test]
 async fn oversized_frame_is_refused_and_connection_continues() {
     let g = Gateway::start_with("[limits]\nmax_frame_bytes = 2048\nmax_outbound_bytes = 65536\n");
     let (mut c, w) = g.hello().await;

@@ -1,0 +1,171 @@
+//! Rendezvous over HTTP: `POST /v1/rendezvous/{service}` (a requester that
+//! waits for the answer), `POST /v1/rendezvous/{service}/poll` (a responder
+//! long-polling for one request) and `POST /v1/rendezvous/answer/{request}`.
+//!
+//! Bodies: a JSON `Content-Type` (`application/json`, `…+json`) carries any
+//! JSON value; any other body is taken as a string (UTF-8). Answers are
+//! returned as JSON, or as the bare string with `Accept: text/plain` when
+//! the answer is a JSON string.
+
+use super::ApiError;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::rendezvous::Body;
+use herald_core::Sink;
+use herald_protocol::ErrorCode;
+use serde_json::value::RawValue;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Query parameters of the rendezvous endpoints.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct RendezvousQuery {
+    token: Option<String>,
+    /// Requester: the longest wait for the answer. Poll: the longest wait for a request.
+    timeout_ms: Option<u64>,
+}
+
+/// A request body as an opaque JSON value.
+fn body_value(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Body, ApiError> {
+    if bytes.len() > max {
+        let msg = format!("body of {} bytes exceeds rendezvous.max_body_bytes ({max})", bytes.len());
+        return Err(ApiError::new(ErrorCode::LimitExceeded, msg));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            ct == "application/json" || ct.ends_with("+json")
+        })
+        .unwrap_or(false);
+    let raw = if json {
+        RawValue::from_string(text.trim().to_string())
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body is not valid JSON: {e}")))?
+    } else {
+        let quoted = serde_json::to_string(text).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        RawValue::from_string(quoted).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    };
+    // A string body grows when quoted; the limit is on what travels on.
+    if raw.get().len() > max {
+        let msg = format!("body of {} bytes as JSON exceeds rendezvous.max_body_bytes ({max})", raw.get().len());
+        return Err(ApiError::new(ErrorCode::LimitExceeded, msg));
+    }
+    Ok(raw)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `POST /v1/rendezvous/{service}`: ask one responder; answer 200 with its
+/// answer, 503 when no responder is available, 504 when it does not answer.
+pub(crate) async fn request(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<RendezvousQuery>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let s = state.get();
+    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
+    if s.is_draining() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+    }
+    let body = body_value(&headers, &bytes, s.config.rendezvous.max_body_bytes)?;
+    crate::rendezvous::check_request(&principal, &service, body.get(), s)
+        .map_err(|(code, msg)| ApiError::new(code, msg))?;
+    // If the client goes away, this future is dropped with the pending
+    // request: a late answer learns the requester is gone.
+    let answer = s.broker.request(&service, body, q.timeout_ms.map(Duration::from_millis)).answer().await;
+    let answer = answer.map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let wants_text =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.starts_with("text/plain"));
+    if wants_text {
+        if let Ok(text) = serde_json::from_str::<String>(answer.get()) {
+            let mut r = text.into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            return Ok(r);
+        }
+    }
+    Ok(json_response(StatusCode::OK, answer.get().to_string()))
+}
+
+/// Unregisters a long-poll responder when its request ends, however it ends.
+struct PollGuard<'a> {
+    broker: &'a herald_core::Broker,
+    id: herald_core::rendezvous::ResponderId,
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.broker.unserve(self.id);
+    }
+}
+
+/// `POST /v1/rendezvous/{service}/poll`: wait for one request (200
+/// `{request, service, body, deadline_ms}`) or answer 204 after the poll
+/// timeout.
+pub(crate) async fn poll(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<RendezvousQuery>,
+) -> Result<Response, ApiError> {
+    let s = state.get();
+    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
+    crate::rendezvous::check_service(&service).map_err(|(code, msg)| ApiError::new(code, msg))?;
+    if !principal.may_serve(&service) {
+        return Err(ApiError::new(ErrorCode::Forbidden, format!("your token does not grant serving `{service}`")));
+    }
+    if s.is_draining() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+    }
+    let max = s.config.rendezvous.poll_timeout;
+    let wait = q.timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
+    let (tx, mut rx) = oneshot::channel();
+    let id = s.broker.serve(&service, 1, Sink::Once(tx));
+    let _guard = PollGuard { broker: &s.broker, id };
+    let incoming = match tokio::time::timeout(wait, &mut rx).await {
+        Ok(Ok(incoming)) => incoming,
+        // Timed out; a request may have arrived in the same instant.
+        Ok(Err(_)) | Err(_) => match rx.try_recv() {
+            Ok(incoming) => incoming,
+            Err(_) => return Ok(StatusCode::NO_CONTENT.into_response()),
+        },
+    };
+    let deadline_ms = incoming.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+    let out = serde_json::json!({
+        "request": incoming.request,
+        "service": &*incoming.service,
+        "body": incoming.body,
+        "deadline_ms": deadline_ms,
+    });
+    Ok(json_response(StatusCode::OK, out.to_string()))
+}
+
+/// `POST /v1/rendezvous/answer/{request}`: deliver an answer; 200
+/// `{"request": …, "delivered": true}`, 404 when the request is unknown or
+/// its requester is gone.
+pub(crate) async fn answer(
+    State(state): State<AppState>,
+    Path(request): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<RendezvousQuery>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    let s = state.get();
+    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
+    let body = body_value(&headers, &bytes, s.config.rendezvous.max_body_bytes)?;
+    s.broker
+        .answer(&request, body, |service| principal.may_serve(service))
+        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let out = serde_json::json!({"request": request, "delivered": true});
+    Ok(json_response(StatusCode::OK, out.to_string()))
+}
