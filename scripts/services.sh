@@ -63,7 +63,21 @@ ensure_browser_tools() {
   fi
 }
 
+# moto's SQS-compatible server, for the SQS rendezvous tests (they start it themselves).
+ensure_moto() {
+  export PATH="$HOME/.local/bin:$PATH"
+  if command -v moto_server >/dev/null; then return 0; fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing pip"; apt_install python3-pip
+  fi
+  log "installing moto[server]"
+  python3 -m pip install -q 'moto[server]' 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages 'moto[server]'
+  command -v moto_server >/dev/null || { log "moto_server is not on PATH after installing it"; return 1; }
+}
+
 ensure_rabbitmq
 ensure_postgres
 ensure_browser_tools
+ensure_moto
 log "ready"

@@ -16,6 +16,7 @@ pub mod dynamic;
 pub mod peer;
 pub mod postgres;
 pub mod runner;
+pub mod sqs;
 
 pub use dynamic::{DynamicBindings, DynamicError};
 pub use peer::{Codec, Interceptor, PeerConfig, PeerStats};

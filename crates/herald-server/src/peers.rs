@@ -3,6 +3,7 @@
 use crate::state::AppState;
 use herald_connectors::amqp::{AmqpConfig, AmqpSource};
 use herald_connectors::postgres::{PostgresConfig, PostgresSource};
+use herald_connectors::sqs::{SqsConfig, SqsRendezvous};
 use herald_connectors::{BoxFuture, Connector, Control, DynamicBindings, Host, PeerConfig, PeerStats};
 use herald_core::{Frame, NewEvent};
 use herald_protocol::{encode, ServerMessage, StatusState};
@@ -85,7 +86,11 @@ pub(crate) fn validate(peers: &[PeerConfig]) -> Vec<String> {
                 Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
                 Err(e) => problems.push(format!("{at}: config: {e}")),
             },
-            other => problems.push(format!("{at}: unknown type `{other}` (known: amqp, postgres)")),
+            "sqs" => match serde_json::from_value::<SqsConfig>(serde_json::Value::Object(p.config.clone())) {
+                Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
+                Err(e) => problems.push(format!("{at}: config: {e}")),
+            },
+            other => problems.push(format!("{at}: unknown type `{other}` (known: amqp, postgres, sqs)")),
         }
     }
     problems
@@ -96,7 +101,6 @@ pub(crate) fn build(
     peers: &[PeerConfig],
     broker: &Arc<herald_core::Broker>,
 ) -> Vec<(String, Box<dyn Connector>, Arc<PeerRuntime>)> {
-    let _ = broker;
     let mut out = Vec::new();
     for p in peers {
         let stats = Arc::new(PeerStats::default());
@@ -113,6 +117,11 @@ pub(crate) fn build(
                 let Ok(cfg) = serde_json::from_value::<PostgresConfig>(config) else { continue };
                 let exchanges = vec![cfg.exchange.clone()];
                 (Box::new(PostgresSource::new(p.id.clone(), cfg, stats.clone())), exchanges, None)
+            }
+            "sqs" => {
+                let Ok(cfg) = serde_json::from_value::<SqsConfig>(config) else { continue };
+                let peer = SqsRendezvous::new(p.id.clone(), cfg, p.codec, broker.clone(), stats.clone());
+                (Box::new(peer), Vec::new(), None)
             }
             _ => continue,
         };

@@ -23,6 +23,61 @@ pub(crate) enum Command {
     Bench(herald_bench::BenchArgs),
     /// Mint a token (HS256) from the configured secret, with the grants given.
     Token(TokenArgs),
+    /// Send a rendezvous request and print the answer (over WebSocket, HTTP or SQS).
+    Rendezvous(RendezvousArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct RendezvousArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<RendezvousAction>,
+    /// The service to ask.
+    #[arg(long)]
+    pub(crate) service: Option<String>,
+    /// The request body (default: standard input).
+    #[arg(long)]
+    pub(crate) body: Option<String>,
+    /// The body is JSON (default: it is sent as a string).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Gateway URL: ws(s)://HOST[/v1/ws] for WebSocket, http(s)://HOST for HTTP.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:7070")]
+    pub(crate) url: String,
+    /// Bearer token (WebSocket and HTTP).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// How long to wait for the answer (each attempt, over SQS).
+    #[arg(long, default_value = "30s")]
+    pub(crate) timeout: String,
+    /// Rendezvous over SQS instead: the broker queue's URL.
+    #[arg(long, requires = "sqs_creds")]
+    pub(crate) sqs_queue: Option<String>,
+    /// Base64 of {"aws-access-key-id": ..., "aws-secret-key": ...} (see `encode-creds`).
+    #[arg(long, env = "HERALD_SQS_CREDS", hide_env_values = true)]
+    pub(crate) sqs_creds: Option<String>,
+    /// Reply queues are `<prefix>-client-<ClientID>` (default: the broker queue's name).
+    #[arg(long)]
+    pub(crate) sqs_reply_prefix: Option<String>,
+    /// Region when the queue URL does not name one.
+    #[arg(long, default_value = "us-east-1")]
+    pub(crate) sqs_region: String,
+    /// Attempts over SQS, each with a fresh ClientID.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) sqs_attempts: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RendezvousAction {
+    /// Print the encoded credentials `--sqs-creds` takes.
+    EncodeCreds {
+        /// AWS access key id.
+        #[arg(long)]
+        access_key_id: String,
+        /// AWS secret access key.
+        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_key: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -143,5 +198,6 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(a) => crate::tail::run(a).await,
         Command::Bench(a) => herald_bench::run(a).await,
         Command::Token(a) => crate::token::run(a),
+        Command::Rendezvous(a) => crate::rendezvous::run(a).await,
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod publish;
+mod rendezvous;
 mod serve;
 mod tail;
 mod token;
