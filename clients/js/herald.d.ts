@@ -120,6 +120,14 @@ export class Subscription {
   off(name: string, fn: (value: any) => void): void;
 }
 
+/** A rendezvous registration made by `serve`. */
+export interface Responder {
+  readonly service: string;
+  readonly concurrency: number;
+  readonly active: boolean;
+  stop(): Promise<void>;
+}
+
 export class HeraldClient {
   constructor(options: ClientOptions);
   readonly url: string;
@@ -133,6 +141,14 @@ export class HeraldClient {
   subscribe(options: SubscribeOptions): Promise<Subscription>;
   publish(event: NewEvent): Promise<number>;
   ping(): Promise<void>;
+  /** Rendezvous: ask one responder of `service`; resolves with its answer. */
+  request(service: string, body: Json, options?: { timeoutMs?: number }): Promise<Json>;
+  /** Rendezvous: answer requests for `service`; renewed after every reconnect. */
+  serve(
+    service: string,
+    handler: (body: Json, info: { request: string; service: string; deadlineMs: number }) => Json | Promise<Json>,
+    options?: { concurrency?: number },
+  ): Promise<Responder>;
   on(name: 'state', fn: (state: ClientState) => void): () => void;
   on(name: 'status', fn: (msg: StatusMessage) => void): () => void;
   on(name: 'error', fn: (err: HeraldError) => void): () => void;

@@ -199,6 +199,7 @@ export class HeraldClient extends Emitter {
     this.limits = null;
     this._subs = new Map();
     this._orphans = new Set(); // unsubscribed while offline
+    this._serving = new Map(); // service -> responder (rendezvous)
     this._pending = new Map(); // ref -> {resolve, reject, ws, settleOnDrop, msg}
     this._queue = []; // commands waiting for a connection
     this._nextRef = 1;
@@ -287,6 +288,52 @@ export class HeraldClient extends Emitter {
     if (event.acl) msg.acl = event.acl;
     if (event.headers) msg.headers = event.headers;
     return this._command(msg).then((answer) => answer.id);
+  }
+
+  /**
+   * Rendezvous: asks one responder of `service` and resolves with its
+   * answer. Rejects with `unavailable` (no responder), `timeout` (no answer
+   * in time), `forbidden`, or `disconnected` (the connection was lost
+   * before the answer: the request may or may not have been answered).
+   */
+  request(service, body, options = {}) {
+    const msg = { type: 'request', service, body: body === undefined ? null : body };
+    if (options.timeoutMs !== undefined) msg.timeout_ms = options.timeoutMs;
+    return this._command(msg).then((answer) => answer.body);
+  }
+
+  /**
+   * Rendezvous: answers requests for `service` with `handler(body, info)`
+   * (its return value, or what its promise resolves to, is the answer).
+   * The registration is renewed after every reconnect. Resolves once the
+   * server confirms it, with an object whose `stop()` ends it.
+   */
+  serve(service, handler, options = {}) {
+    if (typeof handler !== 'function') return Promise.reject(new TypeError('serve: `handler` must be a function'));
+    if (this._serving.has(service)) return Promise.reject(new HeraldError('conflict', `already serving ${service}`));
+    const responder = {
+      service,
+      concurrency: options.concurrency ?? 1,
+      handler,
+      active: true,
+      stop: () => {
+        if (!responder.active) return Promise.resolve();
+        responder.active = false;
+        this._serving.delete(service);
+        if (!this._isOpen()) return Promise.resolve();
+        return this._command({ type: 'unserve', service }, { settleOnDrop: true }).then(
+          () => undefined,
+          () => undefined,
+        );
+      },
+    };
+    this._serving.set(service, responder);
+    responder._ready = new Promise((resolve, reject) => {
+      responder._resolve = resolve;
+      responder._reject = reject;
+    });
+    if (this._isOpen()) this._sendServe(responder);
+    return responder._ready;
   }
 
   /** Round trip to the server. */
@@ -388,6 +435,8 @@ export class HeraldClient extends Emitter {
         return this._onError(msg);
       case 'status':
         return this._emit('status', msg);
+      case 'incoming':
+        return this._onIncoming(msg);
       case 'closing':
         this._retryAfterMs = msg.retry_after_ms ?? 0;
         return this._emit('closing', msg);
@@ -424,6 +473,8 @@ export class HeraldClient extends Emitter {
         this._command({ type: sub.paused ? 'pause' : 'resume', sub: sub.id }, { settleOnDrop: true }).catch(() => {});
       }
     }
+    // Responders belong to a connection, not to the session: register again.
+    for (const responder of this._serving.values()) this._sendServe(responder);
     const queued = this._queue;
     this._queue = [];
     for (const q of queued) this._sendCommand(q.msg, q);
@@ -442,6 +493,47 @@ export class HeraldClient extends Emitter {
     if (sub.paused) {
       sub._pauseDirty = false;
       this._command({ type: 'pause', sub: sub.id }, { settleOnDrop: true }).catch(() => {});
+    }
+  }
+
+  _sendServe(responder) {
+    const msg = { type: 'serve', service: responder.service };
+    if (responder.concurrency !== 1) msg.concurrency = responder.concurrency;
+    this._command(msg, { settleOnDrop: true }).then(
+      (answer) => {
+        if (answer && responder._resolve) {
+          responder._resolve(responder);
+          responder._resolve = null;
+          responder._reject = null;
+        }
+      },
+      (err) => {
+        this._serving.delete(responder.service);
+        responder.active = false;
+        if (responder._reject) responder._reject(err);
+        else this._emit('error', err);
+        responder._resolve = null;
+        responder._reject = null;
+      },
+    );
+  }
+
+  async _onIncoming(msg) {
+    const responder = this._serving.get(msg.service);
+    if (!responder) return; // stopped meanwhile: the request times out on the server
+    let body;
+    try {
+      body = await responder.handler(msg.body, { request: msg.request, service: msg.service, deadlineMs: msg.deadline_ms });
+    } catch (e) {
+      this._emit('error', new HeraldError('handler', `the ${msg.service} handler threw: ${e}`, { cause: e, request: msg.request }));
+      return;
+    }
+    if (!this._isOpen()) return; // the server already failed it when the connection dropped
+    try {
+      await this._command({ type: 'answer', request: msg.request, body: body === undefined ? null : body });
+    } catch (e) {
+      // `not_found`: the requester left or the deadline passed.
+      this._emit('error', e);
     }
   }
 

@@ -286,3 +286,52 @@ test('close() ends the session and stops for good', async () => {
   });
   assert.equal(resumed, false);
 });
+
+test('rendezvous: request() reaches a serve() handler and the answer comes back', async () => {
+  const responderClient = client();
+  const requester = client();
+  await responderClient.connect();
+  await requester.connect();
+  let handled = 0;
+  const responder = await responderClient.serve(
+    'js.echo',
+    async (body, info) => {
+      handled++;
+      assert.equal(info.service, 'js.echo');
+      assert.ok(info.deadlineMs > 0);
+      return { echo: body };
+    },
+    { concurrency: 4 },
+  );
+  const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => requester.request('js.echo', { i })));
+  assert.deepEqual(answers, Array.from({ length: 10 }, (_, i) => ({ echo: { i } })));
+  assert.equal(handled, 10);
+  // Nobody serves this one: `unavailable` after the match timeout.
+  await assert.rejects(requester.request('js.nobody', 1), (e) => e.code === 'unavailable');
+  await responder.stop();
+  await assert.rejects(requester.request('js.echo', 1, { timeoutMs: 300 }), (e) => e.code === 'unavailable' || e.code === 'timeout');
+  responderClient.close();
+  requester.close();
+});
+
+test('rendezvous: a responder serves again after its connection is cut', async () => {
+  const proxy = await startProxy(herald.port);
+  const responderClient = new HeraldClient({ url: proxy.url, token: admin, WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
+  await responderClient.connect();
+  await responderClient.serve('js.resilient', (body) => `got ${body}`);
+  const requester = client();
+  await requester.connect();
+  assert.equal(await requester.request('js.resilient', 'a'), 'got a');
+  proxy.cut();
+  await until(() => responderClient.state === 'open' && responderClient.reconnects === 1, 'the responder to reconnect');
+  await until(async () => {
+    try {
+      return (await requester.request('js.resilient', 'b', { timeoutMs: 500 })) === 'got b';
+    } catch {
+      return false;
+    }
+  }, 'an answer after the reconnect');
+  responderClient.close();
+  requester.close();
+  await proxy.close();
+});

@@ -26,6 +26,10 @@ export async function usage(): Promise<number> {
   await sub.unsubscribe();
   offState();
   const id: number = await client.publish({ exchange: 'orders', routing_key: 'eu.created', payload: { total: 120 } });
+  const responder = await client.serve('echo', async (body, info) => ({ body, request: info.request }), { concurrency: 2 });
+  const answer = await client.request('echo', { q: 1 }, { timeoutMs: 5000 });
+  console.log(answer, responder.service);
+  await responder.stop();
   client.close();
   return id;
 }
