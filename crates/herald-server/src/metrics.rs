@@ -126,6 +126,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     let log = s.log.stats();
     let bounds = s.log.bounds();
     let fan = &s.fanout.stats;
+    let rv = s.broker.gauges();
+    let rc = &s.broker.counters;
     let snapshot = Snapshot {
         gauges: vec![
             ("herald_connections", "Open WebSocket and SSE connections", s.admission.total() as i64),
@@ -136,6 +138,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             ("herald_log_events", "Retained events", log.events as i64),
             ("herald_log_bytes", "Bytes of the log on disk", log.bytes as i64),
             ("herald_log_segments", "Segment files", log.segments as i64),
+            ("herald_rendezvous_responders", "Registered rendezvous responders", rv.responders as i64),
+            ("herald_rendezvous_waiting", "Rendezvous requests waiting for a responder", rv.waiting as i64),
+            (
+                "herald_rendezvous_in_flight",
+                "Rendezvous requests handed to a responder, unanswered",
+                rv.in_flight as i64,
+            ),
         ],
         counters: vec![
             ("herald_events_in", "Events appended to the log since start", log.appended),
@@ -151,6 +160,23 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
                 "herald_frames_dropped_closing",
                 "Event frames not queued because their connection was closing",
                 fan.dropped_closed.load(Ordering::Relaxed),
+            ),
+            ("herald_rendezvous_requests", "Rendezvous requests made", rc.requests.load(Ordering::Relaxed)),
+            ("herald_rendezvous_answered", "Rendezvous answers delivered", rc.answered.load(Ordering::Relaxed)),
+            (
+                "herald_rendezvous_unavailable",
+                "Rendezvous requests that found no responder or lost it",
+                rc.unavailable.load(Ordering::Relaxed),
+            ),
+            (
+                "herald_rendezvous_timeouts",
+                "Rendezvous requests not answered in time",
+                rc.timeouts.load(Ordering::Relaxed),
+            ),
+            (
+                "herald_rendezvous_requester_gone",
+                "Rendezvous answers whose requester had left",
+                rc.requester_gone.load(Ordering::Relaxed),
             ),
         ],
     };

@@ -185,6 +185,15 @@ async fn no_responder_is_unavailable_and_a_silent_one_times_out() {
     let r = c.request(json!({"type": "request", "service": "slow", "body": 3, "timeout_ms": 50})).await;
     assert_eq!(r["code"], "timeout", "{r}");
     assert!(started.elapsed() < Duration::from_millis(390), "{:?}", started.elapsed());
+    let metrics = reqwest::get(format!("{}/metrics", g.base)).await.expect("metrics").text().await.expect("text");
+    for line in [
+        "herald_rendezvous_requests_total 5",
+        "herald_rendezvous_unavailable_total 2",
+        "herald_rendezvous_timeouts_total 3",
+        "herald_rendezvous_responders 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]
