@@ -123,6 +123,14 @@ async fn cli(args: Vec<String>) -> (bool, String, String) {
     .unwrap()
 }
 
+/// `herald rendezvous` arguments for a request over SQS.
+fn sqs_args(service: &str, queue_url: &str, creds: &str, body: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["--service", service, "--sqs-queue", queue_url, "--sqs-creds", creds, "--body", body].map(String::from).into();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 async fn queue_names(sdk: &aws_sdk_sqs::Client, prefix: &str) -> Vec<String> {
     let out = sdk.list_queues().queue_name_prefix(prefix).send().await.unwrap();
     out.queue_urls().iter().map(|u| u.rsplit('/').next().unwrap().to_string()).collect()
@@ -209,19 +217,8 @@ wait_time_s = 1
     // Many concurrent requesters over SQS: each gets exactly its own answer.
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let args = vec![
-            "--service".into(),
-            "snow".into(),
-            "--sqs-queue".into(),
-            broker_url.clone(),
-            "--sqs-creds".into(),
-            encoded.clone(),
-            "--json".into(),
-            "--body".into(),
-            json!({"offer": i}).to_string(),
-            "--timeout".into(),
-            "20s".into(),
-        ];
+        let body = json!({"offer": i}).to_string();
+        let args = sqs_args("snow", &broker_url, &encoded, &body, &["--json", "--timeout", "20s"]);
         tasks.push(tokio::spawn(cli(args)));
     }
     let mut by = Vec::new();
@@ -243,37 +240,12 @@ wait_time_s = 1
         .await;
 
     // A body the peer's codec refuses (not JSON): the requester is told `bad_request`.
-    let (ok, _, err) = cli(vec![
-        "--service".into(),
-        "snow".into(),
-        "--sqs-queue".into(),
-        broker_url.clone(),
-        "--sqs-creds".into(),
-        encoded.clone(),
-        "--sqs-attempts".into(),
-        "1".into(),
-        "--body".into(),
-        "not json".into(),
-    ])
-    .await;
+    let (ok, _, err) = cli(sqs_args("snow", &broker_url, &encoded, "not json", &["--sqs-attempts", "1"])).await;
     assert!(!ok && err.contains("bad_request"), "{err}");
 
     // No responder: the requester is told `unavailable` through its reply queue.
-    let (ok, _, err) = cli(vec![
-        "--service".into(),
-        "nobody".into(),
-        "--sqs-queue".into(),
-        nobody_url.clone(),
-        "--sqs-creds".into(),
-        encoded.clone(),
-        "--sqs-attempts".into(),
-        "1".into(),
-        "--body".into(),
-        "offer".into(),
-        "--timeout".into(),
-        "15s".into(),
-    ])
-    .await;
+    let args = sqs_args("nobody", &nobody_url, &encoded, "offer", &["--sqs-attempts", "1", "--timeout", "15s"]);
+    let (ok, _, err) = cli(args).await;
     assert!(!ok);
     assert!(err.contains("unavailable"), "{err}");
     wait_until("an empty queue", || async { messages_left(&sdk, &nobody_url).await == 0 }).await;
