@@ -2,7 +2,7 @@
 //! pattern index with many subscriptions, and dispatching one event to
 //! many subscribers (`cargo bench -p herald-core`). Whole-system figures
 //! come from `herald bench`.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -93,5 +93,36 @@ fn dispatch(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, patterns, index, dispatch);
+/// One rendezvous round trip through the broker: request, hand-over to one
+/// of 8 responders in rotation, answer, with 1,000 other requests in flight.
+fn rendezvous(c: &mut Criterion) {
+    use herald_core::rendezvous::{Broker, BrokerLimits, Incoming, Sink};
+    use parking_lot::Mutex;
+    let broker = Broker::new(BrokerLimits { max_concurrency: 1000, ..BrokerLimits::default() });
+    let handed: Arc<Mutex<Vec<Incoming>>> = Arc::default();
+    for _ in 0..8 {
+        let h = handed.clone();
+        broker.serve(
+            "svc",
+            1000,
+            Sink::Stream(Arc::new(move |i| {
+                h.lock().push(i);
+                Ok(())
+            })),
+        );
+    }
+    let body = RawValue::from_string(r#"{"offer":"v=0 o=- 4611731400430051336 2 IN IP4 127.0.0.1"}"#.into()).unwrap();
+    let _busy: Vec<_> = (0..1000).map(|_| broker.request("svc", body.clone(), None)).collect();
+    handed.lock().clear();
+    c.bench_function("rendezvous round trip (8 responders, 1k in flight)", |b| {
+        b.iter(|| {
+            let pending = broker.request("svc", body.clone(), None);
+            let incoming = handed.lock().pop().unwrap();
+            broker.answer(&incoming.request, incoming.body, |_| true).unwrap();
+            black_box(pending);
+        })
+    });
+}
+
+criterion_group!(benches, patterns, index, dispatch, rendezvous);
 criterion_main!(benches);

@@ -200,6 +200,14 @@ struct State {
     responders: HashMap<ResponderId, Responder>,
     services: HashMap<Arc<str>, Service>,
     in_flight: HashMap<String, InFlight>,
+    /// No deadline is earlier than this, so a sweep before it has nothing to do.
+    earliest: Option<Instant>,
+}
+
+impl State {
+    fn note_deadline(&mut self, t: Instant) {
+        self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
+    }
 }
 
 /// The rendezvous broker. One per gateway, shared by every transport.
@@ -325,6 +333,7 @@ impl Broker {
                 match_deadline = match_deadline.min(o);
             }
             svc.waiting.push_back(Waiting { id: id.clone(), body, reply: tx, match_deadline, overall });
+            st.note_deadline(match_deadline);
             self.dispatch(&mut st, &key);
         }
         Pending { id, rx }
@@ -362,6 +371,12 @@ impl Broker {
     /// Returns the earliest deadline still pending, for the caller's timer.
     pub fn sweep(&self, now: Instant) -> Option<Instant> {
         let mut st = self.state.lock();
+        // The common case, on every tick: nothing is due yet.
+        match st.earliest {
+            None => return None,
+            Some(e) if e > now => return Some(e),
+            Some(_) => {}
+        }
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let mut emptied = Vec::new();
@@ -409,6 +424,7 @@ impl Broker {
         for f in st.in_flight.values() {
             earliest(f.deadline);
         }
+        st.earliest = next;
         next
     }
 
@@ -468,6 +484,7 @@ impl Broker {
                         w.id,
                         InFlight { service: service.clone(), responder: responder_id, reply: w.reply, deadline },
                     );
+                    st.note_deadline(deadline);
                     if once {
                         Self::remove_responder(st, responder_id);
                     }
