@@ -335,3 +335,44 @@ test('rendezvous: a responder serves again after its connection is cut', async (
   requester.close();
   await proxy.close();
 });
+
+test('close codes 4400 and 4403 stop the client too (a scripted socket: the server never sends them on hello)', async () => {
+  for (const code of [4400, 4403]) {
+    let opened = 0;
+    class ClosingSocket {
+      constructor() {
+        opened++;
+        this.readyState = 0;
+        setTimeout(() => {
+          this.readyState = 1;
+          this.onopen?.();
+        }, 1);
+      }
+      send() {
+        setTimeout(() => {
+          this.readyState = 3;
+          this.onclose?.({ code, reason: 'scripted' });
+        }, 1);
+      }
+      close() {}
+    }
+    const c = new HeraldClient({ url: 'http://127.0.0.1:9', WebSocket: ClosingSocket, reconnect: { initialDelayMs: 1 } });
+    await assert.rejects(c.connect(), (e) => e.closeCode === code);
+    await sleep(50);
+    assert.equal(opened, 1, `no reconnect after ${code}`);
+    assert.equal(c.state, 'closed');
+  }
+  // Any other code is retried.
+  let opened = 0;
+  class FlakySocket {
+    constructor() {
+      opened++;
+      setTimeout(() => this.onclose?.({ code: 1006, reason: '' }), 1);
+    }
+    close() {}
+  }
+  const c = new HeraldClient({ url: 'http://127.0.0.1:9', WebSocket: FlakySocket, reconnect: { initialDelayMs: 1, maxDelayMs: 5 } });
+  c.connect().catch(() => {});
+  await until(() => opened >= 3, 'retries after 1006');
+  c.close();
+});
