@@ -315,9 +315,6 @@ impl Config {
                 p.push(format!("{name} must be at least 1"));
             }
         }
-        if r.max_body_bytes > l.max_frame_bytes.saturating_sub(1024) {
-            p.push("rendezvous.max_body_bytes must leave 1 KiB of limits.max_frame_bytes for the envelope".into());
-        }
         if self.session.ttl.is_zero() {
             p.push("session.ttl must be positive".into());
         }
