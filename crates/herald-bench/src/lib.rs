@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Payload size in bytes (approximate).
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// Rendezvous round trips in the request/response test (0 to skip).
+    #[arg(long, default_value_t = 20_000)]
+    pub rendezvous_requests: u64,
     /// Idle connections for the memory measurement (0 to skip).
     #[arg(long, default_value_t = 10_000)]
     pub idle_connections: usize,
@@ -67,6 +70,12 @@ pub struct Report {
     pub fanout_latency_p99_ms: f64,
     /// Events per second replayed to one subscriber (`since: {id: 0}`).
     pub replay_events_per_s: f64,
+    /// Rendezvous round trips per second (8 requesters, 4 responders).
+    pub rendezvous_per_s: f64,
+    /// Rendezvous round-trip latency, median, milliseconds.
+    pub rendezvous_p50_ms: f64,
+    /// Rendezvous round-trip latency, 99th percentile, milliseconds.
+    pub rendezvous_p99_ms: f64,
     /// Idle connections opened.
     pub idle_connections: usize,
     /// Resident memory added per idle connection (session included), bytes.
@@ -112,6 +121,10 @@ fn print_report(r: &Report) {
         r.fanout_latency_p50_ms, r.fanout_latency_p99_ms
     );
     println!("  replay to one subscriber:       {:>12.0} events/s", r.replay_events_per_s);
+    println!(
+        "  rendezvous, 8 -> 4 responders:  {:>12.0} round trips/s ({:.2} ms p50 / {:.2} ms p99)",
+        r.rendezvous_per_s, r.rendezvous_p50_ms, r.rendezvous_p99_ms
+    );
     match r.idle_bytes_per_connection {
         Some(b) => println!("  memory per idle connection:     {:>12.0} bytes ({} connections)", b, r.idle_connections),
         None => println!("  memory per idle connection:     not measured"),

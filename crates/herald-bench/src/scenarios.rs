@@ -39,6 +39,14 @@ pub(crate) async fn run_all(args: &BenchArgs, base: &str, pid: Option<u32>) -> a
     eprintln!("bench: replay ({} events)", args.publish_events * 2);
     r.replay_events_per_s = replay(base, args.publish_events * 2).await?;
 
+    if args.rendezvous_requests > 0 {
+        eprintln!("bench: rendezvous ({} requests, 8 requesters, 4 responders)", args.rendezvous_requests);
+        let (rate, p50, p99) = rendezvous(base, args.rendezvous_requests).await?;
+        r.rendezvous_per_s = rate;
+        r.rendezvous_p50_ms = p50;
+        r.rendezvous_p99_ms = p99;
+    }
+
     if args.idle_connections > 0 {
         eprintln!("bench: {} idle connections", args.idle_connections);
         r.idle_connections = args.idle_connections;
@@ -109,6 +117,81 @@ async fn publish_http(base: &str, total: u64, pad: &str) -> anyhow::Result<f64> 
         t.await??;
     }
     Ok((batches * 100) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Request/response through the broker: 4 WebSocket responders (16 at a
+/// time each) echo the body; 8 requester connections keep 32 requests in
+/// flight each. Returns (round trips/s, p50 ms, p99 ms).
+async fn rendezvous(base: &str, total: u64) -> anyhow::Result<(f64, f64, f64)> {
+    const SERVICE: &str = "bench.echo";
+    const REQUESTERS: u64 = 8;
+    const WINDOW: usize = 32;
+    let mut responders = Vec::new();
+    for _ in 0..4 {
+        let (mut tx, mut rx) = connect(base).await?;
+        send(&mut tx, json!({"type": "serve", "ref": "s", "service": SERVICE, "concurrency": 16})).await?;
+        let v = next_json(&mut rx).await?;
+        if v["type"] != "serving" {
+            bail!("expected serving, got {v}");
+        }
+        responders.push(tokio::spawn(async move {
+            while let Ok(v) = next_json(&mut rx).await {
+                if v["type"] == "incoming" {
+                    let answer = json!({"type": "answer", "request": v["request"], "body": v["body"]});
+                    if send(&mut tx, answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let per = total / REQUESTERS;
+    let mut conns = Vec::new();
+    for _ in 0..REQUESTERS {
+        conns.push(connect(base).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut tx, mut rx) in conns {
+        let window = Arc::new(Semaphore::new(WINDOW));
+        let w = window.clone();
+        let sender = tokio::spawn(async move {
+            for i in 0..per {
+                w.acquire().await?.forget();
+                let msg = json!({"type": "request", "ref": i, "service": SERVICE, "body": {"t": now_us()}});
+                send(&mut tx, msg).await?;
+            }
+            anyhow::Ok(tx)
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut answered = 0;
+            while answered < per {
+                let v = next_json(&mut rx).await?;
+                match v["type"].as_str() {
+                    Some("response") => {
+                        answered += 1;
+                        window.add_permits(1);
+                        let sent = v["body"]["t"].as_u64().context("echoed time")?;
+                        hist.record(now_us().saturating_sub(sent).max(1))?;
+                    }
+                    _ => bail!("unexpected reply to a request: {v}"),
+                }
+            }
+            let _tx = sender.await??;
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    let rate = (per * REQUESTERS) as f64 / start.elapsed().as_secs_f64();
+    for r in responders {
+        r.abort();
+    }
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    Ok((rate, ms(0.5), ms(0.99)))
 }
 
 async fn subscribe(tx: &mut Tx, rx: &mut Rx, exchange: &str, since: Option<Value>) -> anyhow::Result<()> {
