@@ -587,7 +587,15 @@ export class HeraldClient extends Emitter {
       if (!sub) return;
     }
     const sub = msg.sub !== undefined ? this._subs.get(msg.sub) : undefined;
-    if (sub && !pending) sub._emit('error', err);
+    if (sub && !pending) {
+      // On a resume the server drops a subscription the new token no
+      // longer allows: it is over here too.
+      if (msg.code === 'forbidden') {
+        this._subs.delete(sub.id);
+        sub.active = false;
+      }
+      sub._emit('error', err);
+    }
     this._emit('error', err);
   }
 

@@ -376,3 +376,22 @@ test('close codes 4400 and 4403 stop the client too (a scripted socket: the serv
   await until(() => opened >= 3, 'retries after 1006');
   c.close();
 });
+
+test('a subscription the new token no longer allows ends when the session resumes', async () => {
+  const proxy = await startProxy(herald.port);
+  let calls = 0;
+  const token = () => (++calls === 1 ? mint('narrowed', ['--subscribe', 'js.narrow=#', '--subscribe', 'js.kept=#']) : mint('narrowed', ['--subscribe', 'js.kept=#']));
+  const c = new HeraldClient({ url: proxy.url, token, WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
+  await c.connect();
+  const narrow = await c.subscribe({ bindings: [{ exchange: 'js.narrow', pattern: '#' }] });
+  const kept = await c.subscribe({ bindings: [{ exchange: 'js.kept', pattern: '#' }] });
+  const errors = [];
+  narrow.on('error', (e) => errors.push(e.code));
+  proxy.cut();
+  await until(() => errors.length > 0, 'the forbidden error after the resume');
+  assert.deepEqual(errors, ['forbidden']);
+  assert.equal(narrow.active, false);
+  assert.equal(kept.active, true);
+  c.close();
+  await proxy.close();
+});
