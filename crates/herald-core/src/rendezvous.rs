@@ -205,6 +205,14 @@ struct State {
 }
 
 impl State {
+    /// The service's name, shared with its entry when it has one.
+    fn service_key(&self, service: &str) -> Arc<str> {
+        match self.services.get_key_value(service) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(service),
+        }
+    }
+
     fn note_deadline(&mut self, t: Instant) {
         self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
     }
@@ -259,10 +267,7 @@ impl Broker {
         let mut st = self.state.lock();
         st.next_responder += 1;
         let id = st.next_responder;
-        let service: Arc<str> = match st.services.get_key_value(service) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(service),
-        };
+        let service = st.service_key(service);
         st.responders.insert(id, Responder { service: service.clone(), concurrency, busy: 0, sink: Some(sink) });
         st.services.entry(service.clone()).or_default().rotation.push_back(id);
         self.dispatch(&mut st, &service);
@@ -316,10 +321,7 @@ impl Broker {
         let now = Instant::now();
         let overall = timeout.map(|t| now + t);
         let mut st = self.state.lock();
-        let key: Arc<str> = match st.services.get_key_value(service) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(service),
-        };
+        let key = st.service_key(service);
         let svc = st.services.entry(key.clone()).or_default();
         if svc.waiting.len() >= self.limits.max_waiting {
             self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
