@@ -6,6 +6,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Why a dynamic binding was not taken.
@@ -56,6 +57,13 @@ impl DynamicBindings {
         Ok(())
     }
 
+    /// Take a reference held by the returned guard: dropping the guard gives
+    /// it back (see [`DynamicBindings::release`]).
+    pub fn lease(self: &Arc<Self>, exchange: &str, pattern: &str) -> Result<DynamicLease, DynamicError> {
+        self.acquire(exchange, pattern)?;
+        Ok(DynamicLease { bindings: self.clone(), exchange: exchange.to_string(), pattern: pattern.to_string() })
+    }
+
     /// Drop a reference; the last one asks the peer to unbind.
     pub fn release(&self, exchange: &str, pattern: &str) {
         let mut refs = self.refs.lock();
@@ -96,6 +104,25 @@ impl DynamicBindings {
     }
 }
 
+/// One reference on a dynamic binding, released when dropped. Sessions hold
+/// these for their subscriptions, so every way a subscription ends
+/// (unsubscribe, orderly close, expiry, refusal after a restart) gives the
+/// binding back.
+#[derive(Debug)]
+pub struct DynamicLease {
+    bindings: Arc<DynamicBindings>,
+    exchange: String,
+    pattern: String,
+}
+
+impl herald_core::Lease for DynamicLease {}
+
+impl Drop for DynamicLease {
+    fn drop(&mut self) {
+        self.bindings.release(&self.exchange, &self.pattern);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +139,16 @@ mod tests {
         assert_eq!(d.len(), 2, "one reference left");
         d.release("dyn/a", "#");
         assert_eq!(d.wanted().into_iter().collect::<Vec<_>>(), vec![("dyn/b".to_string(), "#".to_string())]);
+    }
+
+    #[test]
+    fn a_lease_releases_when_dropped() {
+        let d = Arc::new(DynamicBindings::new(vec!["dyn/*".into()], 4));
+        let a = d.lease("dyn/a", "#").expect("lease");
+        let b = d.lease("dyn/a", "#").expect("lease");
+        drop(a);
+        assert_eq!(d.len(), 1, "still held by the second lease");
+        drop(b);
+        assert!(d.is_empty());
     }
 }

@@ -18,7 +18,7 @@ pub mod postgres;
 pub mod runner;
 pub mod sqs;
 
-pub use dynamic::{DynamicBindings, DynamicError};
+pub use dynamic::{DynamicBindings, DynamicError, DynamicLease};
 pub use peer::{Codec, Interceptor, PeerConfig, PeerStats};
 pub use runner::{supervise, Backoff};
 pub use tokio::sync::watch;

@@ -1,6 +1,7 @@
 //! Herald's heart: events, AMQP topic patterns and the index over them,
 //! subscription filters, per-connection outboxes, the fan-out that moves
-//! committed events to subscribers, and the session table.
+//! committed events to subscribers, and sessions with the store trait
+//! that keeps them.
 //!
 //! Data flows one way: the log hands committed batches to [`FanOut`], which
 //! matches them against the [`PatternIndex`] and pushes pre-encoded frames
@@ -24,4 +25,7 @@ pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};
 pub use principal::{ExchangeMatch, Grant, GrantSpec, Grants, GrantsSpec, Principal};
 pub use rendezvous::{AnswerError, Broker, BrokerLimits, Incoming, Pending, RendezvousError, Sink};
-pub use session::{ResumeError, Session, SessionSnapshot, SessionTable, SubRecord, SubSnapshot};
+pub use session::{
+    Attachment, Lease, Leases, MemoryStore, NewSub, Restored, ResumeError, Session, SessionStore, SessionTable,
+    StoreError, StoreOp, StoredSession, StoredSub, SubError,
+};

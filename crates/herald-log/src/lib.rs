@@ -60,10 +60,12 @@ mod config;
 mod embedded;
 mod error;
 mod record;
+mod sessions;
 
 pub use config::{opt_duration, LogConfig};
 pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
+pub use sessions::{DiskSessionStore, SESSIONS_FILE};
 
 use herald_core::{Event, NewEvent};
 use std::future::Future;

@@ -86,6 +86,14 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is draining (restart or shutdown); reconnect, resuming the session.
     Draining,
+    /// 1002: the WebSocket framing itself was broken.
+    WebSocketProtocol,
+    /// 1007: a text frame was not valid UTF-8.
+    InvalidUtf8,
+    /// 1009: a frame larger than the WebSocket layer accepts.
+    TooBig,
+    /// 1011: the server hit an internal error (for example, the log could not be read).
+    InternalError,
     /// 1013: the server is at capacity; retry later.
     TryAgainLater,
     /// 4400: protocol violation (for example a message before `hello`, or a binary frame).
@@ -108,6 +116,10 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::Draining => 1001,
+            CloseCode::WebSocketProtocol => 1002,
+            CloseCode::InvalidUtf8 => 1007,
+            CloseCode::TooBig => 1009,
+            CloseCode::InternalError => 1011,
             CloseCode::TryAgainLater => 1013,
             CloseCode::ProtocolViolation => 4400,
             CloseCode::Unauthorized => 4401,

@@ -1,6 +1,7 @@
 //! Building the router and running the server.
 
 use crate::config::Config;
+use crate::config::SessionStoreKind;
 use crate::http;
 use crate::state::AppState;
 use crate::ws;
@@ -9,8 +10,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use herald_core::FanOut;
-use herald_log::{EmbeddedLog, EventLog, RETENTION_INTERVAL};
-use herald_protocol::{encode, ServerMessage};
+use herald_core::{MemoryStore, SessionStore, StoreOp};
+use herald_log::{DiskSessionStore, EmbeddedLog, EventLog, RETENTION_INTERVAL};
+use herald_protocol::{encode, CloseCode, ServerMessage};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,10 +74,24 @@ impl Server {
             peers.insert(id.clone(), runtime);
             connectors.push((id, connector));
         }
+        let store: Arc<dyn SessionStore> = match config.session.store {
+            SessionStoreKind::Disk => Arc::new(DiskSessionStore::open(&config.data)?),
+            SessionStoreKind::Memory => Arc::new(MemoryStore::new()),
+        };
         let peer_stop = drain_rx.clone();
-        let state = AppState::new(config.clone(), auth, peers, dyn_log, fanout.clone(), broker.clone(), drain_rx);
+        let state = AppState::new(crate::state::Parts {
+            config: config.clone(),
+            auth,
+            peers,
+            log: dyn_log,
+            fanout: fanout.clone(),
+            broker: broker.clone(),
+            store,
+            draining: drain_rx,
+        });
         crate::peers::start(&state, connectors, peer_stop);
-        restore_sessions(&state);
+        restore_sessions(&state).await?;
+        spawn_session_tasks(&state);
 
         // Log -> fan-out: committed batches in id order. Subscriptions whose
         // client is behind continue from the log.
@@ -98,7 +114,7 @@ impl Server {
             }
         });
 
-        // Heartbeats, session expiry and time-based retention: one task, no per-connection timers.
+        // Heartbeats and time-based retention: one task, no per-connection timers.
         let sweeper = state.clone();
         tokio::spawn(async move {
             let s = sweeper.get();
@@ -108,12 +124,6 @@ impl Server {
             loop {
                 tick.tick().await;
                 s.connections.sweep(s.now_ms(), heartbeat_ms, s.config.limits.slow_consumer_timeout, &s.metrics);
-                for expired in s.sessions.sweep(Instant::now()) {
-                    for rec in expired.state.lock().subs.values() {
-                        crate::peers::release(&sweeper, &rec.leases);
-                    }
-                    info!(session = %expired.id, "Session expired.");
-                }
                 if last_retention.elapsed() >= RETENTION_INTERVAL {
                     s.log.enforce_retention();
                     last_retention = Instant::now();
@@ -170,7 +180,7 @@ impl Server {
             let closing =
                 encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });
             for c in s.connections.all() {
-                c.outbox.close_with(Some(closing.clone().into()), 1001, "server shutting down");
+                c.outbox.close_with(Some(closing.clone().into()), CloseCode::Draining.code(), "server shutting down");
             }
             // Stop accepting; connections get the grace period to finish.
             drain_handle.graceful_shutdown(Some(grace));
@@ -190,7 +200,7 @@ impl Server {
         if remaining > 0 {
             warn!(remaining, "Grace period over; closed the remaining connections.");
         }
-        save_sessions(&state);
+        save_sessions(&state).await;
         log.close().await;
         info!("Event log closed.");
         result.map_err(ServerError::Serve)
@@ -202,46 +212,94 @@ impl Server {
     }
 }
 
-/// Where sessions wait across a restart.
-fn sessions_path(state: &AppState) -> std::path::PathBuf {
-    state.get().config.data.join("sessions.json")
-}
-
-/// Write every session to the data directory (owner-only: it holds secrets),
-/// so that clients can resume after the restart.
-fn save_sessions(state: &AppState) {
-    let snapshot = state.get().sessions.snapshot();
-    let path = sessions_path(state);
-    let tmp = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    match write() {
-        Ok(()) => {
-            info!(sessions = snapshot.len(), path = %path.display(), "Sessions saved for resumption after restart.")
-        }
-        Err(e) => warn!(error = %e, path = %path.display(), "Could not save sessions; clients will start new ones."),
+/// Write every session once more at shutdown (connections that did not
+/// finish within the grace period count as detached at the next start).
+async fn save_sessions(state: &AppState) {
+    let s = state.get();
+    let mut ops = s.sessions.take_dirty_acks();
+    ops.extend(s.sessions.all().iter().map(|session| StoreOp::Put(session.stored())));
+    let n = ops.len();
+    match s.write_sessions(ops).await {
+        Ok(()) => info!(writes = n, "Sessions stored for resumption after restart."),
+        Err(e) => warn!(error = %e, "Could not store sessions at shutdown; the last coalesced acks may be replayed."),
     }
 }
 
-/// Load sessions saved at the last shutdown; they wait for their clients for one TTL.
-fn restore_sessions(state: &AppState) {
-    let path = sessions_path(state);
-    let Ok(bytes) = std::fs::read(&path) else { return };
-    match serde_json::from_slice::<Vec<herald_core::SessionSnapshot>>(&bytes) {
-        Ok(snapshots) => {
-            let n = state.get().sessions.restore(snapshots, Instant::now());
-            info!(sessions = n, "Sessions restored from the last shutdown.");
-        }
-        Err(e) => warn!(error = %e, path = %path.display(), "Ignoring an unreadable sessions file."),
+/// Load the stored sessions: they wait for their clients for what is left
+/// of their TTL, holding their upstream bindings again.
+async fn restore_sessions(state: &AppState) -> Result<(), ServerError> {
+    let s = state.get();
+    // An earlier version kept sessions (with secrets) in this file at shutdown.
+    let legacy = s.config.data.join("sessions.json");
+    if legacy.exists() {
+        warn!(path = %legacy.display(), "Removing sessions.json from an earlier version; those clients start new sessions.");
+        let _ = std::fs::remove_file(&legacy);
     }
-    // Once loaded they live in memory; a crash must not bring back stale ones.
-    let _ = std::fs::remove_file(&path);
+    let stored = s.store.load().await?;
+    let restored = s.sessions.restore(stored, |bindings| crate::peers::lease(&s.peers, bindings));
+    if !restored.expired.is_empty() {
+        s.write_sessions(restored.expired.iter().cloned().map(StoreOp::Delete).collect()).await?;
+    }
+    if restored.dropped_subs > 0 || restored.unleased_subs > 0 {
+        warn!(
+            dropped = restored.dropped_subs,
+            unleased = restored.unleased_subs,
+            "Some stored subscriptions no longer compile (dropped) or could not take their upstream bindings (retried at resume)."
+        );
+    }
+    info!(sessions = restored.sessions, expired = restored.expired.len(), "Sessions restored.");
+    Ok(())
+}
+
+/// Session expiry and the coalesced ack flush: each task sleeps until its
+/// next deadline, not on a fixed tick.
+fn spawn_session_tasks(state: &AppState) {
+    let expiry = state.clone();
+    tokio::spawn(async move {
+        let s = expiry.get();
+        loop {
+            match s.sessions.next_expiry() {
+                Some(wait) if !wait.is_zero() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = s.sessions.expiry_changed() => continue,
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    s.sessions.expiry_changed().await;
+                    continue;
+                }
+            }
+            let expired = s.sessions.expire_due();
+            if expired.is_empty() {
+                continue;
+            }
+            for session in &expired {
+                info!(session = %session.id(), "Session expired.");
+            }
+            let ops = expired.iter().map(|session| StoreOp::Delete(session.id().to_string())).collect();
+            if let Err(e) = s.write_sessions(ops).await {
+                warn!(error = %e, "Could not remove expired sessions from the store; they are dropped at the next start.");
+            }
+        }
+    });
+    let flusher = state.clone();
+    tokio::spawn(async move {
+        let s = flusher.get();
+        loop {
+            s.sessions.acks_waiting().await;
+            // Coalesce: everything acked in this window goes in one write.
+            tokio::time::sleep(s.config.session.ack_flush).await;
+            let ops = s.sessions.take_dirty_acks();
+            if ops.is_empty() {
+                continue;
+            }
+            if let Err(e) = s.write_sessions(ops).await {
+                warn!(error = %e, "Could not store acknowledged ids; after a crash more events may be replayed.");
+            }
+        }
+    });
 }
 
 /// Why the server could not start or stopped serving.
@@ -253,6 +311,9 @@ pub enum ServerError {
     /// The log could not be opened.
     #[error(transparent)]
     Log(#[from] herald_log::LogError),
+    /// The session store could not be opened or read.
+    #[error(transparent)]
+    Sessions(#[from] herald_core::StoreError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -84,9 +84,28 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
-    /// How long a session outlives an abrupt disconnect.
+    /// How long a session outlives an abrupt disconnect (and a crash or
+    /// restart: the time the gateway is down counts).
     #[serde(with = "duration")]
     pub ttl: Duration,
+    /// How often acknowledged ids are written to the session store, at most
+    /// (they are also written when a connection detaches). After a crash a
+    /// resumed session replays at most what was acknowledged in this window.
+    #[serde(with = "duration")]
+    pub ack_flush: Duration,
+    /// Where sessions are kept: `disk` (the data directory, survives crashes)
+    /// or `memory` (lost with the process).
+    pub store: SessionStoreKind,
+}
+
+/// Where sessions are kept (`session.store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStoreKind {
+    /// `sessions.redb` in the data directory.
+    Disk,
+    /// In memory only.
+    Memory,
 }
 
 /// Rendezvous settings (`[rendezvous]`).
@@ -236,7 +255,11 @@ impl Default for LimitsConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { ttl: Duration::from_secs(120) }
+        SessionConfig {
+            ttl: Duration::from_secs(120),
+            ack_flush: Duration::from_secs(1),
+            store: SessionStoreKind::Disk,
+        }
     }
 }
 
@@ -314,6 +337,9 @@ impl Config {
             if v == 0 {
                 p.push(format!("{name} must be at least 1"));
             }
+        }
+        if self.session.ack_flush.is_zero() || self.session.ack_flush > self.session.ttl {
+            p.push("session.ack_flush must be positive and at most session.ttl".into());
         }
         if self.session.ttl.is_zero() {
             p.push("session.ttl must be positive".into());

@@ -35,6 +35,12 @@ pub(crate) struct Transport {
     pub(crate) transport: &'static str,
 }
 
+/// An `op` label (session store writes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StoreOpLabel {
+    pub(crate) op: &'static str,
+}
+
 /// Metrics updated as things happen.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -53,6 +59,10 @@ pub(crate) struct Metrics {
     pub(crate) published: Family<Transport, Counter>,
     /// Events sent from the log (replays, catch-up after pause, resume or lag).
     pub(crate) replayed: Counter,
+    /// Session changes made durable, by kind (`put`, `acks`, `delete`).
+    pub(crate) session_writes: Family<StoreOpLabel, Counter>,
+    /// Session store writes that failed.
+    pub(crate) session_write_errors: Counter,
 }
 
 impl Metrics {
@@ -85,7 +95,26 @@ impl Metrics {
         registry.register("published_events", "Events accepted for publishing, by transport", published.clone());
         let replayed = Counter::default();
         registry.register("replayed_events", "Events sent from the log rather than live", replayed.clone());
-        Metrics { registry, deliver_latency, drops, slow_consumer_closes, refused, auth_failures, published, replayed }
+        let session_writes = Family::<StoreOpLabel, Counter>::default();
+        registry.register(
+            "session_writes",
+            "Session changes made durable in the session store, by kind (put, acks, delete)",
+            session_writes.clone(),
+        );
+        let session_write_errors = Counter::default();
+        registry.register("session_write_errors", "Session store writes that failed", session_write_errors.clone());
+        Metrics {
+            registry,
+            deliver_latency,
+            drops,
+            slow_consumer_closes,
+            refused,
+            auth_failures,
+            published,
+            replayed,
+            session_writes,
+            session_write_errors,
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use herald_connectors::amqp::{AmqpConfig, AmqpSource};
 use herald_connectors::postgres::{PostgresConfig, PostgresSource};
 use herald_connectors::sqs::{SqsConfig, SqsRendezvous};
 use herald_connectors::{BoxFuture, Connector, Control, DynamicBindings, Host, PeerConfig, PeerStats};
-use herald_core::{Frame, NewEvent};
+use herald_core::{Frame, Leases, NewEvent};
 use herald_protocol::{encode, ServerMessage, StatusState};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -29,13 +29,10 @@ pub(crate) struct PeerRuntime {
 
 /// Take dynamic upstream bindings for a subscription's bindings that no
 /// peer feeds statically but some peer may bind on demand. Returns the
-/// leases, or the error (with every lease taken so far given back).
-pub(crate) fn lease(
-    state: &AppState,
-    bindings: &[herald_protocol::Binding],
-) -> Result<Vec<(String, String, String)>, String> {
-    let peers = &state.get().peers;
-    let mut leases = Vec::new();
+/// leases (each released when dropped), or why not (every lease taken so
+/// far is given back).
+pub(crate) fn lease(peers: &Peers, bindings: &[herald_protocol::Binding]) -> Result<Leases, String> {
+    let mut leases: Leases = Vec::new();
     for b in bindings {
         if peers.values().any(|rt| rt.exchanges.contains(&b.exchange)) {
             continue;
@@ -45,24 +42,12 @@ pub(crate) fn lease(
         else {
             continue;
         };
-        match dynamic.acquire(&b.exchange, &b.pattern) {
-            Ok(()) => leases.push((id.clone(), b.exchange.clone(), b.pattern.clone())),
-            Err(e) => {
-                release(state, &leases);
-                return Err(format!("peer {id}: {e}"));
-            }
+        match dynamic.lease(&b.exchange, &b.pattern) {
+            Ok(lease) => leases.push(Box::new(lease)),
+            Err(e) => return Err(format!("peer {id}: {e}")),
         }
     }
     Ok(leases)
-}
-
-/// Give dynamic bindings back.
-pub(crate) fn release(state: &AppState, leases: &[(String, String, String)]) {
-    for (peer, exchange, pattern) in leases {
-        if let Some(d) = state.get().peers.get(peer).and_then(|rt| rt.dynamic.as_ref()) {
-            d.release(exchange, pattern);
-        }
-    }
 }
 
 /// Peers by id.

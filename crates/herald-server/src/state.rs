@@ -3,7 +3,7 @@
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::connections::Connections;
-use herald_core::{FanOut, SessionTable};
+use herald_core::{FanOut, SessionStore, SessionTable, StoreError, StoreOp};
 use herald_log::EventLog;
 use herald_protocol::{Limits, ServerInfo};
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub(crate) struct Inner {
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) sessions: SessionTable,
+    /// Where sessions are kept durably.
+    pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) connections: Connections,
     /// Request/response rendezvous, shared by every transport.
     pub(crate) broker: Arc<herald_core::Broker>,
@@ -34,17 +36,23 @@ pub(crate) struct Inner {
     pub(crate) draining: watch::Receiver<bool>,
 }
 
+/// What a server is built from: each part is made on its own (in
+/// [`crate::Server::start`], or by a test) and handed in.
+pub(crate) struct Parts {
+    pub(crate) config: Config,
+    pub(crate) auth: Authenticator,
+    pub(crate) peers: crate::peers::Peers,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) fanout: Arc<FanOut>,
+    pub(crate) broker: Arc<herald_core::Broker>,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) draining: watch::Receiver<bool>,
+}
+
 impl AppState {
-    pub(crate) fn new(
-        config: Config,
-        auth: Authenticator,
-        peers: crate::peers::Peers,
-        log: Arc<dyn EventLog>,
-        fanout: Arc<FanOut>,
-        broker: Arc<herald_core::Broker>,
-        draining: watch::Receiver<bool>,
-    ) -> AppState {
-        let sessions = SessionTable::new(config.session.ttl);
+    pub(crate) fn new(parts: Parts) -> AppState {
+        let Parts { config, auth, peers, log, fanout, broker, store, draining } = parts;
+        let sessions = SessionTable::new(config.session.ttl, fanout.clone());
         let l = &config.limits;
         let admission = Arc::new(crate::admission::Admission::new(
             l.max_connections,
@@ -61,6 +69,7 @@ impl AppState {
                 log,
                 fanout,
                 sessions,
+                store,
                 connections: Connections::default(),
                 broker,
                 started: Instant::now(),
@@ -91,6 +100,32 @@ impl Inner {
             commands_per_second: l.commands_per_second,
             session_ttl_s: self.config.session.ttl.as_secs(),
         }
+    }
+
+    /// Write session changes durably, counting them.
+    pub(crate) async fn write_sessions(&self, ops: Vec<StoreOp>) -> Result<(), StoreError> {
+        let mut counts = [0u64; 3];
+        for op in &ops {
+            counts[match op {
+                StoreOp::Put(_) => 0,
+                StoreOp::Acks { .. } => 1,
+                StoreOp::Delete(_) => 2,
+            }] += 1;
+        }
+        let result = self.store.write(ops).await;
+        match &result {
+            Ok(()) => {
+                for (op, n) in ["put", "acks", "delete"].into_iter().zip(counts) {
+                    if n > 0 {
+                        self.metrics.session_writes.get_or_create(&crate::metrics::StoreOpLabel { op }).inc_by(n);
+                    }
+                }
+            }
+            Err(_) => {
+                self.metrics.session_write_errors.inc();
+            }
+        }
+        result
     }
 
     /// Milliseconds since the server started (a cheap monotonic clock for activity stamps).

@@ -7,6 +7,7 @@
 //! paused or removed, or when the connection closes.
 
 use crate::config::LimitsConfig;
+use crate::error::ClientError;
 use crate::state::AppState;
 use herald_core::event::parse_time_us;
 use herald_core::{Filter, Frame, GoLive, Overflow, Pattern, Principal, Registration, Start, SubEntry, SubSpec};
@@ -68,19 +69,30 @@ pub(crate) fn compile_spec(
 
 /// Register a subscription at its starting point and start delivering.
 ///
-/// `announce` is called exactly once, before any event of the subscription
-/// is queued. Returns the entry and its starting cursor: the position acks
-/// start from (everything after it is delivered).
-pub(crate) async fn open(
+/// `persist` is called exactly once, with a lower bound of the starting
+/// cursor, before the subscription can deliver anything or be announced:
+/// the session stores the subscription there, so it is durable before the
+/// client hears `subscribed`. If it fails nothing is registered. `announce`
+/// is called exactly once, before any event of the subscription is queued.
+/// Returns the entry and its starting cursor: the position acks start from
+/// (everything after it is delivered).
+pub(crate) async fn open<P>(
     state: &AppState,
     reg: Registration,
     since: Option<Since>,
+    persist: impl FnOnce(u64) -> P,
     announce: impl FnOnce(Announcement),
-) -> Result<(Arc<SubEntry>, u64), (ErrorCode, String)> {
+) -> Result<(Arc<SubEntry>, u64), ClientError>
+where
+    P: std::future::Future<Output = Result<(), ClientError>>,
+{
     let s = state.get();
     let bounds = s.log.bounds();
     let (entry, cursor) = match since {
         None => {
+            // Live starts at the fan-out head at registration, which is at
+            // least this: after a crash, a resume replays from here.
+            persist(s.fanout.head()).await?;
             let (entry, head) = s.fanout.register(reg, Start::Live, |head| {
                 announce(Announcement { head, recovered: true, truncated: None });
             });
@@ -96,21 +108,24 @@ pub(crate) async fn open(
                 None
             };
             let cursor = if ahead { bounds.head } else { id };
+            persist(cursor).await?;
             let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
                 announce(Announcement { head, recovered: truncated.is_none(), truncated });
             });
             (entry, cursor)
         }
         Some(Since::Time { time }) => {
-            let t = parse_time_us(&time).ok_or((
-                ErrorCode::BadRequest,
-                "since.time must be an RFC 3339 UTC time such as 2026-01-02T03:04:05Z".to_string(),
-            ))?;
+            let t = parse_time_us(&time).ok_or_else(|| {
+                ClientError::new(
+                    ErrorCode::BadRequest,
+                    "since.time must be an RFC 3339 UTC time such as 2026-01-02T03:04:05Z",
+                )
+            })?;
             let first = s
                 .log
                 .first_at_or_after(t)
                 .await
-                .map_err(|e| (ErrorCode::Internal, format!("history lookup failed: {e}")))?;
+                .map_err(|e| ClientError::new(ErrorCode::Internal, format!("history lookup failed: {e}")))?;
             let truncated = (bounds.first > 1 && first <= bounds.first).then(|| {
                 format!(
                     "events before id {} are no longer kept; some events at or after since.time may be missing",
@@ -118,6 +133,7 @@ pub(crate) async fn open(
                 )
             });
             let cursor = first - 1;
+            persist(cursor).await?;
             let (entry, _) = s.fanout.register(reg, Start::CatchUp(cursor), |head| {
                 announce(Announcement { head, recovered: truncated.is_none(), truncated });
             });
@@ -126,14 +142,22 @@ pub(crate) async fn open(
         Some(Since::Last { last }) => {
             if last > s.config.limits.max_replay {
                 let msg = format!("since.last {last} exceeds limits.max_replay ({})", s.config.limits.max_replay);
-                return Err((ErrorCode::LimitExceeded, msg));
+                return Err(ClientError::new(ErrorCode::LimitExceeded, msg));
             }
             let (entry, head) = s.fanout.register(reg, Start::Hold, |_| {});
-            let (cursor, found) = match find_last(state, &entry, head, last).await {
-                Ok(found) => found,
+            let found = match find_last(state, &entry, head, last).await {
+                Ok(found) => Ok(found),
+                Err(e) => Err(ClientError::new(ErrorCode::Internal, format!("history lookup failed: {e}"))),
+            };
+            let persisted = match found {
+                Ok((cursor, found)) => persist(cursor).await.map(|()| (cursor, found)),
+                Err(e) => Err(e),
+            };
+            let (cursor, found) = match persisted {
+                Ok(v) => v,
                 Err(e) => {
                     s.fanout.unregister(&entry);
-                    return Err((ErrorCode::Internal, format!("history lookup failed: {e}")));
+                    return Err(e);
                 }
             };
             let truncated = (found < last && bounds.first > 1)
@@ -220,7 +244,11 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
                     code: ErrorCode::Internal,
                     message: "history could not be read; reconnect to resume".into(),
                 });
-                entry.outbox.close_with(Some(msg.into()), 1011, "internal error");
+                entry.outbox.close_with(
+                    Some(msg.into()),
+                    herald_protocol::CloseCode::InternalError.code(),
+                    "internal error",
+                );
                 return;
             }
         };

@@ -7,7 +7,7 @@
 //! a `next_after`, never a long stall.
 
 use super::stream_query::StreamQuery;
-use super::ApiError;
+use super::ClientError;
 use crate::state::AppState;
 use crate::subscription::compile_spec;
 use axum::extract::rejection::QueryRejection;
@@ -28,29 +28,29 @@ pub(crate) async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     let s = state.get();
     let q = StreamQuery::from_request(query)?;
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)
-        .map_err(|(code, msg)| ApiError::new(code, msg))?;
+        .map_err(|(code, msg)| ClientError::new(code, msg))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::new(ErrorCode::BadRequest, format!("limit must be 1 to {MAX_LIMIT}")));
+        return Err(ClientError::new(ErrorCode::BadRequest, format!("limit must be 1 to {MAX_LIMIT}")));
     }
     let bounds = s.log.bounds();
     let after = match (q.after, q.since(None)?) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::new(ErrorCode::BadRequest, "give `after` or a since_* start, not both"))
+            return Err(ClientError::new(ErrorCode::BadRequest, "give `after` or a since_* start, not both"))
         }
         (Some(after), None) | (None, Some(Since::Id { id: after })) => after,
         (None, Some(Since::Time { time })) => {
             let t = parse_time_us(&time)
-                .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "since_time must be RFC 3339"))?;
-            s.log.first_at_or_after(t).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))? - 1
+                .ok_or_else(|| ClientError::new(ErrorCode::BadRequest, "since_time must be RFC 3339"))?;
+            s.log.first_at_or_after(t).await.map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))? - 1
         }
         (None, Some(Since::Last { .. })) => {
-            return Err(ApiError::new(ErrorCode::BadRequest, "history pages forward: use `after` or since_time"))
+            return Err(ClientError::new(ErrorCode::BadRequest, "history pages forward: use `after` or since_time"))
         }
         (None, None) => 0,
     };
@@ -67,7 +67,7 @@ pub(crate) async fn history(
             limit: 512,
             newest_first: false,
         };
-        let chunk = s.log.read(query).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let chunk = s.log.read(query).await.map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?;
         let Some(last) = chunk.last().map(|e| e.id) else {
             cursor = bounds.head;
             break;

@@ -2,7 +2,7 @@
 //! connectors. Needs a token with `"admin": true` in its `herald` claim (or
 //! open mode).
 
-use super::{authenticate, ApiError, TokenQuery};
+use super::{authenticate, ClientError, TokenQuery};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -12,12 +12,12 @@ use herald_protocol::ErrorCode;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
-fn admin(state: &AppState, headers: &HeaderMap, q: &TokenQuery) -> Result<(), ApiError> {
+fn admin(state: &AppState, headers: &HeaderMap, q: &TokenQuery) -> Result<(), ClientError> {
     let principal = authenticate(state, headers, q.token.as_deref())?;
     if principal.grants.admin {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::Forbidden, "operating peers needs an admin token"))
+        Err(ClientError::new(ErrorCode::Forbidden, "operating peers needs an admin token"))
     }
 }
 
@@ -26,7 +26,7 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ClientError> {
     admin(&state, &headers, &q)?;
     let mut out = serde_json::Map::new();
     for (id, rt) in &state.get().peers {
@@ -57,10 +57,10 @@ async fn set(
     q: TokenQuery,
     id: String,
     paused: bool,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ClientError> {
     admin(&state, &headers, &q)?;
     if !crate::peers::set_paused(&state, &id, paused) {
-        return Err(ApiError::new(ErrorCode::NotFound, format!("no peer `{id}`")));
+        return Err(ClientError::new(ErrorCode::NotFound, format!("no peer `{id}`")));
     }
     Ok(Json(json!({"peer": id, "control": if paused { "paused" } else { "running" }})))
 }
@@ -71,7 +71,7 @@ pub(crate) async fn pause(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ClientError> {
     set(state, headers, q, id, true).await
 }
 
@@ -81,6 +81,6 @@ pub(crate) async fn resume(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ClientError> {
     set(state, headers, q, id, false).await
 }

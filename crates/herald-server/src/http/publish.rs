@@ -3,7 +3,7 @@
 //! The request is all or nothing: every event is validated first, and the
 //! answer (`{"id": N}` or `{"ids": [..]}`) comes once all of them are durable.
 
-use super::{ApiError, TokenQuery};
+use super::{ClientError, TokenQuery};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -20,29 +20,29 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, ClientError> {
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     if s.is_draining() {
-        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+        return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
+    let text = std::str::from_utf8(&body).map_err(|_| ClientError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
     let trimmed = text.trim_start();
     let (events, single) = if trimmed.starts_with('[') {
         let events: Vec<NewEvent> = serde_json::from_str(text)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid event array: {e}")))?;
+            .map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid event array: {e}")))?;
         (events, false)
     } else {
         let event: NewEvent = serde_json::from_str(text)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid event: {e}")))?;
+            .map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid event: {e}")))?;
         (vec![event], true)
     };
     let limits = &s.config.limits;
     if events.is_empty() {
-        return Err(ApiError::new(ErrorCode::BadRequest, "the array is empty"));
+        return Err(ClientError::new(ErrorCode::BadRequest, "the array is empty"));
     }
     if events.len() > limits.max_publish_batch {
-        return Err(ApiError::new(
+        return Err(ClientError::new(
             ErrorCode::LimitExceeded,
             format!(
                 "{} events in one request; the limit is {} (limits.max_publish_batch)",
@@ -53,25 +53,17 @@ pub(crate) async fn publish(
     }
     let mut events = events;
     for (i, e) in events.iter_mut().enumerate() {
-        e.validate(limits.max_payload_bytes).map_err(|err| {
-            let code = if matches!(err, herald_core::EventError::PayloadTooLarge { .. }) {
-                ErrorCode::LimitExceeded
-            } else {
-                ErrorCode::BadRequest
-            };
-            let at = if single { String::new() } else { format!("event #{i}: ") };
-            ApiError::new(code, format!("{at}{err}"))
+        crate::publishing::admit(&principal, e, limits).map_err(|mut err| {
+            if !single {
+                err.message = format!("event #{i}: {}", err.message);
+            }
+            err
         })?;
-        if !principal.may_publish(&e.exchange, &e.routing_key) {
-            let at = if single { String::new() } else { format!("event #{i}: ") };
-            let msg = format!("{at}publishing to {} {} is outside your publish grants", e.exchange, e.routing_key);
-            return Err(ApiError::new(ErrorCode::Forbidden, msg));
-        }
         e.origin = Some(Origin { peer: "http".into(), stream: 0, seq: i as u64 });
     }
     let committed = s.log.append(events).await.map_err(|e| {
         error!(error = %e, "Publish failed: the log did not store the events.");
-        ApiError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
+        ClientError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
     })?;
     s.metrics.published.get_or_create(&crate::metrics::Transport { transport: "http" }).inc_by(committed.len() as u64);
     if single {

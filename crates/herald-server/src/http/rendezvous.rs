@@ -7,7 +7,7 @@
 //! returned as JSON, or as the bare string with `Accept: text/plain` when
 //! the answer is a JSON string.
 
-use super::ApiError;
+use super::ClientError;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -29,12 +29,12 @@ pub(crate) struct RendezvousQuery {
 }
 
 /// A request body as an opaque JSON value.
-fn body_value(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Body, ApiError> {
+fn body_value(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Body, ClientError> {
     if bytes.len() > max {
         let msg = format!("body of {} bytes exceeds rendezvous.max_body_bytes ({max})", bytes.len());
-        return Err(ApiError::new(ErrorCode::LimitExceeded, msg));
+        return Err(ClientError::new(ErrorCode::LimitExceeded, msg));
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| ClientError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -45,15 +45,15 @@ fn body_value(headers: &HeaderMap, bytes: &[u8], max: usize) -> Result<Body, Api
         .unwrap_or(false);
     let raw = if json {
         RawValue::from_string(text.trim().to_string())
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body is not valid JSON: {e}")))?
+            .map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("body is not valid JSON: {e}")))?
     } else {
-        let quoted = serde_json::to_string(text).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        RawValue::from_string(quoted).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        let quoted = serde_json::to_string(text).map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?;
+        RawValue::from_string(quoted).map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?
     };
     // A string body grows when quoted; the limit is on what travels on.
     if raw.get().len() > max {
         let msg = format!("body of {} bytes as JSON exceeds rendezvous.max_body_bytes ({max})", raw.get().len());
-        return Err(ApiError::new(ErrorCode::LimitExceeded, msg));
+        return Err(ClientError::new(ErrorCode::LimitExceeded, msg));
     }
     Ok(raw)
 }
@@ -72,19 +72,19 @@ pub(crate) async fn request(
     headers: HeaderMap,
     Query(q): Query<RendezvousQuery>,
     bytes: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     if s.is_draining() {
-        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+        return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
     let body = body_value(&headers, &bytes, s.config.rendezvous.max_body_bytes)?;
     crate::rendezvous::check_request(&principal, &service, body.get(), s)
-        .map_err(|(code, msg)| ApiError::new(code, msg))?;
+        .map_err(|(code, msg)| ClientError::new(code, msg))?;
     // If the client goes away, this future is dropped with the pending
     // request: a late answer learns the requester is gone.
     let answer = s.broker.request(&service, body, q.timeout_ms.map(Duration::from_millis)).answer().await;
-    let answer = answer.map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let answer = answer.map_err(|e| ClientError::new(e.code(), e.to_string()))?;
     let wants_text =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.starts_with("text/plain"));
     if wants_text {
@@ -117,15 +117,15 @@ pub(crate) async fn poll(
     Path(service): Path<String>,
     headers: HeaderMap,
     Query(q): Query<RendezvousQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
-    crate::rendezvous::check_service(&service).map_err(|(code, msg)| ApiError::new(code, msg))?;
+    crate::rendezvous::check_service(&service).map_err(|(code, msg)| ClientError::new(code, msg))?;
     if !principal.may_serve(&service) {
-        return Err(ApiError::new(ErrorCode::Forbidden, format!("your token does not grant serving `{service}`")));
+        return Err(ClientError::new(ErrorCode::Forbidden, format!("your token does not grant serving `{service}`")));
     }
     if s.is_draining() {
-        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+        return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
     let max = s.config.rendezvous.poll_timeout;
     let wait = q.timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
@@ -159,13 +159,13 @@ pub(crate) async fn answer(
     headers: HeaderMap,
     Query(q): Query<RendezvousQuery>,
     bytes: Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     let body = body_value(&headers, &bytes, s.config.rendezvous.max_body_bytes)?;
     s.broker
         .answer(&request, body, |service| principal.may_serve(service))
-        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+        .map_err(|e| ClientError::new(e.code(), e.to_string()))?;
     let out = serde_json::json!({"request": request, "delivered": true});
     Ok(json_response(StatusCode::OK, out.to_string()))
 }

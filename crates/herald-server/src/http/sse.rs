@@ -8,7 +8,7 @@
 //! are those of WebSocket subscriptions.
 
 use super::stream_query::StreamQuery;
-use super::ApiError;
+use super::ClientError;
 use crate::admission::Slot;
 use crate::state::AppState;
 use crate::subscription::{compile_spec, open};
@@ -53,15 +53,15 @@ pub(crate) async fn sse(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ClientError> {
     let s = state.get();
     let q = StreamQuery::from_request(query)?;
     if s.is_draining() {
-        return Err(ApiError::new(ErrorCode::Unavailable, "the server is shutting down"));
+        return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !s.origin_allowed(origin) {
-        return Err(ApiError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)"));
+        return Err(ClientError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)"));
     }
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     let mut slot = match s.admission.admit(peer.ip()) {
@@ -77,7 +77,7 @@ pub(crate) async fn sse(
         }
     }
     let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)
-        .map_err(|(code, msg)| ApiError::new(code, msg))?;
+        .map_err(|(code, msg)| ClientError::new(code, msg))?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let since = q.since(last_event_id)?;
 
@@ -106,31 +106,38 @@ pub(crate) async fn sse(
         format: FrameFormat::Sse,
     };
     let announced = outbox.clone();
-    let opened = open(&state, reg, since, move |a| {
-        let msg = ServerMessage::Subscribed {
-            reference: None,
-            sub: "sse".into(),
-            head: a.head,
-            recovered: a.recovered,
-            history: None,
-        };
-        let _ = announced.push(Frame::Text(record("subscribed", &msg)));
-        if let Some(message) = a.truncated {
-            let err = ServerMessage::Error {
+    // SSE has no session: its position is the `Last-Event-ID` the client keeps.
+    let opened = open(
+        &state,
+        reg,
+        since,
+        |_| async { Ok(()) },
+        move |a| {
+            let msg = ServerMessage::Subscribed {
                 reference: None,
-                sub: Some("sse".into()),
-                code: ErrorCode::HistoryTruncated,
-                message,
+                sub: "sse".into(),
+                head: a.head,
+                recovered: a.recovered,
+                history: None,
             };
-            let _ = announced.push(Frame::Text(record("error", &err)));
-        }
-    })
+            let _ = announced.push(Frame::Text(record("subscribed", &msg)));
+            if let Some(message) = a.truncated {
+                let err = ServerMessage::Error {
+                    reference: None,
+                    sub: Some("sse".into()),
+                    code: ErrorCode::HistoryTruncated,
+                    message,
+                };
+                let _ = announced.push(Frame::Text(record("error", &err)));
+            }
+        },
+    )
     .await;
     let entry = match opened {
         Ok((entry, _)) => entry,
-        Err((code, msg)) => {
+        Err(e) => {
             s.connections.remove(conn_id);
-            return Err(ApiError::new(code, msg));
+            return Err(e);
         }
     };
     let user = entry.principal.user.clone();

@@ -1,6 +1,6 @@
 //! Query parameters shared by `GET /v1/sse` and `GET /v1/history`.
 
-use super::ApiError;
+use super::ClientError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use herald_protocol::{Binding, ErrorCode, Since};
@@ -30,17 +30,17 @@ pub(crate) struct StreamQuery {
     pub(crate) token: Option<String>,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::BadRequest, message)
+fn bad(message: impl Into<String>) -> ClientError {
+    ClientError::new(ErrorCode::BadRequest, message)
 }
 
 impl StreamQuery {
     /// Extract, turning a malformed query into a documented error.
-    pub(crate) fn from_request(q: Result<Query<StreamQuery>, QueryRejection>) -> Result<StreamQuery, ApiError> {
+    pub(crate) fn from_request(q: Result<Query<StreamQuery>, QueryRejection>) -> Result<StreamQuery, ClientError> {
         q.map(|Query(q)| q).map_err(|e| bad(format!("invalid query: {}", e.body_text())))
     }
 
-    pub(crate) fn bindings(&self) -> Result<Vec<Binding>, ApiError> {
+    pub(crate) fn bindings(&self) -> Result<Vec<Binding>, ClientError> {
         match (&self.bindings, &self.exchange) {
             (Some(_), Some(_)) => Err(bad("give `bindings` or `exchange`, not both")),
             (Some(json), None) => serde_json::from_str(json)
@@ -52,7 +52,7 @@ impl StreamQuery {
         }
     }
 
-    pub(crate) fn filters(&self) -> Result<Vec<Value>, ApiError> {
+    pub(crate) fn filters(&self) -> Result<Vec<Value>, ClientError> {
         match &self.filters {
             None => Ok(Vec::new()),
             Some(json) => serde_json::from_str(json)
@@ -61,7 +61,7 @@ impl StreamQuery {
     }
 
     /// The start: `Last-Event-ID` wins over the query.
-    pub(crate) fn since(&self, last_event_id: Option<&str>) -> Result<Option<Since>, ApiError> {
+    pub(crate) fn since(&self, last_event_id: Option<&str>) -> Result<Option<Since>, ClientError> {
         if let Some(id) = last_event_id {
             let id = id.trim().parse::<u64>().map_err(|_| bad("Last-Event-ID must be an event id"))?;
             return Ok(Some(Since::Id { id }));

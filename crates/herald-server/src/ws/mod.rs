@@ -1,10 +1,16 @@
 //! The WebSocket endpoint `/v1/ws`.
 
-mod connection;
+mod ack;
+pub(crate) mod connection;
+mod hello;
+mod pause;
+mod publish;
+mod rendezvous;
+mod subscribe;
 mod writer;
 
 use crate::admission::Refusal;
-use crate::http::ApiError;
+use crate::http::ClientError;
 use crate::state::AppState;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
@@ -24,7 +30,7 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !state.get().origin_allowed(origin) {
-        return ApiError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)")
+        return ClientError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)")
             .into_response();
     }
     let slot = match state.get().admission.admit(peer.ip()) {
@@ -40,7 +46,10 @@ pub(crate) async fn upgrade(
         .write_buffer_size(32 * 1024)
         .max_message_size(max.saturating_mul(4))
         .max_frame_size(max.saturating_mul(4))
-        .on_upgrade(move |socket| connection::run(socket, state, peer, slot))
+        .on_upgrade(move |socket| {
+            let (sink, stream) = futures_util::StreamExt::split(socket);
+            connection::run(sink, stream, state, peer, slot)
+        })
 }
 
 /// The HTTP answer for a refused connection, with retry advice.
@@ -56,7 +65,7 @@ pub(crate) fn refuse(refusal: Refusal) -> Response {
             (ErrorCode::LimitExceeded, "too many connections for this user (limits.max_connections_per_user)")
         }
     };
-    let mut resp = ApiError::new(code, message).into_response();
+    let mut resp = ClientError::new(code, message).into_response();
     resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     resp
 }

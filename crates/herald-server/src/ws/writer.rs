@@ -4,16 +4,20 @@
 //! before one flush, so a client that is behind gets many frames per
 //! syscall. Bytes stay counted against the outbox bound until written.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use futures_util::{Sink, SinkExt};
 use herald_core::{Frame, Outbox};
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
 use tracing::debug;
 
-pub(crate) async fn run(mut sink: SplitSink<WebSocket, Message>, outbox: Arc<Outbox>, latency: Histogram) {
+/// Write `outbox` into `sink` until a close frame or a write error.
+pub(crate) async fn run<S>(mut sink: S, outbox: Arc<Outbox>, latency: Histogram)
+where
+    S: Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
     let mut frames: Vec<Frame> = Vec::new();
     loop {
         outbox.take(&mut frames);

@@ -104,6 +104,28 @@ impl Gateway {
         self.child = Self::spawn(&self.data, &config, &self.addr).0;
     }
 
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.base)).await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Wait until a metric reaches `at_least` (fails after [`TIMEOUT`]).
+    pub async fn wait_metric(&self, series: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let v = self.metric(series).await;
+            if v >= at_least {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{series} stayed at {v}, below {at_least}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }

@@ -70,8 +70,9 @@ async fn sigterm_drains_with_closing_and_sessions_resume_after_restart() {
     assert_eq!(c.expect_close().await, 1001);
     let exit = g.child.wait().expect("wait");
     assert!(exit.success(), "clean exit: {exit:?}");
-    let saved = g.data.join("sessions.json");
-    assert!(saved.exists(), "sessions saved at shutdown");
+    let saved = g.data.join("sessions.redb");
+    assert!(saved.exists(), "sessions kept in the data directory");
+    assert!(!g.data.join("sessions.json").exists(), "no secrets in a JSON file any more");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&saved).expect("meta").permissions().mode() & 0o777, 0o600);
     g.restart();

@@ -111,3 +111,58 @@ async fn resuming_on_a_second_connection_takes_the_session_over() {
     g.publish_n("s", "k", 1).await;
     assert_eq!(ids(&new.events(1).await), vec![1]);
 }
+
+/// Subscribe, receive, ack, `kill -9`, restart: the session resumes and gets
+/// exactly the events after the stored ack, including those published after
+/// the restart.
+#[tokio::test]
+async fn a_session_survives_kill_9_and_replays_exactly_after_the_stored_ack() {
+    let mut g = Gateway::start_with("[session]\nack_flush = \"100ms\"\n");
+    let (mut c, w) = g.hello().await;
+    c.subscribe("a", binding("k9", "a.#"), json!({})).await;
+    c.subscribe("p", binding("k9", "p.#"), json!({})).await;
+    c.request(json!({"type": "pause", "sub": "p"})).await;
+    g.publish_n("k9", "a.x", 5).await; // ids 1..5
+    assert_eq!(ids(&c.events(5).await), vec![1, 2, 3, 4, 5]);
+    c.send(json!({"type": "ack", "sub": "a", "id": 4})).await;
+    c.request(json!({"type": "ping"})).await;
+    // The coalesced flush has written the ack once the counter moves.
+    g.wait_metric("herald_session_writes_total{op=\"acks\"}", 1.0).await;
+    g.kill_and_restart();
+    g.publish_n("k9", "a.y", 2).await; // 6..7, after the restart
+    g.publish_n("k9", "p.z", 1).await; // 8, for the paused subscription
+
+    let mut c = g.client().await;
+    let w2 = c.request(json!({"type": "hello", "session": creds(&w)})).await;
+    assert_eq!(w2["resumed"], true, "{w2}");
+    assert_eq!(w2["session"], w["session"]);
+    let mut restored = [c.recv().await, c.recv().await];
+    restored.sort_by_key(|m| m["sub"].as_str().unwrap_or("").to_string());
+    assert_eq!((restored[0]["type"].as_str(), restored[0]["sub"].as_str()), (Some("subscribed"), Some("a")));
+    assert_eq!((restored[1]["type"].as_str(), restored[1]["sub"].as_str()), (Some("subscribed"), Some("p")));
+    assert_eq!(ids(&c.events(3).await), vec![5, 6, 7], "after the stored ack of 4, once each");
+    // The paused subscription stayed paused across the crash: resuming it
+    // delivers id 8 and nothing came before that.
+    let r = c.request(json!({"type": "resume", "sub": "p"})).await;
+    assert_eq!(r["type"], "resumed", "{r}");
+    let e = c.events(1).await;
+    assert_eq!((e[0]["sub"].as_str(), e[0]["id"].as_u64()), (Some("p"), Some(8)));
+}
+
+/// A detached session's TTL keeps running while the gateway is down.
+#[tokio::test]
+async fn a_ttl_counts_the_time_the_gateway_was_down() {
+    let mut g = Gateway::start_with("[session]\nttl = \"2s\"\nack_flush = \"100ms\"\n");
+    let (mut c, w) = g.hello().await;
+    c.subscribe("a", binding("t", "#"), json!({})).await;
+    c.abort();
+    // Detached and stored; then the process dies and stays down past the TTL.
+    g.wait_metric("herald_session_writes_total{op=\"put\"}", 2.0).await;
+    g.child.kill().expect("kill");
+    let _ = g.child.wait();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    g.restart();
+    let mut c = g.client().await;
+    let w2 = c.request(json!({"type": "hello", "session": creds(&w)})).await;
+    assert_eq!(w2["resumed"], false, "expired while down: {w2}");
+}

@@ -1,0 +1,753 @@
+//! Sessions: a client's subscriptions and acknowledged positions, kept
+//! across disconnects (for `session.ttl`) and, through a [`SessionStore`],
+//! across restarts and crashes.
+//!
+//! [`SessionTable`] holds the live sessions of this node. A [`Session`]'s
+//! state is private: connections change it only through methods, and every
+//! method that changes it takes the [`Attachment`] the connection got when
+//! it attached. A take-over (a `hello` with the session's credentials on
+//! another connection) makes every older attachment stale, so a connection
+//! that awaited something (a history lookup, a store write) and comes back
+//! finds out that the session is no longer its own instead of registering
+//! a subscription against a closed outbox.
+//!
+//! Dynamic upstream bindings a subscription needs are [`Lease`]s: guards
+//! owned by the subscription's record, released when it is dropped (removed,
+//! ended with its session, or expired), and taken again when a session is
+//! restored after a restart.
+//!
+//! Expiry costs no timer per session: detached sessions go into one heap by
+//! deadline, and one task sleeps until the earliest ([`SessionTable::next_expiry`]).
+
+mod store;
+
+pub use store::{apply, merge_acks, MemoryStore, SessionStore, StoreError, StoreOp, StoredSession, StoredSub};
+
+use crate::fanout::{FanOut, SubEntry, SubSpec};
+use crate::filter::Filter;
+use crate::outbox::Outbox;
+use crate::pattern::Pattern;
+use bytes::Bytes;
+use herald_protocol::{Binding, CloseCode};
+use parking_lot::Mutex;
+use rand::Rng;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+/// A resource held upstream for a subscription (a dynamic broker binding).
+/// Implementors release it in `Drop`.
+pub trait Lease: Send + Sync + fmt::Debug {}
+
+/// The leases of one subscription.
+pub type Leases = Vec<Box<dyn Lease>>;
+
+/// Proof that a connection attached a session. Every change a connection
+/// makes presents it; after a take-over it is stale and changes are refused
+/// with [`SubError::NotAttached`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attachment {
+    epoch: u64,
+}
+
+/// Why a change to a session was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubError {
+    /// Another connection took the session over (or it ended).
+    #[error("the session is no longer held by this connection")]
+    NotAttached,
+    /// No subscription with this id.
+    #[error("no subscription with this `sub`")]
+    NotFound,
+    /// A subscription with this id exists.
+    #[error("a subscription with this `sub` already exists")]
+    Exists,
+    /// The session has the most subscriptions it may have.
+    #[error("the limit is {0} subscriptions (limits.max_subscriptions)")]
+    TooMany(usize),
+}
+
+/// Why a resume was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    /// No such session (never existed, expired or ended).
+    #[error("session not found or expired")]
+    NotFound,
+    /// The secret does not match, or the session belongs to another user.
+    #[error("session credentials do not match")]
+    Mismatch,
+}
+
+/// Wall-clock milliseconds that follow tokio's clock, so that TTLs both
+/// persist (they are Unix times) and can be tested with `time::pause()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    unix_ms_at_start: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock reading the system time now.
+    pub fn new() -> Clock {
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Clock { unix_ms_at_start: unix, start: tokio::time::Instant::now() }
+    }
+
+    /// A clock that reads `unix_ms` now (for tests that restart a table
+    /// under a paused tokio clock).
+    pub fn starting_at(unix_ms: u64) -> Clock {
+        Clock { unix_ms_at_start: unix_ms, start: tokio::time::Instant::now() }
+    }
+
+    /// Unix milliseconds now.
+    pub fn now_ms(&self) -> u64 {
+        self.unix_ms_at_start + self.start.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// One subscription as the session remembers it.
+#[derive(Debug)]
+struct SubRecord {
+    spec: Arc<SubSpec>,
+    bindings: Vec<Binding>,
+    filters: Vec<Value>,
+    acked: u64,
+    paused: bool,
+    /// The live registration while a connection is attached.
+    entry: Option<Arc<SubEntry>>,
+    leases: Leases,
+    /// False when the leases it needs could not be taken at restore.
+    leased: bool,
+}
+
+/// A subscription to add with [`Session::insert_sub`].
+#[derive(Debug)]
+pub struct NewSub {
+    /// Compiled bindings and filters.
+    pub spec: Arc<SubSpec>,
+    /// Bindings as the client sent them.
+    pub bindings: Vec<Binding>,
+    /// Filters as the client sent them.
+    pub filters: Vec<Value>,
+    /// Starting position (a lower bound of where delivery starts).
+    pub acked: u64,
+    /// Dynamic upstream bindings it holds.
+    pub leases: Leases,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    subs: HashMap<String, SubRecord>,
+    attached: Option<(u64, Arc<Outbox>)>,
+    /// Bumped at every attach and detach.
+    epoch: u64,
+    detached_at_ms: Option<u64>,
+    acks_dirty: bool,
+    /// Removed from the table: no change is accepted any more.
+    ended: bool,
+}
+
+impl State {
+    fn check(&self, att: &Attachment) -> Result<(), SubError> {
+        match &self.attached {
+            Some((epoch, _)) if *epoch == att.epoch && !self.ended => Ok(()),
+            _ => Err(SubError::NotAttached),
+        }
+    }
+
+    fn unregister_all(&mut self, fanout: &FanOut) {
+        for rec in self.subs.values_mut() {
+            if let Some(e) = rec.entry.take() {
+                fanout.unregister(&e);
+            }
+        }
+    }
+}
+
+/// What every session of a table shares.
+struct Shared {
+    fanout: Arc<FanOut>,
+    ttl: Duration,
+    clock: Clock,
+    /// Sessions with acks not yet written.
+    dirty: Mutex<Vec<Arc<Session>>>,
+    acks_waiting: Notify,
+    /// Detached sessions by deadline: (deadline ms, id, epoch at detach).
+    /// Entries go stale when a session is resumed; they are skipped then.
+    expiries: Mutex<BinaryHeap<Reverse<(u64, String, u64)>>>,
+    expiry_changed: Notify,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+/// One client session.
+pub struct Session {
+    id: String,
+    secret_sha256: String,
+    user: Option<String>,
+    state: Mutex<State>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+}
+
+/// Lower-case hex SHA-256 of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Session {
+    /// Public id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The user who owns it (`None` for anonymous).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Whether `secret` is this session's, compared in constant time.
+    fn verify(&self, secret: &str) -> bool {
+        hash_secret(secret).as_bytes().ct_eq(self.secret_sha256.as_bytes()).into()
+    }
+
+    /// Attach a connection's outbox. Any other connection that held the
+    /// session is taken over: its subscriptions are unregistered and it is
+    /// closed with 4409 after the `takeover` frame. Subscriptions are left
+    /// unregistered for [`Session::register_all`].
+    pub fn attach(&self, outbox: Arc<Outbox>, takeover: Bytes) -> Attachment {
+        let mut st = self.state.lock();
+        st.unregister_all(&self.shared.fanout);
+        if let Some((_, old)) = st.attached.take() {
+            old.close_with(Some(takeover), CloseCode::SessionTakenOver.code(), "session taken over");
+        }
+        st.epoch += 1;
+        st.attached = Some((st.epoch, outbox));
+        st.detached_at_ms = None;
+        Attachment { epoch: st.epoch }
+    }
+
+    /// Whether `att` still holds the session.
+    pub fn holds(&self, att: &Attachment) -> bool {
+        self.state.lock().check(att).is_ok()
+    }
+
+    /// Remove the subscriptions that `keep` refuses (for example, the new
+    /// token no longer grants them); returns their ids.
+    pub fn retain_subs(
+        &self,
+        att: &Attachment,
+        mut keep: impl FnMut(&SubSpec) -> bool,
+    ) -> Result<Vec<String>, SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let refused: Vec<String> = st.subs.iter().filter(|(_, r)| !keep(&r.spec)).map(|(s, _)| s.clone()).collect();
+        for sub in &refused {
+            if let Some(mut rec) = st.subs.remove(sub) {
+                if let Some(e) = rec.entry.take() {
+                    self.shared.fanout.unregister(&e);
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Take again the leases of subscriptions that lack them (restored while
+    /// a peer refused). Those still refused are removed: returns their ids
+    /// with the reason.
+    pub fn retake_leases(
+        &self,
+        att: &Attachment,
+        mut lease: impl FnMut(&[Binding]) -> Result<Leases, String>,
+    ) -> Result<Vec<(String, String)>, SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let mut refused = Vec::new();
+        for (sub, rec) in st.subs.iter_mut().filter(|(_, r)| !r.leased) {
+            match lease(&rec.bindings) {
+                Ok(leases) => {
+                    rec.leases = leases;
+                    rec.leased = true;
+                }
+                Err(why) => refused.push((sub.clone(), why)),
+            }
+        }
+        for (sub, _) in &refused {
+            st.subs.remove(sub);
+        }
+        Ok(refused)
+    }
+
+    /// Register every subscription: `register(sub, spec, acked, paused)`
+    /// makes the fan-out entry. Returns the entries of those not paused
+    /// (they need catching up from their acked ids).
+    pub fn register_all(
+        &self,
+        att: &Attachment,
+        mut register: impl FnMut(&str, &Arc<SubSpec>, u64, bool) -> Arc<SubEntry>,
+    ) -> Result<Vec<Arc<SubEntry>>, SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let mut catch_up = Vec::new();
+        for (sub, rec) in st.subs.iter_mut() {
+            if let Some(old) = rec.entry.take() {
+                self.shared.fanout.unregister(&old);
+            }
+            let entry = register(sub, &rec.spec, rec.acked, rec.paused);
+            if !rec.paused {
+                catch_up.push(entry.clone());
+            }
+            rec.entry = Some(entry);
+        }
+        Ok(catch_up)
+    }
+
+    /// Whether a subscription `sub` could be added now.
+    pub fn check_new_sub(&self, att: &Attachment, sub: &str, max: usize) -> Result<(), SubError> {
+        let st = self.state.lock();
+        st.check(att)?;
+        if st.subs.contains_key(sub) {
+            return Err(SubError::Exists);
+        }
+        if st.subs.len() >= max {
+            return Err(SubError::TooMany(max));
+        }
+        Ok(())
+    }
+
+    /// Add a subscription (not yet registered: see [`Session::set_entry`]).
+    /// On refusal the [`NewSub`] is dropped, and its leases with it.
+    pub fn insert_sub(&self, att: &Attachment, sub: &str, new: NewSub, max: usize) -> Result<(), SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        if st.subs.contains_key(sub) {
+            return Err(SubError::Exists);
+        }
+        if st.subs.len() >= max {
+            return Err(SubError::TooMany(max));
+        }
+        let record = SubRecord {
+            spec: new.spec,
+            bindings: new.bindings,
+            filters: new.filters,
+            acked: new.acked,
+            paused: false,
+            entry: None,
+            leases: new.leases,
+            leased: true,
+        };
+        st.subs.insert(sub.to_string(), record);
+        Ok(())
+    }
+
+    /// Attach the fan-out entry of a subscription added with
+    /// [`Session::insert_sub`], starting at `cursor`. If the connection no
+    /// longer holds the session the entry is unregistered and the error
+    /// returned (the new holder registered the subscription itself).
+    pub fn set_entry(
+        self: &Arc<Self>,
+        att: &Attachment,
+        sub: &str,
+        entry: Arc<SubEntry>,
+        cursor: u64,
+    ) -> Result<(), SubError> {
+        let mut st = self.state.lock();
+        let refused = st.check(att).err().or_else(|| (!st.subs.contains_key(sub)).then_some(SubError::NotFound));
+        if let Some(e) = refused {
+            self.shared.fanout.unregister(&entry);
+            return Err(e);
+        }
+        let raised = match st.subs.get_mut(sub) {
+            Some(rec) => {
+                rec.entry = Some(entry);
+                let raised = cursor > rec.acked;
+                rec.acked = rec.acked.max(cursor);
+                raised
+            }
+            None => false,
+        };
+        if raised {
+            self.mark_dirty(&mut st);
+        }
+        Ok(())
+    }
+
+    /// Remove a subscription; its leases are released.
+    pub fn remove_sub(&self, att: &Attachment, sub: &str) -> Result<(), SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let mut rec = st.subs.remove(sub).ok_or(SubError::NotFound)?;
+        if let Some(e) = rec.entry.take() {
+            self.shared.fanout.unregister(&e);
+        }
+        Ok(())
+    }
+
+    /// Pause a subscription.
+    pub fn pause(&self, att: &Attachment, sub: &str) -> Result<(), SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let rec = st.subs.get_mut(sub).ok_or(SubError::NotFound)?;
+        if let Some(e) = &rec.entry {
+            self.shared.fanout.pause(e);
+        }
+        rec.paused = true;
+        Ok(())
+    }
+
+    /// Resume a paused subscription; returns its entry when it must catch
+    /// up from the log.
+    pub fn resume(&self, att: &Attachment, sub: &str) -> Result<Option<Arc<SubEntry>>, SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let rec = st.subs.get_mut(sub).ok_or(SubError::NotFound)?;
+        rec.paused = false;
+        Ok(rec.entry.as_ref().filter(|e| self.shared.fanout.resume(e)).cloned())
+    }
+
+    /// The client has everything of `sub` up to `id`. Written to the store
+    /// coalesced (see [`SessionTable::take_dirty_acks`]).
+    pub fn ack(self: &Arc<Self>, att: &Attachment, sub: &str, id: u64) -> Result<(), SubError> {
+        let mut st = self.state.lock();
+        st.check(att)?;
+        let rec = st.subs.get_mut(sub).ok_or(SubError::NotFound)?;
+        if id > rec.acked {
+            rec.acked = id;
+            self.mark_dirty(&mut st);
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(self: &Arc<Self>, st: &mut State) {
+        if !st.acks_dirty {
+            st.acks_dirty = true;
+            self.shared.dirty.lock().push(self.clone());
+            self.shared.acks_waiting.notify_one();
+        }
+    }
+
+    /// The connection went away without ending the session: unregister its
+    /// subscriptions and start the TTL. Returns false (and does nothing) if
+    /// `att` no longer holds the session.
+    pub fn detach(&self, att: &Attachment) -> bool {
+        let mut st = self.state.lock();
+        if st.check(att).is_err() {
+            return false;
+        }
+        st.unregister_all(&self.shared.fanout);
+        st.attached = None;
+        st.epoch += 1;
+        let now = self.shared.clock.now_ms();
+        st.detached_at_ms = Some(now);
+        let deadline = now + self.shared.ttl.as_millis() as u64;
+        self.shared.expiries.lock().push(Reverse((deadline, self.id.clone(), st.epoch)));
+        drop(st);
+        self.shared.expiry_changed.notify_one();
+        true
+    }
+
+    /// Number of subscriptions.
+    pub fn sub_count(&self) -> usize {
+        self.state.lock().subs.len()
+    }
+
+    /// The acknowledged id of a subscription.
+    pub fn acked(&self, sub: &str) -> Option<u64> {
+        self.state.lock().subs.get(sub).map(|r| r.acked)
+    }
+
+    /// The session as a store keeps it.
+    pub fn stored(&self) -> StoredSession {
+        let st = self.state.lock();
+        StoredSession {
+            id: self.id.clone(),
+            secret_sha256: self.secret_sha256.clone(),
+            user: self.user.clone(),
+            detached_at_ms: st.detached_at_ms,
+            subs: st
+                .subs
+                .iter()
+                .map(|(sub, r)| {
+                    let stored = StoredSub {
+                        bindings: r.bindings.clone(),
+                        filters: r.filters.clone(),
+                        paused: r.paused,
+                        acked: r.acked,
+                    };
+                    (sub.clone(), stored)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What [`SessionTable::restore`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Sessions back in the table, waiting for their clients.
+    pub sessions: usize,
+    /// Sessions whose TTL ran out while the gateway was down: delete them.
+    pub expired: Vec<String>,
+    /// Subscriptions left out because they no longer compile.
+    pub dropped_subs: usize,
+    /// Subscriptions whose leases a peer refused (retried at resume).
+    pub unleased_subs: usize,
+}
+
+/// All sessions of this node.
+#[derive(Debug)]
+pub struct SessionTable {
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    shared: Arc<Shared>,
+}
+
+impl SessionTable {
+    /// A table whose detached sessions live for `ttl`; subscriptions are
+    /// registered with `fanout`.
+    pub fn new(ttl: Duration, fanout: Arc<FanOut>) -> SessionTable {
+        SessionTable::with_clock(ttl, fanout, Clock::new())
+    }
+
+    /// [`SessionTable::new`] with the given clock.
+    pub fn with_clock(ttl: Duration, fanout: Arc<FanOut>, clock: Clock) -> SessionTable {
+        let shared = Arc::new(Shared {
+            fanout,
+            ttl,
+            clock,
+            dirty: Mutex::new(Vec::new()),
+            acks_waiting: Notify::new(),
+            expiries: Mutex::new(BinaryHeap::new()),
+            expiry_changed: Notify::new(),
+        });
+        SessionTable { sessions: Mutex::new(HashMap::new()), shared }
+    }
+
+    /// The clock TTLs are measured with.
+    pub fn clock(&self) -> Clock {
+        self.shared.clock
+    }
+
+    /// Number of sessions, attached or detached.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every session (for the final write at shutdown).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    /// Create a session attached to `outbox`; returns it, the attachment and
+    /// the secret (which only the client keeps from now on).
+    pub fn create(&self, user: Option<String>, outbox: Arc<Outbox>) -> (Arc<Session>, Attachment, String) {
+        let secret = random_hex(32);
+        let state = State { attached: Some((1, outbox)), epoch: 1, ..Default::default() };
+        let session = Arc::new(Session {
+            id: random_hex(16),
+            secret_sha256: hash_secret(&secret),
+            user,
+            state: Mutex::new(state),
+            shared: self.shared.clone(),
+        });
+        self.sessions.lock().insert(session.id.clone(), session.clone());
+        (session, Attachment { epoch: 1 }, secret)
+    }
+
+    /// Find a session for resuming: the secret must match and the user must
+    /// be the same. Attach it with [`Session::attach`].
+    pub fn find(&self, id: &str, secret: &str, user: Option<&str>) -> Result<Arc<Session>, ResumeError> {
+        let session = self.sessions.lock().get(id).cloned().ok_or(ResumeError::NotFound)?;
+        if !session.verify(secret) || session.user.as_deref() != user {
+            return Err(ResumeError::Mismatch);
+        }
+        Ok(session)
+    }
+
+    /// End a session for good (an orderly close by its holder): its
+    /// subscriptions are unregistered and their leases released. Returns
+    /// false if `att` no longer holds it.
+    pub fn end(&self, session: &Session, att: &Attachment) -> bool {
+        let mut sessions = self.sessions.lock();
+        let mut st = session.state.lock();
+        if st.check(att).is_err() {
+            return false;
+        }
+        st.unregister_all(&self.shared.fanout);
+        st.attached = None;
+        st.ended = true;
+        let subs = std::mem::take(&mut st.subs);
+        drop(st);
+        sessions.remove(&session.id);
+        drop(sessions);
+        drop(subs); // releases the leases
+        true
+    }
+
+    /// Time until the earliest detached session expires (`None`: none is detached).
+    pub fn next_expiry(&self) -> Option<Duration> {
+        let now = self.shared.clock.now_ms();
+        self.shared.expiries.lock().peek().map(|Reverse((at, _, _))| Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    /// Resolves when a session was detached (the earliest expiry may be sooner).
+    pub async fn expiry_changed(&self) {
+        self.shared.expiry_changed.notified().await;
+    }
+
+    /// Remove the detached sessions whose TTL is over; returns them (their
+    /// leases are released when the last reference goes).
+    pub fn expire_due(&self) -> Vec<Arc<Session>> {
+        let now = self.shared.clock.now_ms();
+        let mut due = Vec::new();
+        {
+            let mut heap = self.shared.expiries.lock();
+            while heap.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+                if let Some(Reverse((_, id, epoch))) = heap.pop() {
+                    due.push((id, epoch));
+                }
+            }
+        }
+        let mut expired = Vec::new();
+        let mut sessions = self.sessions.lock();
+        for (id, epoch) in due {
+            let Some(session) = sessions.get(&id).cloned() else { continue };
+            let mut st = session.state.lock();
+            if st.attached.is_some() || st.epoch != epoch {
+                continue; // resumed since; a later detach has its own entry
+            }
+            st.ended = true;
+            let subs = std::mem::take(&mut st.subs);
+            drop(st);
+            drop(subs);
+            sessions.remove(&id);
+            expired.push(session);
+        }
+        expired
+    }
+
+    /// Acknowledged ids changed since the last call, one [`StoreOp::Acks`]
+    /// per session.
+    pub fn take_dirty_acks(&self) -> Vec<StoreOp> {
+        let dirty = std::mem::take(&mut *self.shared.dirty.lock());
+        dirty
+            .into_iter()
+            .filter_map(|session| {
+                let mut st = session.state.lock();
+                st.acks_dirty = false;
+                if st.ended {
+                    return None;
+                }
+                let acks: BTreeMap<String, u64> = st.subs.iter().map(|(sub, r)| (sub.clone(), r.acked)).collect();
+                Some(StoreOp::Acks { id: session.id.clone(), acks })
+            })
+            .collect()
+    }
+
+    /// Resolves when some acknowledged id is waiting to be written.
+    pub async fn acks_waiting(&self) {
+        self.shared.acks_waiting.notified().await;
+    }
+
+    /// Load sessions from a store. Each is detached: as of its stored time,
+    /// or as of now if it was attached when the gateway stopped, so a TTL
+    /// runs across restarts. `lease` takes a subscription's upstream
+    /// bindings again; subscriptions that no longer compile are left out.
+    pub fn restore(
+        &self,
+        stored: Vec<StoredSession>,
+        mut lease: impl FnMut(&[Binding]) -> Result<Leases, String>,
+    ) -> Restored {
+        let now = self.shared.clock.now_ms();
+        let ttl = self.shared.ttl.as_millis() as u64;
+        let mut out = Restored::default();
+        let mut sessions = self.sessions.lock();
+        for s in stored {
+            let detached_at = s.detached_at_ms.unwrap_or(now).min(now);
+            if detached_at + ttl <= now {
+                out.expired.push(s.id);
+                continue;
+            }
+            let mut subs = HashMap::new();
+            for (sub, stored) in s.subs {
+                let Some(spec) = compile(&stored.bindings, &stored.filters) else {
+                    out.dropped_subs += 1;
+                    continue;
+                };
+                let (leases, leased) = match lease(&stored.bindings) {
+                    Ok(l) => (l, true),
+                    Err(_) => {
+                        out.unleased_subs += 1;
+                        (Vec::new(), false)
+                    }
+                };
+                let record = SubRecord {
+                    spec: Arc::new(spec),
+                    bindings: stored.bindings,
+                    filters: stored.filters,
+                    acked: stored.acked,
+                    paused: stored.paused,
+                    entry: None,
+                    leases,
+                    leased,
+                };
+                subs.insert(sub, record);
+            }
+            let state = State { subs, epoch: 1, detached_at_ms: Some(detached_at), ..Default::default() };
+            let session = Arc::new(Session {
+                id: s.id.clone(),
+                secret_sha256: s.secret_sha256,
+                user: s.user,
+                state: Mutex::new(state),
+                shared: self.shared.clone(),
+            });
+            self.shared.expiries.lock().push(Reverse((detached_at + ttl, s.id.clone(), 1)));
+            sessions.insert(s.id, session);
+            out.sessions += 1;
+        }
+        drop(sessions);
+        self.shared.expiry_changed.notify_one();
+        out
+    }
+}
+
+/// Compile stored bindings and filters (they were valid when stored; a
+/// newer version may refuse them).
+fn compile(bindings: &[Binding], filters: &[Value]) -> Option<SubSpec> {
+    let bindings: Option<Vec<(String, Pattern)>> =
+        bindings.iter().map(|b| Pattern::parse(&b.pattern).ok().map(|p| (b.exchange.clone(), p))).collect();
+    Some(SubSpec { bindings: bindings?, filters: Filter::compile_all(filters).ok()? })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! `hello`: authenticate, then start a session or resume one (taking it
+//! over from any other connection that still holds it).
+
+use super::connection::{Connection, Held};
+use crate::subscription::{spawn_catch_up, truncated_message};
+use herald_core::fanout::Registration;
+use herald_core::{FrameFormat, ResumeError, Session, Start};
+use herald_protocol::{encode, CloseCode, ErrorCode, Hello, Ref, ServerMessage, SessionInfo};
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tracing::{debug, info, warn};
+
+impl Connection {
+    pub(super) async fn hello(&mut self, h: Hello) -> ControlFlow<()> {
+        let s = self.state.get();
+        match s.auth.authenticate(h.token.as_deref()) {
+            Ok(p) => {
+                if let Some(user) = &p.user {
+                    if self.slot.claim_user(user).is_err() {
+                        let msg = "too many connections for this user (limits.max_connections_per_user)";
+                        return self.fatal(h.reference, ErrorCode::LimitExceeded, msg, CloseCode::Limits);
+                    }
+                }
+                // Closed by the sweeper once expired (with the same leeway as at hello).
+                let leeway = s.config.auth.leeway.as_secs();
+                self.handle.expires_at.store(p.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
+                self.principal = p;
+            }
+            Err(e) => {
+                s.metrics.auth_failures.inc();
+                return self.fatal(h.reference, e.code, &e.message, CloseCode::Unauthorized);
+            }
+        }
+        let user = self.principal.user.clone();
+        if let Some(creds) = h.session {
+            match s.sessions.find(&creds.id, &creds.secret, user.as_deref()) {
+                Ok(session) => return self.resume_session(h.reference, session, creds.secret).await,
+                Err(ResumeError::Mismatch) => {
+                    warn!(conn = self.conn_id, session = %creds.id.chars().take(64).collect::<String>(), "Refused a session resume with wrong credentials.");
+                    return self.fatal(
+                        h.reference,
+                        ErrorCode::Unauthorized,
+                        "session credentials do not match",
+                        CloseCode::Unauthorized,
+                    );
+                }
+                Err(ResumeError::NotFound) => {
+                    // Expired or unknown: start afresh; `resumed: false` tells the
+                    // client to subscribe again from its own last ids.
+                    debug!(conn = self.conn_id, "Resume of an unknown or expired session; starting a new one.");
+                }
+            }
+        }
+        // A session without subscriptions is not stored until it has one:
+        // losing it in a crash loses nothing, and a storm of `hello`s costs
+        // no disk writes.
+        let (session, att, secret) = s.sessions.create(user, self.outbox.clone());
+        debug!(conn = self.conn_id, session = %session.id(), "Session started.");
+        self.welcome(h.reference, &session, &secret, false);
+        self.stream_started(&session, false);
+        self.session = Some(Held { session, att });
+        ControlFlow::Continue(())
+    }
+
+    fn welcome(&self, reference: Option<Ref>, session: &Session, secret: &str, resumed: bool) {
+        let s = self.state.get();
+        self.send(&ServerMessage::Welcome {
+            reference,
+            session: SessionInfo { id: session.id().to_string(), secret: secret.to_string() },
+            resumed,
+            heartbeat_ms: s.config.heartbeat.as_millis() as u64,
+            limits: s.limits(),
+            server: crate::state::SERVER_INFO,
+        });
+    }
+
+    fn stream_started(&self, session: &Session, resumed: bool) {
+        let detail = serde_json::json!({
+            "session": session.id(),
+            "resumed": resumed,
+            "user": self.principal.user,
+            "remote": self.peer.ip().to_string(),
+        });
+        crate::streams::publish(&self.state, "ws", "start", self.conn_id, detail);
+    }
+
+    /// Take the session over, drop what the new grants no longer allow,
+    /// take missing leases again, store the attachment, then register every
+    /// subscription from its acknowledged id.
+    async fn resume_session(
+        &mut self,
+        reference: Option<Ref>,
+        session: Arc<Session>,
+        secret: String,
+    ) -> ControlFlow<()> {
+        let s = self.state.get();
+        let closing = encode(&ServerMessage::Closing {
+            reason: "session resumed on another connection".into(),
+            retry_after_ms: 0,
+        });
+        let att = session.attach(self.outbox.clone(), closing.into());
+        // The client may come back with other grants: a subscription they no
+        // longer allow is dropped, and the client told.
+        let principal = self.principal.clone();
+        let mut removed: Vec<(String, String)> = session
+            .retain_subs(&att, |spec| spec.bindings.iter().all(|(x, p)| principal.may_bind(x, p)))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|sub| (sub, "your grants no longer allow this subscription; it was removed".to_string()))
+            .collect();
+        let peers = &s.peers;
+        removed.extend(
+            session
+                .retake_leases(&att, |bindings| crate::peers::lease(peers, bindings))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(sub, why)| {
+                    (sub, format!("its upstream binding could not be taken again ({why}); it was removed"))
+                }),
+        );
+        if let Err(e) = self.persist(&session).await {
+            // Still resumable in memory; after a crash it may expire early.
+            debug!(conn = self.conn_id, error = %e, "Resumed without storing the attachment.");
+        }
+        if !session.holds(&att) {
+            // Taken over again while the store wrote: the newer connection has it.
+            return ControlFlow::Break(());
+        }
+        self.welcome(reference, &session, &secret, true);
+        for (sub, why) in removed {
+            let code = if why.starts_with("your grants") { ErrorCode::Forbidden } else { ErrorCode::LimitExceeded };
+            self.error(None, Some(sub), code, why);
+        }
+        let first = s.log.bounds().first;
+        let registered = session.register_all(&att, |sub, spec, acked, paused| {
+            let reg = Registration {
+                sub: Arc::from(sub),
+                spec: spec.clone(),
+                principal: self.principal.clone(),
+                outbox: self.outbox.clone(),
+                format: FrameFormat::WebSocket,
+            };
+            let start = if paused { Start::Paused(acked) } else { Start::CatchUp(acked) };
+            let recovered = acked + 1 >= first;
+            let (entry, _) = s.fanout.register(reg, start, |head| {
+                self.send(&ServerMessage::Subscribed {
+                    reference: None,
+                    sub: sub.to_string(),
+                    head,
+                    recovered,
+                    history: None,
+                });
+                if !recovered {
+                    self.error(
+                        None,
+                        Some(sub.to_string()),
+                        ErrorCode::HistoryTruncated,
+                        truncated_message(acked, first),
+                    );
+                }
+            });
+            entry
+        });
+        let Ok(catch_up) = registered else {
+            return ControlFlow::Break(());
+        };
+        info!(conn = self.conn_id, session = %session.id(), subscriptions = catch_up.len(), "Session resumed.");
+        self.stream_started(&session, true);
+        self.session = Some(Held { session, att });
+        for entry in catch_up {
+            spawn_catch_up(self.state.clone(), entry);
+        }
+        ControlFlow::Continue(())
+    }
+}
