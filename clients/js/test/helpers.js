@@ -26,40 +26,53 @@ export async function startHerald({ extraToml = '', args = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'herald-js-'));
   const config = join(dir, 'herald.toml');
   writeFileSync(config, `heartbeat = "30s"\n[auth]\njwt_secret = "${SECRET}"\n${extraToml}\n`);
-  const child = spawn(heraldBin(), ['serve', '--listen', '127.0.0.1:0', '--data', join(dir, 'data'), '--config', config, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, HERALD_LOG: process.env.HERALD_LOG ?? 'warn' },
-  });
   let stderr = '';
-  child.stderr.on('data', (d) => {
-    stderr += d;
-    if (stderr.length > 65536) stderr = stderr.slice(-32768);
-  });
-  const lines = createInterface({ input: child.stdout });
   const output = [];
-  const httpUrl = await new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`herald did not start in 20 s:\n${stderr}`)), 20000);
-    child.on('exit', (code) => fail(new Error(`herald exited with ${code}:\n${stderr}`)));
-    lines.on('line', (line) => {
-      output.push(line);
-      const m = /^herald listening on (\S+)/.exec(line);
-      if (m) {
-        clearTimeout(timer);
-        ok(m[1]);
-      }
+  let child;
+  const spawnOn = async (listen) => {
+    child = spawn(heraldBin(), ['serve', '--listen', listen, '--data', join(dir, 'data'), '--config', config, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, HERALD_LOG: process.env.HERALD_LOG ?? 'warn' },
     });
-  });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      if (stderr.length > 65536) stderr = stderr.slice(-32768);
+    });
+    const lines = createInterface({ input: child.stdout });
+    return new Promise((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`herald did not start in 20 s:\n${stderr}`)), 20000);
+      child.on('exit', (code) => fail(new Error(`herald exited with ${code}:\n${stderr}`)));
+      lines.on('line', (line) => {
+        output.push(line);
+        const m = /^herald listening on (\S+)/.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          ok(m[1]);
+        }
+      });
+    });
+  };
+  const killed = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+    }
+  };
+  const httpUrl = await spawnOn('127.0.0.1:0');
   const addr = new URL(httpUrl);
   return {
     httpUrl,
     port: Number(addr.port),
     output,
     stderr: () => stderr,
+    /** SIGKILL, then start again on the same port and data directory. */
+    async kill9AndRestart() {
+      await killed();
+      await spawnOn(`127.0.0.1:${addr.port}`);
+    },
     async stop() {
-      if (child.exitCode === null) {
-        child.kill('SIGKILL');
-        await new Promise((r) => child.once('exit', r));
-      }
+      await killed();
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -342,3 +342,61 @@ async fn cc_routing_keys_route_like_in_rabbitmq() {
     let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// Wait until `bound(..)` is `want` (rabbitmqctl is slow: up to ~10 s).
+async fn wait_bound(queue: &str, exchange: &str, pattern: &str, want: bool) -> bool {
+    for _ in 0..50 {
+        if bound(queue, exchange, pattern) == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Regression: a session restored after a crash held no leases, so the
+/// dynamic binding it needed stayed on the durable queue for good once the
+/// client resumed and unsubscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_binding_held_by_a_restored_session_is_removed_when_its_last_subscription_ends() {
+    let (exchange, queue) = names("dynrestore");
+    let dynamic = format!("{exchange}-dyn");
+    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_declare(
+        dynamic.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare");
+    let cfg = peer_config(&exchange, &queue, URL).replace("heartbeat = \"300ms\"", "heartbeat = \"30s\"")
+        + &format!("dynamic_exchanges = [\"{exchange}-dyn*\"]\n");
+    let mut g = Gateway::start_with(&cfg);
+    wait_up(&g).await;
+    let (mut c, w) = g.hello().await;
+    let s = c.subscribe("a", binding(&dynamic, "a.#"), json!({})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    assert!(wait_bound(&queue, &dynamic, "a.#", true).await, "bound on demand");
+
+    // The subscription was stored before `subscribed`: kill -9 now.
+    g.kill_and_restart();
+    wait_up(&g).await;
+    let mut c = g.client().await;
+    let creds = json!({"id": w["session"]["id"], "secret": w["session"]["secret"]});
+    let w2 = c.request(json!({"type": "hello", "session": creds})).await;
+    assert_eq!(w2["resumed"], true, "{w2}");
+    assert_eq!(c.recv().await["type"], "subscribed");
+    let u = c.request(json!({"type": "unsubscribe", "sub": "a"})).await;
+    assert_eq!(u["type"], "unsubscribed", "{u}");
+    assert!(
+        wait_bound(&queue, &dynamic, "a.#", false).await,
+        "unbound when the restored session's last subscription ended"
+    );
+
+    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(dynamic.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+}
