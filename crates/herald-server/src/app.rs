@@ -56,7 +56,16 @@ pub struct Server {
 
 impl Server {
     /// Open the log, start the fan-out and sweepers, bind the listener.
-    pub async fn start(mut config: Config) -> Result<Server, ServerError> {
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        Server::start_with_store(config, None).await
+    }
+
+    /// [`Server::start`] with a session store of the caller's (`None`: the
+    /// one `session.store` names).
+    pub async fn start_with_store(
+        mut config: Config,
+        store: Option<Arc<dyn SessionStore>>,
+    ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         config.log.dir = config.data.join("log");
         let (log, mut committed) = EmbeddedLog::open(config.log.clone())?;
@@ -74,9 +83,10 @@ impl Server {
             peers.insert(id.clone(), runtime);
             connectors.push((id, connector));
         }
-        let store: Arc<dyn SessionStore> = match config.session.store {
-            SessionStoreKind::Disk => Arc::new(DiskSessionStore::open(&config.data)?),
-            SessionStoreKind::Memory => Arc::new(MemoryStore::new()),
+        let store: Arc<dyn SessionStore> = match (store, config.session.store) {
+            (Some(store), _) => store,
+            (None, SessionStoreKind::Disk) => Arc::new(DiskSessionStore::open(&config.data)?),
+            (None, SessionStoreKind::Memory) => Arc::new(MemoryStore::new()),
         };
         let peer_stop = drain_rx.clone();
         let state = AppState::new(crate::state::Parts {
@@ -110,7 +120,7 @@ impl Server {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                broker.sweep(std::time::Instant::now());
+                broker.sweep(tokio::time::Instant::now());
             }
         });
 

@@ -12,6 +12,8 @@ pub mod config;
 mod connections;
 mod error;
 mod http;
+#[cfg(test)]
+mod in_process_tests;
 mod metrics;
 mod peers;
 mod publishing;

@@ -7,8 +7,8 @@ use herald_core::{FanOut, SessionStore, SessionTable, StoreError, StoreOp};
 use herald_log::EventLog;
 use herald_protocol::{Limits, ServerInfo};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]

@@ -253,6 +253,11 @@ impl Session {
         Attachment { epoch: st.epoch }
     }
 
+    /// Whether a connection holds the session now.
+    pub fn is_attached(&self) -> bool {
+        self.state.lock().attached.is_some()
+    }
+
     /// Whether `att` still holds the session.
     pub fn holds(&self, att: &Attachment) -> bool {
         self.state.lock().check(att).is_ok()
@@ -590,6 +595,15 @@ impl SessionTable {
         let session = self.sessions.lock().get(id).cloned().ok_or(ResumeError::NotFound)?;
         if !session.verify(secret) || session.user.as_deref() != user {
             return Err(ResumeError::Mismatch);
+        }
+        // Past its TTL counts as gone even before the expiry task removes it.
+        let now = self.shared.clock.now_ms();
+        let expired = {
+            let st = session.state.lock();
+            st.ended || st.detached_at_ms.is_some_and(|at| at + self.shared.ttl.as_millis() as u64 <= now)
+        };
+        if expired {
+            return Err(ResumeError::NotFound);
         }
         Ok(session)
     }

@@ -159,7 +159,7 @@ fn a_refused_lease_is_retried_at_resume_and_the_subscription_dropped_if_still_re
 async fn detached_sessions_expire_after_the_ttl_and_resumed_ones_do_not() {
     let (t, _) = table(Duration::from_secs(120));
     let held = Arc::new(AtomicUsize::new(0));
-    let (s, att, _) = t.create(None, outbox());
+    let (s, att, secret) = t.create(None, outbox());
     s.insert_sub(&att, "a", new_sub(0, take(&held)), 10).expect("insert");
     assert_eq!(t.next_expiry(), None, "attached sessions never expire");
     assert!(s.detach(&att));
@@ -172,6 +172,8 @@ async fn detached_sessions_expire_after_the_ttl_and_resumed_ones_do_not() {
     tokio::time::advance(Duration::from_secs(119)).await;
     assert!(t.expire_due().is_empty());
     tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(t.find(s.id(), "any", None).err(), Some(ResumeError::Mismatch), "credentials are checked first");
+    assert!(matches!(t.find(s.id(), &secret, None), Err(ResumeError::NotFound)), "past the TTL before the sweep");
     assert_eq!(t.expire_due().len(), 1);
     assert!(t.is_empty());
     drop(s);

@@ -17,8 +17,9 @@ use herald_core::rendezvous::Body;
 use herald_core::Sink;
 use herald_protocol::ErrorCode;
 use serde_json::value::RawValue;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Query parameters of the rendezvous endpoints.
 #[derive(Debug, Default, serde::Deserialize)]

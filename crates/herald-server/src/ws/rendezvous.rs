@@ -6,7 +6,7 @@ use super::connection::Connection;
 use herald_core::Frame;
 use herald_protocol::{encode, Answer, ErrorCode, Request, Serve, ServerMessage, Unserve};
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 use tracing::debug;
 
 impl Connection {
