@@ -36,9 +36,7 @@ async fn start(configure: impl FnOnce(&mut Config)) -> Harness {
 
 async fn start_with_store(configure: impl FnOnce(&mut Config), store: Arc<dyn SessionStore>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".into();
-    config.data = dir.path().join("data");
+    let mut config = Config { listen: "127.0.0.1:0".into(), data: dir.path().join("data"), ..Default::default() };
     config.session.store = SessionStoreKind::Memory;
     configure(&mut config);
     let server = Server::start_with_store(config, Some(store)).await.expect("server starts");
