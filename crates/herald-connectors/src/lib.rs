@@ -19,7 +19,7 @@ pub mod runner;
 pub mod sqs;
 
 pub use dynamic::{DynamicBindings, DynamicError, DynamicLease};
-pub use peer::{Codec, Interceptor, PeerConfig, PeerStats};
+pub use peer::{Codec, Interceptor, PeerConfig, PeerKind, PeerStats};
 pub use runner::{supervise, Backoff};
 pub use tokio::sync::watch;
 

@@ -29,28 +29,101 @@ pub enum Interceptor {
     LineSplitter,
 }
 
-/// One `[[peer]]` table.
+/// One `[[peer]]` table: `id`, `type`, `codec`, `interceptors` and the
+/// connector's own `[peer.config]`, parsed once into a [`PeerKind`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawPeer", into = "RawPeer")]
 pub struct PeerConfig {
     /// Unique peer id; events carry it as their origin.
     pub id: String,
-    /// Connector type: `amqp`.
-    #[serde(rename = "type")]
-    pub kind: String,
     /// Body codec.
-    #[serde(default)]
     pub codec: Codec,
     /// Interceptors, applied in order.
-    #[serde(default)]
     pub interceptors: Vec<Interceptor>,
-    /// Connector-specific settings.
-    #[serde(default)]
-    pub config: toml_like::Table,
+    /// The connector and its settings.
+    pub kind: PeerKind,
 }
 
-/// The connector-specific table, kept as JSON values so each connector can
-/// deserialize (and check) its own settings.
+/// The connector of a peer, with its `[peer.config]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerKind {
+    /// `type = "amqp"`: the RabbitMQ source.
+    Amqp(crate::amqp::AmqpConfig),
+    /// `type = "postgres"`: the PostgreSQL source.
+    Postgres(crate::postgres::PostgresConfig),
+    /// `type = "sqs"`: the SQS rendezvous peer.
+    Sqs(crate::sqs::SqsConfig),
+}
+
+impl PeerKind {
+    /// The `type` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerKind::Amqp(_) => "amqp",
+            PeerKind::Postgres(_) => "postgres",
+            PeerKind::Sqs(_) => "sqs",
+        }
+    }
+
+    /// Problems with the connector's settings (no I/O), each naming its field.
+    pub fn validate(&self) -> Vec<String> {
+        match self {
+            PeerKind::Amqp(c) => c.validate(),
+            PeerKind::Postgres(c) => c.validate(),
+            PeerKind::Sqs(c) => c.validate(),
+        }
+    }
+}
+
+/// `[[peer]]` as written, before its `config` is parsed for its `type`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    codec: Codec,
+    #[serde(default)]
+    interceptors: Vec<Interceptor>,
+    #[serde(default)]
+    config: toml_like::Table,
+}
+
+impl TryFrom<RawPeer> for PeerConfig {
+    type Error = String;
+
+    fn try_from(raw: RawPeer) -> Result<Self, String> {
+        fn parse<T: serde::de::DeserializeOwned>(id: &str, config: toml_like::Table) -> Result<T, String> {
+            serde_json::from_value(serde_json::Value::Object(config)).map_err(|e| format!("peer {id}: config: {e}"))
+        }
+        let kind = match raw.kind.as_str() {
+            "amqp" => PeerKind::Amqp(parse(&raw.id, raw.config)?),
+            "postgres" => PeerKind::Postgres(parse(&raw.id, raw.config)?),
+            "sqs" => PeerKind::Sqs(parse(&raw.id, raw.config)?),
+            other => return Err(format!("peer {}: unknown type `{other}` (known: amqp, postgres, sqs)", raw.id)),
+        };
+        Ok(PeerConfig { id: raw.id, codec: raw.codec, interceptors: raw.interceptors, kind })
+    }
+}
+
+impl From<PeerConfig> for RawPeer {
+    fn from(p: PeerConfig) -> RawPeer {
+        let config = match &p.kind {
+            PeerKind::Amqp(c) => serde_json::to_value(c),
+            PeerKind::Postgres(c) => serde_json::to_value(c),
+            PeerKind::Sqs(c) => serde_json::to_value(c),
+        };
+        let config = match config {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => toml_like::Table::new(),
+        };
+        RawPeer { id: p.id, kind: p.kind.name().to_string(), codec: p.codec, interceptors: p.interceptors, config }
+    }
+}
+
+/// The connector-specific table, kept as JSON values until its `type` says
+/// which settings struct it is.
 pub mod toml_like {
     /// A table of settings.
     pub type Table = serde_json::Map<String, serde_json::Value>;

@@ -1,10 +1,10 @@
 //! Running the configured peers (connectors) and relaying their health.
 
 use crate::state::AppState;
-use herald_connectors::amqp::{AmqpConfig, AmqpSource};
-use herald_connectors::postgres::{PostgresConfig, PostgresSource};
-use herald_connectors::sqs::{SqsConfig, SqsRendezvous};
-use herald_connectors::{BoxFuture, Connector, Control, DynamicBindings, Host, PeerConfig, PeerStats};
+use herald_connectors::amqp::AmqpSource;
+use herald_connectors::postgres::PostgresSource;
+use herald_connectors::sqs::SqsRendezvous;
+use herald_connectors::{BoxFuture, Connector, Control, DynamicBindings, Host, PeerConfig, PeerKind, PeerStats};
 use herald_core::{Frame, Leases, NewEvent};
 use herald_protocol::{encode, ServerMessage, StatusState};
 use parking_lot::Mutex;
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 /// What the gateway knows of one running peer.
 #[derive(Debug)]
 pub(crate) struct PeerRuntime {
-    pub(crate) kind: String,
+    pub(crate) kind: &'static str,
     pub(crate) stats: Arc<PeerStats>,
     /// Exchanges the peer feeds (its subscribers get its `status`).
     pub(crate) exchanges: Vec<String>,
@@ -53,7 +53,8 @@ pub(crate) fn lease(peers: &Peers, bindings: &[herald_protocol::Binding]) -> Res
 /// Peers by id.
 pub(crate) type Peers = BTreeMap<String, Arc<PeerRuntime>>;
 
-/// Check every `[[peer]]` table; returns all problems.
+/// Check every `[[peer]]` table (each already parsed for its type);
+/// returns all problems.
 pub(crate) fn validate(peers: &[PeerConfig]) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -62,21 +63,7 @@ pub(crate) fn validate(peers: &[PeerConfig]) -> Vec<String> {
         if p.id.is_empty() || !seen.insert(p.id.clone()) {
             problems.push(format!("{at}: id must be non-empty and unique"));
         }
-        match p.kind.as_str() {
-            "amqp" => match serde_json::from_value::<AmqpConfig>(serde_json::Value::Object(p.config.clone())) {
-                Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
-                Err(e) => problems.push(format!("{at}: config: {e}")),
-            },
-            "postgres" => match serde_json::from_value::<PostgresConfig>(serde_json::Value::Object(p.config.clone())) {
-                Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
-                Err(e) => problems.push(format!("{at}: config: {e}")),
-            },
-            "sqs" => match serde_json::from_value::<SqsConfig>(serde_json::Value::Object(p.config.clone())) {
-                Ok(c) => problems.extend(c.validate().into_iter().map(|e| format!("{at}: config.{e}"))),
-                Err(e) => problems.push(format!("{at}: config: {e}")),
-            },
-            other => problems.push(format!("{at}: unknown type `{other}` (known: amqp, postgres, sqs)")),
-        }
+        problems.extend(p.kind.validate().into_iter().map(|e| format!("{at}: config.{e}")));
     }
     problems
 }
@@ -89,29 +76,24 @@ pub(crate) fn build(
     let mut out = Vec::new();
     for p in peers {
         let stats = Arc::new(PeerStats::default());
-        let config = serde_json::Value::Object(p.config.clone());
-        let (connector, exchanges, dynamic): (Box<dyn Connector>, Vec<String>, _) = match p.kind.as_str() {
-            "amqp" => {
-                let Ok(cfg) = serde_json::from_value::<AmqpConfig>(config) else { continue };
+        let (connector, exchanges, dynamic): (Box<dyn Connector>, Vec<String>, _) = match &p.kind {
+            PeerKind::Amqp(cfg) => {
                 let exchanges = cfg.bindings.iter().map(|b| b.exchange.clone()).collect();
-                let source = AmqpSource::new(p.id.clone(), cfg, p.codec, p.interceptors.clone(), stats.clone());
+                let source = AmqpSource::new(p.id.clone(), cfg.clone(), p.codec, p.interceptors.clone(), stats.clone());
                 let dynamic = Some(source.dynamic());
                 (Box::new(source), exchanges, dynamic)
             }
-            "postgres" => {
-                let Ok(cfg) = serde_json::from_value::<PostgresConfig>(config) else { continue };
+            PeerKind::Postgres(cfg) => {
                 let exchanges = vec![cfg.exchange.clone()];
-                (Box::new(PostgresSource::new(p.id.clone(), cfg, stats.clone())), exchanges, None)
+                (Box::new(PostgresSource::new(p.id.clone(), cfg.clone(), stats.clone())), exchanges, None)
             }
-            "sqs" => {
-                let Ok(cfg) = serde_json::from_value::<SqsConfig>(config) else { continue };
-                let peer = SqsRendezvous::new(p.id.clone(), cfg, p.codec, broker.clone(), stats.clone());
+            PeerKind::Sqs(cfg) => {
+                let peer = SqsRendezvous::new(p.id.clone(), cfg.clone(), p.codec, broker.clone(), stats.clone());
                 (Box::new(peer), Vec::new(), None)
             }
-            _ => continue,
         };
         let rt = PeerRuntime {
-            kind: p.kind.clone(),
+            kind: p.kind.name(),
             stats,
             exchanges,
             health: Mutex::new((false, "starting".into())),
