@@ -37,7 +37,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/peers/{id}/resume", post(http::peers::resume))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
-        .route("/metrics", get(crate::metrics::metrics))
+        .route("/metrics", get(http::metrics::metrics))
         .route("/inspector", get(http::inspector::index))
         .route("/inspector/", get(http::inspector::index))
         .route("/inspector/{file}", get(http::inspector::file))
@@ -88,7 +88,10 @@ impl Server {
             (None, SessionStoreKind::Disk) => Arc::new(DiskSessionStore::open(&config.data)?),
             (None, SessionStoreKind::Memory) => Arc::new(MemoryStore::new()),
         };
-        let peer_stop = drain_rx.clone();
+        let peers = Arc::new(peers);
+        let host =
+            Arc::new(crate::peers::GatewayHost { log: dyn_log.clone(), fanout: fanout.clone(), peers: peers.clone() });
+        crate::peers::start(host.clone(), connectors, drain_rx.clone());
         let state = AppState::new(crate::state::Parts {
             config: config.clone(),
             auth,
@@ -97,9 +100,9 @@ impl Server {
             fanout: fanout.clone(),
             broker: broker.clone(),
             store,
+            host,
             draining: drain_rx,
         });
-        crate::peers::start(&state, connectors, peer_stop);
         restore_sessions(&state).await?;
         spawn_session_tasks(&state);
 

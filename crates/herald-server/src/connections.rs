@@ -82,7 +82,7 @@ impl Connections {
                     code: herald_protocol::ErrorCode::Unauthorized,
                     message: "the token has expired; reconnect with a fresh token to resume the session".into(),
                 });
-                c.outbox.close_with(Some(msg.into()), 4401, "token expired");
+                c.outbox.close_with(Some(msg.into()), herald_protocol::CloseCode::Unauthorized.code(), "token expired");
                 continue;
             }
             let idle = now_ms.saturating_sub(c.last_seen_ms.load(Ordering::Relaxed));
@@ -95,7 +95,7 @@ impl Connections {
                     c.last_seen_ms.store(now_ms, Ordering::Relaxed);
                 }
             } else if idle >= 3 * heartbeat_ms {
-                c.outbox.close_with(None, 1001, "heartbeat timeout");
+                c.outbox.close_with(None, herald_protocol::CloseCode::Draining.code(), "heartbeat timeout");
             } else if idle >= heartbeat_ms {
                 let _ = c.outbox.push(Frame::Ping);
             }

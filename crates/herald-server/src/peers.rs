@@ -1,11 +1,12 @@
 //! Running the configured peers (connectors) and relaying their health.
 
-use crate::state::AppState;
 use herald_connectors::amqp::AmqpSource;
 use herald_connectors::postgres::PostgresSource;
 use herald_connectors::sqs::SqsRendezvous;
 use herald_connectors::{BoxFuture, Connector, Control, DynamicBindings, Host, PeerConfig, PeerKind, PeerStats};
+use herald_core::FanOut;
 use herald_core::{Frame, Leases, NewEvent};
+use herald_log::EventLog;
 use herald_protocol::{encode, ServerMessage, StatusState};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -105,15 +106,18 @@ pub(crate) fn build(
     out
 }
 
-/// The gateway as seen by connectors.
+/// The gateway as seen by connectors: the log they append to, and the
+/// fan-out and peer table their `status` goes through.
 pub(crate) struct GatewayHost {
-    pub(crate) state: AppState,
+    pub(crate) log: Arc<dyn EventLog>,
+    pub(crate) fanout: Arc<FanOut>,
+    pub(crate) peers: Arc<Peers>,
 }
 
 impl Host for GatewayHost {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, anyhow::Result<Vec<u64>>> {
         Box::pin(async move {
-            let committed = self.state.get().log.append(events).await?;
+            let committed = self.log.append(events).await?;
             Ok(committed.iter().map(|e| e.id).collect())
         })
     }
@@ -124,7 +128,7 @@ impl Host for GatewayHost {
         exchanges: &'a [String],
     ) -> BoxFuture<'a, anyhow::Result<Option<u64>>> {
         Box::pin(async move {
-            let log = &self.state.get().log;
+            let log = &self.log;
             let mut before = log.bounds().head;
             while before > 0 {
                 let query = herald_log::ReadQuery {
@@ -152,7 +156,7 @@ impl Host for GatewayHost {
         limit: usize,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            let log = &self.state.get().log;
+            let log = &self.log;
             let head = log.bounds().head;
             let query = herald_log::ReadQuery {
                 exchanges: Some(exchanges.to_vec()),
@@ -171,8 +175,7 @@ impl Host for GatewayHost {
     }
 
     fn status(&self, peer: &str, up: bool, detail: &str) {
-        let s = self.state.get();
-        let Some(rt) = s.peers.get(peer) else { return };
+        let Some(rt) = self.peers.get(peer) else { return };
         *rt.health.lock() = (up, detail.to_string());
         let msg = ServerMessage::Status {
             source: peer.to_string(),
@@ -180,7 +183,7 @@ impl Host for GatewayHost {
             detail: detail.to_string(),
         };
         let frame: bytes::Bytes = encode(&msg).into();
-        for outbox in s.fanout.outboxes_for(&rt.exchanges) {
+        for outbox in self.fanout.outboxes_for(&rt.exchanges) {
             let _ = outbox.push(Frame::Text(frame.clone()));
         }
     }
@@ -188,34 +191,33 @@ impl Host for GatewayHost {
 
 /// Start every peer; they drain when the gateway starts draining.
 pub(crate) fn start(
-    state: &AppState,
+    host: Arc<GatewayHost>,
     connectors: Vec<(String, Box<dyn Connector>)>,
     mut draining: watch::Receiver<bool>,
 ) {
-    let host: Arc<dyn Host> = Arc::new(GatewayHost { state: state.clone() });
+    let peers = host.peers.clone();
+    let host: Arc<dyn Host> = host;
     for (id, connector) in connectors {
-        let Some(rt) = state.get().peers.get(&id) else { continue };
+        let Some(rt) = peers.get(&id) else { continue };
         let control = rt.control.subscribe();
         tokio::spawn(herald_connectors::supervise(id, connector, host.clone(), rt.stats.clone(), control));
     }
-    let state = state.clone();
     tokio::spawn(async move {
         let _ = draining.wait_for(|d| *d).await;
-        for rt in state.get().peers.values() {
+        for rt in peers.values() {
             let _ = rt.control.send(Control::Drain);
         }
     });
 }
 
 /// Pause or resume a peer (an operator's action); subscribers it feeds are told.
-pub(crate) fn set_paused(state: &AppState, id: &str, paused: bool) -> bool {
-    let Some(rt) = state.get().peers.get(id) else { return false };
+pub(crate) fn set_paused(host: &GatewayHost, id: &str, paused: bool) -> bool {
+    let Some(rt) = host.peers.get(id) else { return false };
     let next = if paused { Control::Pause } else { Control::Run };
     if *rt.control.borrow() == Control::Drain {
         return true;
     }
     let _ = rt.control.send(next);
-    let host = GatewayHost { state: state.clone() };
     let (up, _) = rt.health.lock().clone();
     if paused {
         host.status(id, false, "paused by an operator; events are held upstream");

@@ -22,12 +22,14 @@ pub(crate) struct Inner {
     pub(crate) auth: Authenticator,
     pub(crate) admission: Arc<crate::admission::Admission>,
     pub(crate) metrics: crate::metrics::Metrics,
-    pub(crate) peers: crate::peers::Peers,
+    pub(crate) peers: Arc<crate::peers::Peers>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) sessions: SessionTable,
     /// Where sessions are kept durably.
     pub(crate) store: Arc<dyn SessionStore>,
+    /// The connectors' view of the gateway.
+    pub(crate) host: Arc<crate::peers::GatewayHost>,
     pub(crate) connections: Connections,
     /// Request/response rendezvous, shared by every transport.
     pub(crate) broker: Arc<herald_core::Broker>,
@@ -41,17 +43,19 @@ pub(crate) struct Inner {
 pub(crate) struct Parts {
     pub(crate) config: Config,
     pub(crate) auth: Authenticator,
-    pub(crate) peers: crate::peers::Peers,
+    pub(crate) peers: Arc<crate::peers::Peers>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) broker: Arc<herald_core::Broker>,
     pub(crate) store: Arc<dyn SessionStore>,
+    /// What connectors see of the gateway (operators pause peers through it).
+    pub(crate) host: Arc<crate::peers::GatewayHost>,
     pub(crate) draining: watch::Receiver<bool>,
 }
 
 impl AppState {
     pub(crate) fn new(parts: Parts) -> AppState {
-        let Parts { config, auth, peers, log, fanout, broker, store, draining } = parts;
+        let Parts { config, auth, peers, log, fanout, broker, store, host, draining } = parts;
         let sessions = SessionTable::new(config.session.ttl, fanout.clone());
         let l = &config.limits;
         let admission = Arc::new(crate::admission::Admission::new(
@@ -70,6 +74,7 @@ impl AppState {
                 fanout,
                 sessions,
                 store,
+                host,
                 connections: Connections::default(),
                 broker,
                 started: Instant::now(),

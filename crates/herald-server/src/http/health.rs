@@ -18,7 +18,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
     let head = s.log.bounds().head;
     let mut peers = serde_json::Map::new();
     let mut all_up = true;
-    for (id, rt) in &s.peers {
+    for (id, rt) in s.peers.iter() {
         let (up, detail) = rt.health.lock().clone();
         all_up &= up;
         peers.insert(id.clone(), json!({"type": rt.kind, "up": up, "detail": detail}));

@@ -3,6 +3,7 @@
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod inspector;
+pub(crate) mod metrics;
 pub(crate) mod peers;
 pub(crate) mod publish;
 pub(crate) mod rendezvous;

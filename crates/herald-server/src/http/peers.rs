@@ -29,7 +29,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ClientError> {
     admin(&state, &headers, &q)?;
     let mut out = serde_json::Map::new();
-    for (id, rt) in &state.get().peers {
+    for (id, rt) in state.get().peers.iter() {
         let (up, detail) = rt.health.lock().clone();
         let control = match *rt.control.borrow() {
             Control::Run => "running",
@@ -59,7 +59,7 @@ async fn set(
     paused: bool,
 ) -> Result<Json<Value>, ClientError> {
     admin(&state, &headers, &q)?;
-    if !crate::peers::set_paused(&state, &id, paused) {
+    if !crate::peers::set_paused(&state.get().host, &id, paused) {
         return Err(ClientError::new(ErrorCode::NotFound, format!("no peer `{id}`")));
     }
     Ok(Json(json!({"peer": id, "control": if paused { "paused" } else { "running" }})))

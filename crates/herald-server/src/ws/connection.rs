@@ -9,7 +9,7 @@
 //!
 //! The loop is generic over a `Sink` and a `Stream` of messages, so tests
 //! drive a connection over channels without a socket
-//! ([`crate::testing`]).
+//! (the in-process tests).
 
 use super::{publish::Publication, writer};
 use crate::admission::{RateLimit, Slot};

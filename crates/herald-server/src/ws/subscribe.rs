@@ -103,7 +103,7 @@ impl Connection {
                     return;
                 }
                 // Tell the client at once about any source feeding it that is down.
-                for (id, rt) in &s.peers {
+                for (id, rt) in s.peers.iter() {
                     let (up, detail) = rt.health.lock().clone();
                     if !up && rt.exchanges.iter().any(|x| exchanges.contains(x)) {
                         self.send(&ServerMessage::Status { source: id.clone(), state: StatusState::Down, detail });
