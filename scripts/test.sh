@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/services.sh
+# A clean build gains nothing from incremental compilation, only its overhead.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 # Where pip puts moto_server for a non-root or --user install.
 export PATH="$HOME/.local/bin:$PATH"
 
