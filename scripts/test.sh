@@ -26,7 +26,10 @@ trap 'rm -f "$results"' EXIT
 cargo test --workspace --all-targets --locked 2>&1 | tee "$results"
 
 echo "== JavaScript client and inspector (Node and headless Chromium)"
-cargo build -p herald --locked
+# The binary the Rust tests just built (building it again outside `cargo
+# test` would recompile half the workspace: dev-dependency features differ).
+export HERALD_BIN="$PWD/target/debug/herald"
+[ -x "$HERALD_BIN" ] || cargo build -p herald --locked
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$results"
 
 echo "== fuzz (bounded)"

@@ -38,12 +38,6 @@ impl ClientError {
     }
 }
 
-impl From<(ErrorCode, String)> for ClientError {
-    fn from((code, message): (ErrorCode, String)) -> Self {
-        ClientError::new(code, message)
-    }
-}
-
 impl IntoResponse for ClientError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -38,18 +38,18 @@ pub(crate) fn compile_spec(
     principal: &Principal,
     bindings: &[Binding],
     filters: &[serde_json::Value],
-) -> Result<SubSpec, (ErrorCode, String)> {
-    let bad = |msg: String| (ErrorCode::BadRequest, msg);
+) -> Result<SubSpec, ClientError> {
+    let bad = |msg: String| ClientError::new(ErrorCode::BadRequest, msg);
     if bindings.is_empty() {
         return Err(bad("`bindings` must name at least one {exchange, pattern}".into()));
     }
     if bindings.len() > limits.max_bindings {
         let msg = format!("{} bindings; the limit is {} (limits.max_bindings)", bindings.len(), limits.max_bindings);
-        return Err((ErrorCode::LimitExceeded, msg));
+        return Err(ClientError::new(ErrorCode::LimitExceeded, msg));
     }
     if filters.len() > limits.max_filters {
         let msg = format!("{} filters; the limit is {} (limits.max_filters)", filters.len(), limits.max_filters);
-        return Err((ErrorCode::LimitExceeded, msg));
+        return Err(ClientError::new(ErrorCode::LimitExceeded, msg));
     }
     let mut compiled = Vec::with_capacity(bindings.len());
     for (i, b) in bindings.iter().enumerate() {
@@ -59,7 +59,7 @@ pub(crate) fn compile_spec(
         let pattern = Pattern::parse(&b.pattern).map_err(|e| bad(format!("binding #{i}: {e}")))?;
         if !principal.may_bind(&b.exchange, &pattern) {
             let msg = format!("binding #{i} ({} {}) is outside your subscribe grants", b.exchange, b.pattern);
-            return Err((ErrorCode::Forbidden, msg));
+            return Err(ClientError::new(ErrorCode::Forbidden, msg));
         }
         compiled.push((b.exchange.clone(), pattern));
     }

@@ -57,14 +57,26 @@ async fn publish(conn: &Connection, exchange: &str, range: std::ops::Range<u64>)
 }
 
 async fn wait_peer_up(g: &Gateway) {
+    wait_up(g, "rabbit").await;
+}
+
+/// Wait until peer `id` reports up (for PostgreSQL: connected and listening).
+async fn wait_up(g: &Gateway, id: &str) {
     for _ in 0..100 {
         let r: Value = reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json().await.expect("json");
-        if r["peers"]["rabbit"]["up"] == true {
+        if r["peers"][id]["up"] == true {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the peer never came up");
+    panic!("the peer {id} never came up");
+}
+
+/// The next message is the event with payload `{key: i}`: published last, by
+/// the same upstream, it shows that nothing (no duplicate) came before it.
+async fn expect_sentinel_event(c: &mut Client, key: &str, i: u64) {
+    let m = c.recv().await;
+    assert_eq!((m["type"].as_str(), m["payload"][key].as_u64()), (Some("event"), Some(i)), "the sentinel next: {m}");
 }
 
 async fn log_head(g: &Gateway) -> u64 {
@@ -74,7 +86,8 @@ async fn log_head(g: &Gateway) -> u64 {
     }
 }
 
-/// Read everything from the start; every i in 0..n exactly once, in order.
+/// Read everything from the start; every i in 0..n exactly once, in order,
+/// and nothing after them but a sentinel `i = n` sent through RabbitMQ last.
 async fn assert_exactly_once_in_order(g: &Gateway, exchange: &str, n: u64) {
     for _ in 0..300 {
         if log_head(g).await >= n {
@@ -87,7 +100,12 @@ async fn assert_exactly_once_in_order(g: &Gateway, exchange: &str, n: u64) {
     let events = c.events(n as usize).await;
     let got: Vec<u64> = events.iter().map(|e| e["payload"]["i"].as_u64().expect("i")).collect();
     assert_eq!(got, (0..n).collect::<Vec<_>>(), "every message once, in order");
-    c.expect_silence(Duration::from_millis(500)).await;
+    // RabbitMQ delivers a queue in order, redeliveries first: a message
+    // published now comes after any duplicate still on its way.
+    let conn = connect().await;
+    publish(&conn, exchange, n..n + 1).await;
+    let _ = conn.close(200, "done".into()).await;
+    expect_sentinel_event(&mut c, "i", n).await;
 }
 
 async fn cleanup(exchange: &str, queue: &str) {
@@ -214,7 +232,7 @@ async fn postgres_rows_become_events_with_acl_and_large_rows() {
     let g = Gateway::start_with(&pg_config(&db));
     let (mut c, _) = g.hello().await;
     c.subscribe("s", binding("pg.logs", "k.*"), json!({})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_up(&g, "pg").await;
     insert(&client, 0, None, json!({"n": 0})).await;
     insert(&client, 1, Some("alice"), json!({"n": 1})).await; // ACL user:alice: not for anonymous
     insert(&client, 2, None, json!({"n": 2, "big": "x".repeat(20_000)})).await; // far over NOTIFY's limit
@@ -224,7 +242,9 @@ async fn postgres_rows_become_events_with_acl_and_large_rows() {
     assert_eq!(evs[0]["exchange"], "pg.logs");
     assert_eq!(evs[1]["payload"]["n"], 2);
     assert_eq!(evs[1]["payload"]["big"].as_str().map(str::len), Some(20_000));
-    c.expect_silence(Duration::from_millis(300)).await;
+    // Not alice's row: a row inserted after it comes next.
+    insert(&client, 3, None, json!({"n": 3})).await;
+    expect_sentinel_event(&mut c, "n", 3).await;
     drop(g);
     pg_cleanup(&db).await;
 }
@@ -234,7 +254,7 @@ async fn postgres_backend_killed_and_herald_killed_mid_stream_lose_and_duplicate
     let _serial = SERIAL.lock().await;
     let (db, client) = pg_setup("fault").await;
     let mut g = Gateway::start_with(&pg_config(&db));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_up(&g, "pg").await;
     let n = 3000u64;
     let writer = tokio::spawn(async move {
         for i in 0..n {
@@ -262,7 +282,7 @@ async fn postgres_backend_killed_and_herald_killed_mid_stream_lose_and_duplicate
     }
     let at_kill = log_head(&g).await;
     g.kill_and_restart();
-    let _client = writer.await.expect("writer");
+    let client = writer.await.expect("writer");
     eprintln!("PostgreSQL backend killed at about 800, Herald killed at log head {at_kill}; {n} rows in total");
     assert!(at_kill < n, "Herald was killed mid-stream");
     let mut got = Vec::new();
@@ -272,7 +292,9 @@ async fn postgres_backend_killed_and_herald_killed_mid_stream_lose_and_duplicate
         got.push(e["payload"]["i"].as_u64().expect("i"));
     }
     assert_eq!(got, (0..n).collect::<Vec<_>>(), "every row once, in order");
-    c.expect_silence(Duration::from_millis(500)).await;
+    // No duplicate after them: a row inserted now comes next.
+    insert(&client, n, None, json!({"i": n})).await;
+    expect_sentinel_event(&mut c, "i", n).await;
     drop(g);
     pg_cleanup(&db).await;
 }

@@ -32,8 +32,7 @@ pub(crate) async fn history(
     let s = state.get();
     let q = StreamQuery::from_request(query)?;
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
-    let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)
-        .map_err(|(code, msg)| ClientError::new(code, msg))?;
+    let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ClientError::new(ErrorCode::BadRequest, format!("limit must be 1 to {MAX_LIMIT}")));

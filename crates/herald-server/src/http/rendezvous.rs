@@ -80,8 +80,7 @@ pub(crate) async fn request(
         return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
     let body = body_value(&headers, &bytes, s.config.rendezvous.max_body_bytes)?;
-    crate::rendezvous::check_request(&principal, &service, body.get(), s)
-        .map_err(|(code, msg)| ClientError::new(code, msg))?;
+    crate::rendezvous::check_request(&principal, &service, body.get(), s)?;
     // If the client goes away, this future is dropped with the pending
     // request: a late answer learns the requester is gone.
     let answer = s.broker.request(&service, body, q.timeout_ms.map(Duration::from_millis)).answer().await;
@@ -121,7 +120,7 @@ pub(crate) async fn poll(
 ) -> Result<Response, ClientError> {
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
-    crate::rendezvous::check_service(&service).map_err(|(code, msg)| ClientError::new(code, msg))?;
+    crate::rendezvous::check_service(&service)?;
     if !principal.may_serve(&service) {
         return Err(ClientError::new(ErrorCode::Forbidden, format!("your token does not grant serving `{service}`")));
     }

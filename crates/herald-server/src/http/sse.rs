@@ -76,8 +76,7 @@ pub(crate) async fn sse(
             return Ok(crate::ws::refuse(crate::admission::Refusal::PerUser));
         }
     }
-    let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)
-        .map_err(|(code, msg)| ClientError::new(code, msg))?;
+    let spec = compile_spec(&s.config.limits, &principal, &q.bindings()?, &q.filters()?)?;
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let since = q.since(last_event_id)?;
 

@@ -14,8 +14,8 @@ impl Connection {
     /// the error) when it comes.
     pub(super) fn request(&mut self, m: Request) {
         let s = self.state.get();
-        if let Err((code, msg)) = crate::rendezvous::check_request(&self.principal, &m.service, m.body.get(), s) {
-            return self.error(m.reference, None, code, msg);
+        if let Err(e) = crate::rendezvous::check_request(&self.principal, &m.service, m.body.get(), s) {
+            return self.refuse(m.reference, None, e);
         }
         while self.requests.try_join_next().is_some() {}
         let most = s.config.rendezvous.max_requests_per_connection;
@@ -44,8 +44,8 @@ impl Connection {
     /// `serve`: register this connection as a responder of the service.
     pub(super) fn serve(&mut self, m: Serve) {
         let s = self.state.get();
-        if let Err((code, msg)) = crate::rendezvous::check_service(&m.service) {
-            return self.error(m.reference, None, code, msg);
+        if let Err(e) = crate::rendezvous::check_service(&m.service) {
+            return self.refuse(m.reference, None, e);
         }
         if !self.principal.may_serve(&m.service) {
             let msg = format!("your token does not grant serving `{}`", m.service);

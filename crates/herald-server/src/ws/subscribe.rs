@@ -40,7 +40,7 @@ impl Connection {
                 format!("`sub` must be 1 to {MAX_SUB_ID_BYTES} bytes"),
             ));
         }
-        compile_spec(&self.state.get().config.limits, &self.principal, &m.bindings, &m.filters).map_err(Into::into)
+        compile_spec(&self.state.get().config.limits, &self.principal, &m.bindings, &m.filters)
     }
 
     pub(super) async fn subscribe(&self, m: Subscribe) {

@@ -30,6 +30,22 @@ async fn readyz(g: &Gateway) -> Value {
     reqwest::get(format!("{}/readyz", g.base)).await.expect("readyz").json().await.expect("json")
 }
 
+/// `/v1/peers` (the gateways here have no authentication).
+async fn peer_list(g: &Gateway) -> Value {
+    reqwest::get(format!("{}/v1/peers", g.base)).await.expect("peers").json().await.expect("json")
+}
+
+/// Wait until the peer's number of wanted dynamic bindings is `n`.
+async fn wait_dynamic_bindings(g: &Gateway, n: u64) {
+    for _ in 0..100 {
+        if peer_list(g).await["rabbit"]["dynamic_bindings"] == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the peer never held {n} dynamic bindings: {}", peer_list(g).await);
+}
+
 async fn wait_up(g: &Gateway) {
     for _ in 0..100 {
         if readyz(g).await["peers"]["rabbit"]["up"] == true {
@@ -101,7 +117,10 @@ async fn amqp_messages_become_events_acked_only_when_durable() {
         assert_eq!(e["headers"]["trace"], format!("t{i}"));
     }
     assert_eq!(evs[1]["routing_key"], "orders.us.created");
-    c.expect_silence(Duration::from_millis(300)).await;
+    // The two bad messages, queued after the 500, have been dealt with (rejected) ...
+    g.wait_metric("herald_peer_err_total{peer=\"rabbit\"}", 2.0).await;
+    // ... and became no event: a sentinel published now comes next.
+    c.expect_sentinel_next(&g, &exchange, "orders.sentinel", &["s"]).await;
 
     // Everything was acknowledged (after being stored): the queue is empty.
     let q = ch
@@ -128,7 +147,15 @@ async fn an_unreachable_upstream_is_reported_down_to_subscribers_and_readyz() {
     let (exchange, queue) = names("down");
     let g = Gateway::start_with(&peer_config(&exchange, &queue, "amqp://guest:guest@127.0.0.1:1/%2f"));
     let (mut c, _) = g.hello().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the first failed attempt to connect (the peer starts out down, "starting").
+    for _ in 0..100 {
+        if readyz(&g).await["peers"]["rabbit"]["detail"] != "starting" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = readyz(&g).await;
+    assert_ne!(r["peers"]["rabbit"]["detail"], "starting", "the peer never tried to connect: {r}");
     c.subscribe("s", binding(&exchange, "#"), json!({})).await;
     let m = c.recv().await;
     assert_eq!(m["type"], "status", "{m}");
@@ -209,7 +236,29 @@ async fn dynamic_bindings_are_made_on_demand_counted_capped_and_removed() {
     assert_eq!(m["exchange"], dynamic.as_str());
     assert!(bound(&queue, &dynamic, "a.#"));
     c.request(json!({"type": "unsubscribe", "sub": "a"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The binding is still wanted (a2 holds it) ...
+    assert_eq!(peer_list(&g).await["rabbit"]["dynamic_bindings"], 1, "still used by a2");
+    // ... and still routes: a message published after the unsubscribe reaches a2.
+    let probe = json!({"sentinel": "after unsubscribing a"});
+    ch.basic_publish(
+        dynamic.as_str().into(),
+        "a.x".into(),
+        BasicPublishOptions::default(),
+        probe.to_string().as_bytes(),
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+    loop {
+        let m = c.recv().await;
+        assert_eq!(m["type"], "event", "{m}");
+        if m["payload"] == probe {
+            assert_eq!(m["sub"], "a2", "only a2 is subscribed: {m}");
+            break;
+        }
+        // Before it: more of the messages published while waiting for the binding.
+        assert!(m["payload"]["i"].is_u64(), "{m}");
+    }
     assert!(bound(&queue, &dynamic, "a.#"), "still used by a2");
     c.request(json!({"type": "unsubscribe", "sub": "a2"})).await;
     let mut gone = false;
@@ -224,7 +273,9 @@ async fn dynamic_bindings_are_made_on_demand_counted_capped_and_removed() {
     // A missing exchange is ignored without disturbing the peer.
     let s = c.subscribe("m", binding(&format!("{exchange}-dyn-missing"), "#"), json!({})).await;
     assert_eq!(s["type"], "subscribed");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The peer has looked for the exchange and dropped the binding it cannot make ...
+    wait_dynamic_bindings(&g, 0).await;
+    // ... without disturbing the peer.
     assert_eq!(readyz(&g).await["peers"]["rabbit"]["up"], true);
     let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = ch.exchange_delete(dynamic.as_str().into(), ExchangeDeleteOptions::default()).await;
@@ -264,7 +315,28 @@ async fn peers_pause_and_resume_without_losing_anything() {
         .await
         .expect("confirm");
     }
-    c.expect_silence(Duration::from_millis(700)).await;
+    // RabbitMQ has handed all twenty to the paused consumer (prefetch 100): none is ready in the queue.
+    let mut handed_over = false;
+    for _ in 0..100 {
+        let q = ch
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        if q.message_count() == 0 {
+            handed_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(handed_over, "RabbitMQ never delivered the messages to the paused peer");
+    // Paused, the peer takes none of them: a sentinel published now comes next ...
+    c.expect_sentinel_next(&g, &exchange, "orders.sentinel", &["s"]).await;
+    // ... and the peer has received nothing from its upstream.
+    assert_eq!(peer_list(&g).await["rabbit"]["in"], 0);
     assert_eq!(http.post(format!("{}/v1/peers/nope/pause", g.base)).send().await.expect("pause").status(), 404);
     assert_eq!(http.post(format!("{}/v1/peers/rabbit/resume", g.base)).send().await.expect("resume").status(), 200);
     let mut got = Vec::new();
@@ -337,7 +409,8 @@ async fn cc_routing_keys_route_like_in_rabbitmq() {
     assert_eq!(subs, vec!["cc", "all"], "each subscription once, although two CC keys match `#`");
     assert_eq!(evs[0]["routing_key"], "misc.1");
     assert_eq!(evs[0]["headers"]["CC"], json!(["orders.cc", "orders.other"]));
-    c.expect_silence(Duration::from_millis(300)).await;
+    // No second copy for `all`: a sentinel both subscriptions match comes next, once each.
+    c.expect_sentinel_next(&g, &exchange, "orders.cc", &["cc", "all"]).await;
     let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     let _ = ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
     let _ = conn.close(200, "done".into()).await;

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "test-secret-of-at-least-16-bytes";
 
@@ -89,12 +89,13 @@ async fn bindings_outside_grants_are_forbidden_and_events_are_clipped_to_grants(
     let got: Vec<(String, u64)> =
         evs.iter().map(|e| (e["sub"].as_str().unwrap_or("").into(), e["id"].as_u64().unwrap_or(0))).collect();
     assert_eq!(got, vec![("wide".into(), 2), ("exact".into(), 2), ("wide".into(), 3)]);
-    c.expect_silence(Duration::from_millis(200)).await;
-    // Replay is clipped the same way.
+    // Nothing else: a sentinel inside the grant, which both match, comes next.
+    let sentinel = c.expect_sentinel_next(&g, "team/orders", "eu.sentinel", &["wide", "exact"]).await;
+    // Replay is clipped the same way (the sentinel is history now, inside the grant).
     let s = c.subscribe("old", binding("team/orders", "#"), json!({"since": {"id": 0}})).await;
     assert_eq!(s["type"], "subscribed");
-    assert_eq!(ids(&c.events(2).await), vec![2, 3]);
-    c.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(ids(&c.events(3).await), vec![2, 3, sentinel]);
+    c.expect_sentinel_next(&g, "team/orders", "eu.sentinel", &["wide", "exact", "old"]).await;
 }
 
 #[tokio::test]
@@ -113,17 +114,20 @@ async fn acl_limits_events_to_named_users_and_groups_live_replay_and_resume() {
     }
     assert_eq!(ids(&alice.events(2).await), vec![1, 3]);
     assert_eq!(ids(&bob.events(1).await), vec![2]);
-    alice.expect_silence(Duration::from_millis(200)).await;
-    bob.expect_silence(Duration::from_millis(100)).await;
+    // Nothing else for either: an event without an ACL, which both may see, comes next.
+    let open = g.publish_sentinel("x", "k").await;
+    alice.expect_next_events(open, &["s"]).await;
+    bob.expect_next_events(open, &["s"]).await;
     let s = bob.subscribe("r", binding("x", "#"), json!({"since": {"id": 0}})).await;
     assert_eq!(s["type"], "subscribed");
-    assert_eq!(ids(&bob.events(1).await), vec![2], "replay applies the ACL");
-    bob.expect_silence(Duration::from_millis(100)).await;
+    assert_eq!(ids(&bob.events(2).await), vec![2, open], "replay applies the ACL");
+    let open = bob.expect_sentinel_next(&g, "x", "k", &["s", "r"]).await;
+    alice.expect_next_events(open, &["s"]).await;
     // Resume applies it too, and only alice may resume alice's session.
-    alice.send(json!({"type": "ack", "sub": "s", "id": 4})).await;
+    alice.send(json!({"type": "ack", "sub": "s", "id": open})).await;
     alice.request(json!({"type": "ping"})).await;
     alice.abort();
-    bob.request(publish(json!(["user:alice"]))).await;
+    let for_alice = bob.request(publish(json!(["user:alice"]))).await["id"].as_u64().expect("id");
     bob.request(publish(json!(["user:bob"]))).await;
     let creds = json!({"id": w["session"]["id"], "secret": w["session"]["secret"]});
     let mut thief = g.client().await;
@@ -133,8 +137,9 @@ async fn acl_limits_events_to_named_users_and_groups_live_replay_and_resume() {
     let w2 =
         alice.request(json!({"type": "hello", "token": token("alice", &["ops"], all.clone()), "session": creds})).await;
     assert_eq!(w2["resumed"], true, "{w2}");
-    assert_eq!(ids(&alice.events(1).await), vec![5]);
-    alice.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(ids(&alice.events(1).await), vec![for_alice]);
+    // Not bob's event: a sentinel published after it comes next.
+    alice.expect_sentinel_next(&g, "x", "k", &["s"]).await;
 }
 
 #[tokio::test]

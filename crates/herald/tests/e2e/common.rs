@@ -126,6 +126,27 @@ impl Gateway {
         }
     }
 
+    /// Wait until a metric has come down to `at_most` (fails after [`TIMEOUT`]).
+    pub async fn wait_metric_at_most(&self, series: &str, at_most: f64) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let v = self.metric(series).await;
+            if v <= at_most {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{series} stayed at {v}, above {at_most}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Publish one sentinel event (payload `{"sentinel": true}`) over HTTP; returns its id.
+    pub async fn publish_sentinel(&self, exchange: &str, routing_key: &str) -> u64 {
+        let ids = self
+            .publish(json!({"exchange": exchange, "routing_key": routing_key, "payload": {"sentinel": true}}))
+            .await;
+        ids[0]
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
@@ -238,11 +259,46 @@ impl Client {
         }
     }
 
-    /// Expect nothing for `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(v) = self.try_recv(wait).await {
-            panic!("expected nothing, got {v}");
+    /// The next messages are exactly the event `id`, once for each of `subs`
+    /// (in any order); anything else first panics. Events reach a connection
+    /// in id order, so nothing published before `id` can still arrive after.
+    pub async fn expect_next_events(&mut self, id: u64, subs: &[&str]) -> Vec<Value> {
+        let mut want: Vec<&str> = subs.to_vec();
+        let mut got = Vec::new();
+        while !want.is_empty() {
+            let m = match self.try_recv(TIMEOUT).await {
+                Ok(m) => m,
+                Err(e) => panic!("expected event {id} for {want:?} next, got nothing: {e}"),
+            };
+            let pos = want.iter().position(|s| m["sub"].as_str() == Some(*s));
+            match pos {
+                Some(i) if m["type"] == "event" && m["id"].as_u64() == Some(id) => {
+                    want.swap_remove(i);
+                    got.push(m);
+                }
+                _ => panic!("expected event {id} for {want:?} next, got {m}"),
+            }
         }
+        got
+    }
+
+    /// Show that nothing else is on its way: publish a sentinel on
+    /// `exchange`/`routing_key` (which `subs` of this client match) and check
+    /// that it is the next thing received, once for each of `subs`. Returns its id.
+    pub async fn expect_sentinel_next(&mut self, g: &Gateway, exchange: &str, routing_key: &str, subs: &[&str]) -> u64 {
+        let id = g.publish_sentinel(exchange, routing_key).await;
+        self.expect_next_events(id, subs).await;
+        id
+    }
+
+    /// Send a ping and check that its pong is the next message: commands are
+    /// answered in order, so nothing sent in answer to earlier input is still to come.
+    pub async fn expect_pong_next(&mut self) {
+        self.next_ref += 1;
+        let r = format!("fence{}", self.next_ref);
+        self.send(json!({"type": "ping", "ref": r.as_str()})).await;
+        let m = self.recv().await;
+        assert_eq!(m, json!({"type": "pong", "ref": r.as_str()}), "expected the pong to {r} next");
     }
 
     /// Wait for the close frame; returns its code.

@@ -3,7 +3,6 @@
 use crate::common::*;
 use serde_json::json;
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9() {
@@ -32,7 +31,8 @@ async fn acknowledged_events_survive_kill_9() {
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Kill once the publishers are well under way.
+    g.wait_metric("herald_log_head", 200.0).await;
     g.kill_and_restart();
     let mut acked = BTreeSet::new();
     for t in tasks {

@@ -2,7 +2,6 @@
 
 use crate::common::*;
 use serde_json::json;
-use std::time::Duration;
 
 #[tokio::test]
 async fn since_id_replays_then_goes_live() {
@@ -16,7 +15,7 @@ async fn since_id_replays_then_goes_live() {
     assert_eq!(ids(&c.events(6).await), vec![5, 6, 7, 8, 9, 10]);
     g.publish_n("r", "a", 2).await;
     assert_eq!(ids(&c.events(2).await), vec![16, 17]);
-    c.expect_silence(Duration::from_millis(200)).await;
+    c.expect_sentinel_next(&g, "r", "a", &["s"]).await;
 }
 
 #[tokio::test]
@@ -35,7 +34,8 @@ async fn since_last_gives_the_n_most_recent_matching() {
     assert_eq!(ids(&c.events(1).await), vec![31]);
     let s = c.subscribe("t", binding("r", "hit"), json!({"since": {"last": 0}})).await;
     assert_eq!(s["type"], "subscribed");
-    c.expect_silence(Duration::from_millis(200)).await;
+    // `t` replays nothing: the next event, live, comes to both and nothing before it.
+    c.expect_sentinel_next(&g, "r", "hit", &["s", "t"]).await;
     let e = c.subscribe("u", binding("r", "#"), json!({"since": {"last": 100_000_000}})).await;
     assert_eq!(e["code"], "limit_exceeded", "{e}");
 }
@@ -45,12 +45,17 @@ async fn since_time_starts_at_that_instant() {
     let g = Gateway::start();
     // Events committed together share a time; these five are one commit.
     g.publish_n("t", "a", 5).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     g.publish_n("t", "a", 1).await;
     let (mut c, _) = g.hello().await;
-    c.subscribe("probe", binding("t", "#"), json!({"since": {"id": 5}})).await;
-    let sixth = c.events(1).await.remove(0);
+    c.subscribe("probe", binding("t", "#"), json!({"since": {"id": 4}})).await;
+    let mut first = c.events(2).await;
+    let sixth = first.remove(1);
+    let fifth = first.remove(0);
     let t = sixth["time"].as_str().expect("time").to_string();
+    // The two commits, one after the other, have different times (fixed-width
+    // RFC 3339 in microseconds, so the strings compare like the instants).
+    let t5 = fifth["time"].as_str().expect("time");
+    assert!(t.as_str() > t5, "the sixth event's commit is later than the fifth's: {t5} then {t}");
     g.publish_n("t", "a", 3).await;
     c.subscribe("s", binding("t", "#"), json!({"since": {"time": t}})).await;
     let evs = c.events(3 + 4).await;
@@ -84,15 +89,20 @@ async fn replay_and_live_merge_without_gap_or_duplicate_under_load() {
         let (mut c, _) = g.hello().await;
         let s = c.subscribe("s", binding("load", "#"), json!({"since": {"id": since}})).await;
         assert_eq!(s["type"], "subscribed");
+        // Let the publisher move on before the next client subscribes, so that
+        // each one joins at a different point of the stream (3000 is its last id).
+        let head = s["head"].as_u64().expect("head");
+        g.wait_metric("herald_log_head", (head + 1).min(3000) as f64).await;
         clients.push((since, c));
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     publisher.await.expect("publisher");
+    // Published after everything else: each client's next event after 1..=3000.
+    let sentinel = g.publish_sentinel("load", "k").await;
     for (since, mut c) in clients {
         let want: Vec<u64> = (since + 1..=3000).collect();
         let got = ids(&c.events(want.len()).await);
         assert_eq!(got, want, "since {since}");
-        c.expect_silence(Duration::from_millis(200)).await;
+        c.expect_next_events(sentinel, &["s"]).await;
     }
 }
 

@@ -2,7 +2,6 @@
 
 use crate::common::*;
 use serde_json::json;
-use std::time::Duration;
 
 #[tokio::test]
 async fn bindings_select_events_and_subscriptions_are_independent() {
@@ -37,14 +36,16 @@ async fn bindings_select_events_and_subscriptions_are_independent() {
     assert_eq!(e["exchange"], "shop");
     assert_eq!(e["routing_key"], "order.created");
     assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')));
-    c.expect_silence(Duration::from_millis(200)).await;
+    // Nothing else: a sentinel both subscriptions match comes next.
+    c.expect_sentinel_next(&g, "shop", "order.sentinel", &["orders", "all"]).await;
 
     let u = c.request(json!({"type": "unsubscribe", "sub": "all"})).await;
     assert_eq!(u["type"], "unsubscribed");
-    g.publish(json!({"exchange": "shop", "routing_key": "x.refund", "payload": 5})).await;
+    let id = g.publish(json!({"exchange": "shop", "routing_key": "x.refund", "payload": 5})).await[0];
     let evs = c.events(1).await;
-    assert_eq!((evs[0]["sub"].as_str(), evs[0]["id"].as_u64()), (Some("orders"), Some(5)));
-    c.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!((evs[0]["sub"].as_str(), evs[0]["id"].as_u64()), (Some("orders"), Some(id)));
+    // No copy of it for `all`: the next event, which `all` would match too, comes for `orders` alone.
+    c.expect_sentinel_next(&g, "shop", "s.refund", &["orders"]).await;
 
     let e = c.request(json!({"type": "unsubscribe", "sub": "all"})).await;
     assert_eq!(e["code"], "not_found");
@@ -97,7 +98,10 @@ async fn filters_on_fields_and_payload() {
     let got: Vec<(String, u64)> =
         evs.iter().map(|e| (e["sub"].as_str().unwrap_or("").to_string(), e["id"].as_u64().unwrap_or(0))).collect();
     assert_eq!(got, vec![("state".into(), 1), ("big".into(), 2), ("rk".into(), 2), ("big".into(), 3)]);
-    c.expect_silence(Duration::from_millis(200)).await;
+    // Nothing else: a sentinel that passes all three filters comes next, once for each.
+    let sentinel = json!({"n": 100, "task": {"state": "done"}, "flag": true, "sentinel": true});
+    let id = g.publish(json!({"exchange": "m", "routing_key": "b", "payload": sentinel})).await[0];
+    c.expect_next_events(id, &["big", "state", "rk"]).await;
 }
 
 #[tokio::test]
@@ -105,15 +109,18 @@ async fn pause_holds_events_until_resume_in_order() {
     let g = Gateway::start();
     let (mut c, _) = g.hello().await;
     c.subscribe("s", binding("p", "#"), json!({})).await;
+    // A second, live subscription on this connection carries the sentinel while `s` is paused.
+    c.subscribe("live", binding("fence", "#"), json!({})).await;
     g.publish_n("p", "k", 3).await;
     assert_eq!(ids(&c.events(3).await), vec![1, 2, 3]);
     assert_eq!(c.request(json!({"type": "pause", "sub": "s"})).await["type"], "paused");
-    g.publish_n("p", "k", 5).await;
-    c.expect_silence(Duration::from_millis(300)).await;
+    let mut held = g.publish_n("p", "k", 5).await;
+    // Held: an event published after them reaches the live subscription first.
+    c.expect_sentinel_next(&g, "fence", "k", &["live"]).await;
     assert_eq!(c.request(json!({"type": "resume", "sub": "s"})).await["type"], "resumed");
-    g.publish_n("p", "k", 2).await;
-    assert_eq!(ids(&c.events(7).await), vec![4, 5, 6, 7, 8, 9, 10]);
-    c.expect_silence(Duration::from_millis(200)).await;
+    held.extend(g.publish_n("p", "k", 2).await);
+    assert_eq!(ids(&c.events(7).await), held);
+    c.expect_sentinel_next(&g, "p", "k", &["s"]).await;
     assert_eq!(c.request(json!({"type": "pause", "sub": "nope"})).await["code"], "not_found");
 }
 
@@ -128,5 +135,5 @@ async fn acl_events_are_not_shown_to_anonymous_clients() {
     ]))
     .await;
     assert_eq!(ids(&c.events(1).await), vec![2]);
-    c.expect_silence(Duration::from_millis(200)).await;
+    c.expect_sentinel_next(&g, "a", "k", &["s"]).await;
 }

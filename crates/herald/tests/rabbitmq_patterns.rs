@@ -2,7 +2,9 @@
 //! patterns bound to a real topic exchange, the same routing keys published,
 //! and every (pattern, key) answer compared.
 //!
-//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest), or `HERALD_TEST_AMQP_URL`.
+//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest), or `HERALD_TEST_AMQP_URL`;
+//! it lives with the other tests that need services (`.ci/run` starts them),
+//! so that `cargo test -p herald-core` needs none.
 #![allow(missing_docs)]
 
 use herald_core::{Pattern, PatternIndex};
