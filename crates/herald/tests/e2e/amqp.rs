@@ -187,20 +187,26 @@ fn bound(queue: &str, exchange: &str, pattern: &str) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamic_bindings_are_made_on_demand_counted_capped_and_removed() {
-    let (exchange, queue) = names("dyn");
-    let dynamic = format!("{exchange}-dyn");
+/// A connection and channel to RabbitMQ, with the durable topic exchange `name` declared.
+async fn declare_topic(name: &str) -> (Connection, lapin::Channel) {
     let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
     let ch = conn.create_channel().await.expect("channel");
     ch.exchange_declare(
-        dynamic.as_str().into(),
+        name.into(),
         lapin::ExchangeKind::Topic,
         lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
         FieldTable::default(),
     )
     .await
     .expect("declare");
+    (conn, ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_bindings_are_made_on_demand_counted_capped_and_removed() {
+    let (exchange, queue) = names("dyn");
+    let dynamic = format!("{exchange}-dyn");
+    let (conn, ch) = declare_topic(&dynamic).await;
     // A long heartbeat: rabbitmqctl takes a while and this client only reads in between.
     let cfg = peer_config(&exchange, &queue, URL).replace("heartbeat = \"300ms\"", "heartbeat = \"30s\"")
         + &format!("dynamic_exchanges = [\"{exchange}-dyn*\"]\nmax_dynamic_bindings = 1\n");
@@ -434,16 +440,7 @@ async fn wait_bound(queue: &str, exchange: &str, pattern: &str, want: bool) -> b
 async fn a_dynamic_binding_held_by_a_restored_session_is_removed_when_its_last_subscription_ends() {
     let (exchange, queue) = names("dynrestore");
     let dynamic = format!("{exchange}-dyn");
-    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.exchange_declare(
-        dynamic.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
+    let (conn, ch) = declare_topic(&dynamic).await;
     let cfg = peer_config(&exchange, &queue, URL).replace("heartbeat = \"300ms\"", "heartbeat = \"30s\"")
         + &format!("dynamic_exchanges = [\"{exchange}-dyn*\"]\n");
     let mut g = Gateway::start_with(&cfg);
