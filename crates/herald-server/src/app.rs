@@ -230,7 +230,8 @@ impl Server {
 async fn save_sessions(state: &AppState) {
     let s = state.get();
     let mut ops = s.sessions.take_dirty_acks();
-    ops.extend(s.sessions.all().iter().map(|session| StoreOp::Put(session.stored())));
+    let keep = s.sessions.all().into_iter().filter(|session| session.is_stored() || session.sub_count() > 0);
+    ops.extend(keep.map(|session| StoreOp::Put(session.stored())));
     let n = ops.len();
     match s.write_sessions(ops).await {
         Ok(()) => info!(writes = n, "Sessions stored for resumption after restart."),
@@ -291,7 +292,14 @@ fn spawn_session_tasks(state: &AppState) {
             for session in &expired {
                 info!(session = %session.id(), "Session expired.");
             }
-            let ops = expired.iter().map(|session| StoreOp::Delete(session.id().to_string())).collect();
+            let ops: Vec<StoreOp> = expired
+                .iter()
+                .filter(|session| session.is_stored())
+                .map(|session| StoreOp::Delete(session.id().to_string()))
+                .collect();
+            if ops.is_empty() {
+                continue;
+            }
             if let Err(e) = s.write_sessions(ops).await {
                 warn!(error = %e, "Could not remove expired sessions from the store; they are dropped at the next start.");
             }

@@ -339,3 +339,26 @@ async fn a_take_over_while_subscribe_awaits_leaves_nothing_on_the_old_connection
     let e = new.recv_msg().await;
     assert_eq!((e["type"].as_str(), e["sub"].as_str(), e["id"].as_u64()), (Some("event"), Some("a"), Some(1)), "{e}");
 }
+
+/// A session that never had a subscription holds nothing a crash could
+/// lose: it costs no store write when it starts, detaches or ends, so a
+/// storm of publish-only clients costs no fsyncs.
+#[tokio::test(start_paused = true)]
+async fn sessions_without_subscriptions_are_never_written() {
+    let h = start(|c| c.heartbeat = Duration::from_secs(3600)).await;
+    let writes = |op| h.state.get().metrics.session_writes.get_or_create(&crate::metrics::StoreOpLabel { op }).get();
+    let mut abrupt = connect(&h);
+    abrupt.request(json!({"type": "hello"})).await;
+    abrupt.cut();
+    let mut orderly = connect(&h);
+    orderly.request(json!({"type": "hello"})).await;
+    orderly.tx.as_ref().expect("open").send(Message::Close(None)).await.expect("close");
+    until("both gone", || h.state.get().connections.len() == 0).await;
+    assert_eq!((writes("put"), writes("delete")), (0, 0));
+    // With a subscription the same life is stored: subscribe and detach.
+    let mut c = connect(&h);
+    c.request(json!({"type": "hello"})).await;
+    c.request(json!({"type": "subscribe", "sub": "a", "bindings": [{"exchange": "x", "pattern": "#"}]})).await;
+    c.cut();
+    until("detached and stored", || writes("put") == 2).await;
+}

@@ -36,6 +36,7 @@ use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
@@ -203,6 +204,8 @@ pub struct Session {
     user: Option<String>,
     state: Mutex<State>,
     shared: Arc<Shared>,
+    /// Whether a store holds it (set after a successful write, and at restore).
+    stored: AtomicBool,
 }
 
 impl fmt::Debug for Session {
@@ -251,6 +254,17 @@ impl Session {
         st.attached = Some((st.epoch, outbox));
         st.detached_at_ms = None;
         Attachment { epoch: st.epoch }
+    }
+
+    /// Record that a store now holds this session.
+    pub fn mark_stored(&self) {
+        self.stored.store(true, Ordering::Release);
+    }
+
+    /// Whether a store holds this session: one that was never written needs
+    /// no delete, and one without subscriptions no write at detach.
+    pub fn is_stored(&self) -> bool {
+        self.stored.load(Ordering::Acquire)
     }
 
     /// Whether a connection holds the session now.
@@ -584,6 +598,7 @@ impl SessionTable {
             user,
             state: Mutex::new(state),
             shared: self.shared.clone(),
+            stored: AtomicBool::new(false),
         });
         self.sessions.lock().insert(session.id.clone(), session.clone());
         (session, Attachment { epoch: 1 }, secret)
@@ -744,6 +759,7 @@ impl SessionTable {
                 user: s.user,
                 state: Mutex::new(state),
                 shared: self.shared.clone(),
+                stored: AtomicBool::new(true),
             });
             self.shared.expiries.lock().push(Reverse((detached_at + ttl, s.id.clone(), 1)));
             sessions.insert(s.id, session);

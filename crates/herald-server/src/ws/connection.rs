@@ -296,7 +296,9 @@ impl Connection {
         s.write_sessions(vec![StoreOp::Put(session.stored())]).await.map_err(|e| {
             warn!(conn = self.conn_id, session = %session.id(), error = %e, "Could not store a session change.");
             ClientError::new(ErrorCode::Unavailable, format!("the session could not be stored: {e}"))
-        })
+        })?;
+        session.mark_stored();
+        Ok(())
     }
 
     /// The connection ended: detach the session (abrupt end, it waits for
@@ -308,16 +310,21 @@ impl Connection {
         let s = self.state.get();
         let (session, att) = (held.session, held.att);
         if orderly {
-            if s.sessions.end(&session, &att) {
+            if s.sessions.end(&session, &att) && session.is_stored() {
                 if let Err(e) = s.write_sessions(vec![StoreOp::Delete(session.id().to_string())]).await {
                     warn!(session = %session.id(), error = %e, "Could not remove an ended session from the store.");
                 }
                 debug!(conn = self.conn_id, session = %session.id(), "Session ended by the client.");
             }
         } else if session.detach(&att) {
-            // The acks so far and the detach time: the TTL runs from here, across restarts too.
-            if let Err(e) = s.write_sessions(vec![StoreOp::Put(session.stored())]).await {
-                warn!(session = %session.id(), error = %e, "Could not store a detached session.");
+            // The acks so far and the detach time: the TTL runs from here,
+            // across restarts too. A session that never had a subscription
+            // has nothing to keep.
+            if session.is_stored() || session.sub_count() > 0 {
+                match s.write_sessions(vec![StoreOp::Put(session.stored())]).await {
+                    Ok(()) => session.mark_stored(),
+                    Err(e) => warn!(session = %session.id(), error = %e, "Could not store a detached session."),
+                }
             }
             debug!(conn = self.conn_id, session = %session.id(), "Session detached; it can be resumed.");
         }
