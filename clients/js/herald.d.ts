@@ -33,6 +33,8 @@ export interface NewEvent {
   payload: Json;
   acl?: string[];
   headers?: { [key: string]: Json };
+  /** 1 to 128 bytes: a repeat with the same key and exchange within the server's window gets the first id and is stored once. */
+  idempotency_key?: string;
 }
 
 /** A token, or a function that gets a fresh one (called at every connect and before expiry). */

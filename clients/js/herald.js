@@ -287,6 +287,9 @@ export class HeraldClient extends Emitter {
     const msg = { type: 'publish', exchange: event.exchange, routing_key: event.routing_key ?? '', payload: event.payload };
     if (event.acl) msg.acl = event.acl;
     if (event.headers) msg.headers = event.headers;
+    // With a key, publishing again after a lost answer is safe: the server
+    // answers a repeat with the first id and stores it once.
+    if (event.idempotency_key !== undefined) msg.idempotency_key = event.idempotency_key;
     return this._command(msg).then((answer) => answer.id);
   }
 

@@ -64,6 +64,9 @@ test('subscribe with bindings and filters, publish, unsubscribe', async () => {
   assert.equal(sub.recovered, true);
   const id = await c.publish({ exchange: 'js.basic', routing_key: 'k.1', payload: { n: 1 } });
   assert.equal(typeof id, 'number');
+  const keyed = { exchange: 'js.keyed', routing_key: 'k', payload: 1, idempotency_key: `js-${Date.now()}` };
+  const first = await c.publish(keyed);
+  assert.equal(await c.publish(keyed), first, 'a repeat with the same idempotency key gets the first id');
   await publish(herald.httpUrl, admin, batch('js.basic', 2, 5));
   await publish(herald.httpUrl, admin, [{ exchange: 'js.basic', routing_key: 'other', payload: { n: 9 } }]);
   await until(() => seen.length === 5, '5 events');

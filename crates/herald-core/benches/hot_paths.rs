@@ -24,6 +24,7 @@ fn event(id: u64, rk: &str) -> Arc<Event> {
             acl: None,
             headers: None,
             origin: None,
+            idempotency_key: None,
         },
     ))
 }

@@ -41,6 +41,10 @@ pub struct NewEvent {
     /// Origin, filled in by the server, never trusted from a client.
     #[serde(default, skip)]
     pub origin: Option<Origin>,
+    /// Publisher-chosen key (1 to 128 bytes): a second publish with the same
+    /// key and exchange within the idempotency window is not stored again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Why a [`NewEvent`] was refused.
@@ -63,6 +67,9 @@ pub enum EventError {
     /// An ACL entry is not `user:<name>` or `group:<name>`.
     #[error("acl entry `{0}` must be `user:<name>` or `group:<name>`")]
     BadAcl(String),
+    /// The idempotency key is empty or longer than 128 bytes.
+    #[error("idempotency_key must be 1 to 128 bytes")]
+    BadIdempotencyKey,
 }
 
 impl NewEvent {
@@ -76,6 +83,9 @@ impl NewEvent {
         }
         if self.routing_key.len() > MAX_NAME_BYTES {
             return Err(EventError::NameTooLong("routing_key"));
+        }
+        if self.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > crate::idempotency::MAX_KEY_BYTES) {
+            return Err(EventError::BadIdempotencyKey);
         }
         let size = self.payload.get().len();
         if size > max_payload_bytes {
@@ -117,6 +127,10 @@ pub struct Event {
     /// Origin, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// The publisher's idempotency key, if any (kept so the window can be
+    /// rebuilt from the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     /// The payload parsed, computed on first use by a payload filter.
     #[serde(skip)]
     parsed: OnceLock<Value>,
@@ -137,6 +151,7 @@ impl Event {
             acl: e.acl,
             headers: e.headers,
             origin: e.origin,
+            idempotency_key: e.idempotency_key,
             parsed: OnceLock::new(),
             frame_tail: OnceLock::new(),
         }
@@ -216,6 +231,7 @@ mod tests {
             acl: Some(vec!["user:a".into(), "group:g".into()]),
             headers: None,
             origin: None,
+            idempotency_key: None,
         };
         assert_eq!(e.validate(10), Ok(()));
         e.acl = Some(vec!["alice".into()]);

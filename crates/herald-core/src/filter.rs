@@ -224,6 +224,7 @@ mod tests {
                 acl: None,
                 headers: None,
                 origin: None,
+                idempotency_key: None,
             },
         )
     }

@@ -10,6 +10,7 @@
 pub mod event;
 pub mod fanout;
 pub mod filter;
+pub mod idempotency;
 pub mod index;
 pub mod outbox;
 pub mod pattern;
@@ -20,6 +21,7 @@ pub mod session;
 pub use event::{Event, EventError, NewEvent, Origin};
 pub use fanout::{FanOut, FrameFormat, GoLive, Mode, Registration, Start, SubEntry, SubSpec};
 pub use filter::{Filter, FilterError};
+pub use idempotency::{Claim, IdempotencyWindow};
 pub use index::PatternIndex;
 pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};

@@ -260,6 +260,7 @@ mod tests {
                 acl: acl.map(|a| a.into_iter().map(String::from).collect()),
                 headers: None,
                 origin: None,
+                idempotency_key: None,
             },
         )
     }

@@ -24,7 +24,7 @@
 //!                 8   8   time, microseconds since the Unix epoch, u64 LE
 //!                 16  2   exchange length X, u16 LE
 //!                 18  X   exchange, UTF-8
-//!                 18+X    JSON object {routing_key, payload, acl?, headers?, origin?}
+//!                 18+X    JSON object {routing_key, payload, acl?, headers?, origin?, idempotency_key?}
 //! ```
 //!
 //! The exchange and time are outside the JSON so that the start-up scan can

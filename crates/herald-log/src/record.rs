@@ -25,6 +25,8 @@ struct RestOut<'a> {
     headers: Option<&'a serde_json::Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<&'a Origin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +39,8 @@ struct RestIn {
     headers: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     origin: Option<Origin>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// Append the record for `event` to `buf`.
@@ -54,6 +58,7 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
         acl: event.acl.as_ref(),
         headers: event.headers.as_ref(),
         origin: event.origin.as_ref(),
+        idempotency_key: event.idempotency_key.as_deref(),
     };
     // Writing JSON into a Vec cannot fail for these types.
     let _ = serde_json::to_writer(&mut *buf, &rest);
@@ -126,6 +131,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Event, String> {
             acl: rest.acl,
             headers: rest.headers,
             origin: rest.origin,
+            idempotency_key: rest.idempotency_key,
         },
     ))
 }

@@ -17,6 +17,7 @@ fn ev(exchange: &str, rk: &str, n: u64) -> NewEvent {
         acl: None,
         headers: None,
         origin: None,
+        idempotency_key: None,
     }
 }
 

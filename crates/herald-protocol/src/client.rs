@@ -133,6 +133,10 @@ pub struct Publish {
     /// Optional string headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<serde_json::Map<String, Value>>,
+    /// 1 to 128 bytes: a repeat with the same key and exchange within the
+    /// idempotency window is answered with the first id and not stored again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// `request`: ask one responder of `service` and wait for its answer.

@@ -89,8 +89,18 @@ impl Server {
             (None, SessionStoreKind::Memory) => Arc::new(MemoryStore::new()),
         };
         let peers = Arc::new(peers);
-        let host =
-            Arc::new(crate::peers::GatewayHost { log: dyn_log.clone(), fanout: fanout.clone(), peers: peers.clone() });
+        let idempotency = Arc::new(herald_core::IdempotencyWindow::new(
+            config.publish.idempotency_window,
+            config.publish.max_idempotency_keys,
+        ));
+        let keys = crate::publishing::rebuild_window(&*dyn_log, &idempotency).await?;
+        info!(keys, window = ?config.publish.idempotency_window, "Idempotency window rebuilt from the log.");
+        let host = Arc::new(crate::peers::GatewayHost {
+            log: dyn_log.clone(),
+            fanout: fanout.clone(),
+            peers: peers.clone(),
+            idempotency,
+        });
         crate::peers::start(host.clone(), connectors, drain_rx.clone());
         let state = AppState::new(crate::state::Parts {
             config: config.clone(),

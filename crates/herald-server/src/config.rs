@@ -22,6 +22,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Sessions.
     pub session: SessionConfig,
+    /// Publishing (`[publish]`).
+    pub publish: PublishConfig,
     /// Authentication.
     pub auth: AuthConfig,
     /// TLS on the listener (absent: plain HTTP, e.g. behind a proxy that terminates TLS).
@@ -167,6 +169,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
+            publish: PublishConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
             peer: Vec::new(),
@@ -175,6 +178,26 @@ impl Default for Config {
             heartbeat: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// Publish settings (`[publish]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// How long an `idempotency_key` is remembered: a second publish with
+    /// the same key and exchange within it is answered with the first id
+    /// and not stored again. Rebuilt from the log at start.
+    #[serde(with = "duration")]
+    pub idempotency_window: Duration,
+    /// Most keys remembered at once; past that the oldest are forgotten
+    /// early (counted in `herald_idempotency_forgotten_early_total`).
+    pub max_idempotency_keys: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig { idempotency_window: Duration::from_secs(120), max_idempotency_keys: 1_000_000 }
     }
 }
 
@@ -340,6 +363,9 @@ impl Config {
         }
         if self.session.ack_flush.is_zero() || self.session.ack_flush > self.session.ttl {
             p.push("session.ack_flush must be positive and at most session.ttl".into());
+        }
+        if self.publish.max_idempotency_keys == 0 {
+            p.push("publish.max_idempotency_keys must be at least 1".into());
         }
         if self.session.ttl.is_zero() {
             p.push("session.ttl must be positive".into());

@@ -112,14 +112,13 @@ pub(crate) struct GatewayHost {
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) fanout: Arc<FanOut>,
     pub(crate) peers: Arc<Peers>,
+    /// Shared with the other publish paths.
+    pub(crate) idempotency: Arc<herald_core::IdempotencyWindow>,
 }
 
 impl Host for GatewayHost {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, anyhow::Result<Vec<u64>>> {
-        Box::pin(async move {
-            let committed = self.log.append(events).await?;
-            Ok(committed.iter().map(|e| e.id).collect())
-        })
+        Box::pin(async move { Ok(crate::publishing::append(&*self.log, &self.idempotency, events).await?) })
     }
 
     fn last_origin_seq<'a>(

@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn SessionStore>,
     /// The connectors' view of the gateway.
     pub(crate) host: Arc<crate::peers::GatewayHost>,
+    /// Idempotency keys of recent publishes (every publish path shares it).
+    pub(crate) idempotency: Arc<herald_core::IdempotencyWindow>,
     pub(crate) connections: Connections,
     /// Request/response rendezvous, shared by every transport.
     pub(crate) broker: Arc<herald_core::Broker>,
@@ -74,6 +76,7 @@ impl AppState {
                 fanout,
                 sessions,
                 store,
+                idempotency: host.idempotency.clone(),
                 host,
                 connections: Connections::default(),
                 broker,

@@ -30,6 +30,7 @@ pub(crate) fn publish(state: &AppState, transport: &'static str, phase: &'static
         acl: None,
         headers: None,
         origin: Some(Origin { peer: transport.to_string(), stream, seq: 0 }),
+        idempotency_key: None,
     };
     let state = state.clone();
     tokio::spawn(async move {

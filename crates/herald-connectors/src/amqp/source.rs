@@ -205,6 +205,7 @@ impl AmqpSource {
                     acl: None,
                     headers: headers.clone().filter(|h| !h.is_empty()),
                     origin: Some(Origin { peer: self.peer.clone(), stream: 0, seq: d.delivery_tag }),
+                    idempotency_key: None,
                 })
             })
             .collect()

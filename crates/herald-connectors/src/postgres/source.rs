@@ -77,6 +77,7 @@ impl PostgresSource {
             acl: (!acl.is_empty()).then_some(acl),
             headers: None,
             origin: Some(Origin { peer: self.peer.clone(), stream: 0, seq: id as u64 }),
+            idempotency_key: None,
         };
         Ok((id, event))
     }

@@ -51,6 +51,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
             ("herald_connections", "Open WebSocket and SSE connections", s.admission.total() as i64),
             ("herald_subscriptions", "Registered subscriptions", s.fanout.len() as i64),
             ("herald_sessions", "Sessions, attached or waiting to be resumed", s.sessions.len() as i64),
+            ("herald_idempotency_keys", "Idempotency keys remembered in the window", s.idempotency.len() as i64),
             ("herald_log_head", "Id of the newest event", bounds.head as i64),
             ("herald_log_first", "Id of the oldest retained event", bounds.first as i64),
             ("herald_log_events", "Retained events", log.events as i64),
@@ -66,6 +67,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
         ],
         counters: vec![
             ("herald_events_in", "Events appended to the log since start", log.appended),
+            (
+                "herald_publish_duplicates",
+                "Publishes answered with the id of an earlier one (same idempotency key and exchange)",
+                s.idempotency.duplicates.load(Ordering::Relaxed),
+            ),
+            (
+                "herald_idempotency_forgotten_early",
+                "Idempotency keys forgotten before their window ended (publish.max_idempotency_keys)",
+                s.idempotency.forgotten_early.load(Ordering::Relaxed),
+            ),
             ("herald_log_commits", "Group commits (fsyncs) since start", log.commits),
             ("herald_events_dispatched", "Committed events handed to the fan-out", fan.events.load(Ordering::Relaxed)),
             ("herald_deliveries", "Event frames queued live for subscribers", fan.deliveries.load(Ordering::Relaxed)),

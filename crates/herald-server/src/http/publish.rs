@@ -61,14 +61,14 @@ pub(crate) async fn publish(
         })?;
         e.origin = Some(Origin { peer: "http".into(), stream: 0, seq: i as u64 });
     }
-    let committed = s.log.append(events).await.map_err(|e| {
+    let ids = crate::publishing::append(&*s.log, &s.idempotency, events).await.map_err(|e| {
         error!(error = %e, "Publish failed: the log did not store the events.");
         ClientError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
     })?;
-    s.metrics.published.get_or_create(&crate::metrics::Transport { transport: "http" }).inc_by(committed.len() as u64);
+    s.metrics.published.get_or_create(&crate::metrics::Transport { transport: "http" }).inc_by(ids.len() as u64);
     if single {
-        Ok(Json(json!({"id": committed.first().map(|e| e.id)})))
+        Ok(Json(json!({"id": ids.first()})))
     } else {
-        Ok(Json(json!({"ids": committed.iter().map(|e| e.id).collect::<Vec<_>>()})))
+        Ok(Json(json!({"ids": ids})))
     }
 }

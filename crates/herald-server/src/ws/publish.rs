@@ -26,6 +26,7 @@ impl Connection {
             acl: m.acl,
             headers: m.headers,
             origin: None,
+            idempotency_key: m.idempotency_key,
         };
         if let Err(e) = crate::publishing::admit(&self.principal, &event, &s.config.limits) {
             return self.refuse(m.reference, None, e);
@@ -54,16 +55,15 @@ fn spawn_publisher(state: AppState, outbox: Arc<Outbox>) -> mpsc::Sender<Publica
                 }
             }
             let (events, refs): (Vec<NewEvent>, Vec<Option<Ref>>) = batch.drain(..).unzip();
-            match state.get().log.append(events).await {
-                Ok(committed) => {
-                    state
-                        .get()
-                        .metrics
+            let s = state.get();
+            match crate::publishing::append(&*s.log, &s.idempotency, events).await {
+                Ok(ids) => {
+                    s.metrics
                         .published
                         .get_or_create(&crate::metrics::Transport { transport: "ws" })
-                        .inc_by(committed.len() as u64);
-                    for (e, reference) in committed.iter().zip(refs) {
-                        let msg = ServerMessage::Published { reference, id: e.id };
+                        .inc_by(ids.len() as u64);
+                    for (id, reference) in ids.into_iter().zip(refs) {
+                        let msg = ServerMessage::Published { reference, id };
                         let _ = outbox.push(Frame::Text(encode(&msg).into()));
                     }
                 }
