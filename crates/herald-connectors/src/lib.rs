@@ -43,15 +43,6 @@ pub trait Host: Send + Sync + 'static {
         peer: &'a str,
         exchanges: &'a [String],
     ) -> BoxFuture<'a, anyhow::Result<Option<u64>>>;
-    /// Upstream message ids of the newest events this peer stored (at most
-    /// `limit`, scanning the given exchanges), to recognise redeliveries of
-    /// messages stored before a crash.
-    fn recent_message_ids<'a>(
-        &'a self,
-        peer: &'a str,
-        exchanges: &'a [String],
-        limit: usize,
-    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
 }
 
 /// What the framework asks of a running connector.

@@ -148,31 +148,6 @@ impl Host for GatewayHost {
         })
     }
 
-    fn recent_message_ids<'a>(
-        &'a self,
-        peer: &'a str,
-        exchanges: &'a [String],
-        limit: usize,
-    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
-        Box::pin(async move {
-            let log = &self.log;
-            let head = log.bounds().head;
-            let query = herald_log::ReadQuery {
-                exchanges: Some(exchanges.to_vec()),
-                after: 0,
-                upto: head,
-                limit,
-                newest_first: true,
-            };
-            let events = log.read(query).await?;
-            Ok(events
-                .iter()
-                .filter(|e| e.origin.as_ref().is_some_and(|o| o.peer == peer))
-                .filter_map(|e| e.headers.as_ref()?.get("message_id")?.as_str().map(str::to_string))
-                .collect())
-        })
-    }
-
     fn status(&self, peer: &str, up: bool, detail: &str) {
         let Some(rt) = self.peers.get(peer) else { return };
         *rt.health.lock() = (up, detail.to_string());

@@ -124,10 +124,25 @@ fn settle(window: &IdempotencyWindow, e: &NewEvent, id: Option<u64>) {
 }
 
 /// Fill the window with the keys of events stored within it (at start, so
-/// that it survives a restart). Returns how many keys were found.
+/// that it survives a restart). Time the gateway was down does not age the
+/// keys: the window is measured back from the newest event, and those keys
+/// are as fresh as they were when it stopped, so a message RabbitMQ
+/// redelivers after a long outage is still recognised. Returns how many
+/// keys were found.
 pub(crate) async fn rebuild_window(log: &dyn EventLog, window: &IdempotencyWindow) -> Result<usize, LogError> {
-    let since_us = now_us().saturating_sub(window.window().as_micros() as u64);
     let head = log.bounds().head;
+    if head == 0 {
+        return Ok(0);
+    }
+    let now = now_us();
+    let newest = log
+        .read(ReadQuery { exchanges: None, after: head - 1, upto: head, limit: 1, newest_first: false })
+        .await?
+        .first()
+        .map_or(now, |e| e.time_us)
+        .min(now);
+    let shift_ms = (now - newest) / 1000;
+    let since_us = newest.saturating_sub(window.window().as_micros() as u64);
     let mut after = log.first_at_or_after(since_us).await?.saturating_sub(1);
     let mut found = 0;
     while after < head {
@@ -137,7 +152,7 @@ pub(crate) async fn rebuild_window(log: &dyn EventLog, window: &IdempotencyWindo
         after = last.id;
         for e in &chunk {
             if let Some(key) = &e.idempotency_key {
-                window.remember(&e.exchange, key, e.id, e.time_us / 1000);
+                window.remember(&e.exchange, key, e.id, e.time_us / 1000 + shift_ms);
                 found += 1;
             }
         }

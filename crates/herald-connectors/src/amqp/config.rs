@@ -31,8 +31,9 @@ pub struct AmqpConfig {
     /// Declare the bound exchanges (durable topic exchanges) if missing.
     #[serde(default)]
     pub declare_exchanges: bool,
-    /// How many recent upstream `message_id`s are remembered to drop
-    /// redeliveries of messages already stored (0 disables it).
+    /// 0 turns `message_id` deduplication off; any other value keeps it on.
+    /// (It used to count remembered ids; the window is now the gateway's
+    /// `publish.idempotency_window`, shared with every publish path.)
     #[serde(default = "default_dedupe_window")]
     pub dedupe_window: usize,
     /// Exchanges (exact, or a prefix ending in `*`) that clients may make

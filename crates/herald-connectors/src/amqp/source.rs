@@ -29,39 +29,9 @@ pub struct AmqpSource {
     interceptors: Vec<Interceptor>,
     stats: Arc<PeerStats>,
     session: Option<(Connection, Channel, Consumer)>,
-    /// Recently stored upstream message ids, oldest first.
-    seen: RecentIds,
-    /// Whether `seen` was loaded from the log since start.
-    seen_loaded: bool,
     /// Bindings clients asked for, and those in place on the current channel.
     dynamic: Arc<DynamicBindings>,
     applied: BTreeSet<(String, String)>,
-}
-
-/// A bounded set of recent ids.
-#[derive(Debug, Default)]
-struct RecentIds {
-    set: std::collections::HashSet<String>,
-    order: std::collections::VecDeque<String>,
-    cap: usize,
-}
-
-impl RecentIds {
-    fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
-    }
-
-    fn insert(&mut self, id: String) {
-        if self.cap == 0 || !self.set.insert(id.clone()) {
-            return;
-        }
-        self.order.push_back(id);
-        while self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-    }
 }
 
 impl AmqpSource {
@@ -73,20 +43,8 @@ impl AmqpSource {
         interceptors: Vec<Interceptor>,
         stats: Arc<PeerStats>,
     ) -> AmqpSource {
-        let seen = RecentIds { cap: config.dedupe_window, ..RecentIds::default() };
         let dynamic = Arc::new(DynamicBindings::new(config.dynamic_exchanges.clone(), config.max_dynamic_bindings));
-        AmqpSource {
-            peer,
-            config,
-            codec,
-            interceptors,
-            stats,
-            session: None,
-            seen,
-            seen_loaded: false,
-            dynamic,
-            applied: BTreeSet::new(),
-        }
+        AmqpSource { peer, config, codec, interceptors, stats, session: None, dynamic, applied: BTreeSet::new() }
     }
 
     /// The dynamic bindings, shared with the gateway.
@@ -194,10 +152,15 @@ impl AmqpSource {
             headers.insert("message_id".into(), Value::String(id.to_string()));
         }
         let headers = Some(headers);
+        let parts = payloads.len();
+        let message_id =
+            d.properties.message_id().as_ref().map(|m| m.to_string()).filter(|_| self.config.dedupe_window > 0);
         payloads
             .into_iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(part, p)| {
                 let payload = RawValue::from_string(p).map_err(|e| e.to_string())?;
+                let idempotency_key = message_id.as_deref().map(|id| idempotency_key(id, part, parts));
                 Ok(NewEvent {
                     exchange: d.exchange.to_string(),
                     routing_key: d.routing_key.to_string(),
@@ -205,10 +168,26 @@ impl AmqpSource {
                     acl: None,
                     headers: headers.clone().filter(|h| !h.is_empty()),
                     origin: Some(Origin { peer: self.peer.clone(), stream: 0, seq: d.delivery_tag }),
-                    idempotency_key: None,
+                    idempotency_key,
                 })
             })
             .collect()
+    }
+}
+
+/// The idempotency key of part `part` of `parts` events made from a message
+/// with this `message_id`: the id itself (hashed when it is too long for a
+/// key), with `#<part>` when an interceptor split the body into several.
+fn idempotency_key(message_id: &str, part: usize, parts: usize) -> String {
+    let base = if message_id.len() <= 100 {
+        message_id.to_string()
+    } else {
+        format!("sha256:{}", herald_core::session::hash_secret(message_id))
+    };
+    if parts == 1 {
+        base
+    } else {
+        format!("{base}#{part}")
     }
 }
 
@@ -266,14 +245,6 @@ impl Connector for AmqpSource {
             // reconnect is still there; apply what changed meanwhile.
             self.reconcile(&conn, &ch).await?;
             let max_batch = usize::from(self.config.prefetch);
-            if !self.seen_loaded && self.config.dedupe_window > 0 {
-                let exchanges: Vec<String> = self.config.bindings.iter().map(|b| b.exchange.clone()).collect();
-                let ids = host.recent_message_ids(&self.peer, &exchanges, self.config.dedupe_window).await?;
-                for id in ids.into_iter().rev() {
-                    self.seen.insert(id);
-                }
-                self.seen_loaded = true;
-            }
             loop {
                 // Paused: stop taking deliveries; RabbitMQ holds the rest (prefetch bounds what is in flight).
                 if !crate::runnable(&mut control).await {
@@ -306,20 +277,12 @@ impl Connector for AmqpSource {
                 PeerStats::add(&self.stats.r#in, batch.len() as u64);
                 let mut events = Vec::new();
                 let mut rejected = Vec::new();
-                let mut stored_ids = Vec::new();
                 for d in &batch {
-                    let message_id = d.properties.message_id().as_ref().map(|m| m.to_string());
-                    if let Some(id) = &message_id {
-                        // Stored before a crash (or a lost ack): acknowledge, do not store twice.
-                        if self.seen.contains(id) || stored_ids.contains(id) {
-                            continue;
-                        }
-                    }
+                    // A `message_id` becomes the events' idempotency key: a
+                    // redelivery of a message stored before a crash (or a
+                    // lost ack) gets the stored ids and is not stored twice.
                     match self.events(d) {
-                        Ok(mut e) => {
-                            events.append(&mut e);
-                            stored_ids.extend(message_id);
-                        }
+                        Ok(mut e) => events.append(&mut e),
                         Err(reason) => rejected.push((d.delivery_tag, reason)),
                     }
                 }
@@ -327,9 +290,6 @@ impl Connector for AmqpSource {
                 if !events.is_empty() {
                     host.append(events).await.context("the log did not store the batch; it will be redelivered")?;
                     PeerStats::add(&self.stats.out, count);
-                }
-                for id in stored_ids {
-                    self.seen.insert(id);
                 }
                 // Durable now: acknowledge. Rejected bodies are dead-lettered
                 // (or dropped when the queue has no dead-letter exchange), never requeued forever.
@@ -349,5 +309,20 @@ impl Connector for AmqpSource {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotency_key;
+
+    #[test]
+    fn message_ids_become_keys_of_at_most_128_bytes_one_per_part() {
+        assert_eq!(idempotency_key("m-1", 0, 1), "m-1");
+        assert_eq!((idempotency_key("m-1", 0, 2), idempotency_key("m-1", 1, 2)), ("m-1#0".into(), "m-1#1".into()));
+        let long = "x".repeat(255);
+        let k = idempotency_key(&long, 3, 4);
+        assert!(k.starts_with("sha256:") && k.ends_with("#3") && k.len() <= 128, "{k}");
+        assert_ne!(idempotency_key(&long, 0, 1), idempotency_key(&"y".repeat(255), 0, 1));
     }
 }

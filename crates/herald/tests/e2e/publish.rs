@@ -137,3 +137,20 @@ async fn a_bad_idempotency_key_is_refused() {
     }
     assert_eq!(g.publish(keyed("x", &"k".repeat(128), 1)).await, vec![1], "128 bytes is fine");
 }
+
+/// The window does not count the time the gateway was down, and it does
+/// end while the gateway runs. (The waits are the behaviour under test:
+/// real time passing.)
+#[tokio::test]
+async fn the_idempotency_window_ignores_downtime_and_ends_while_running() {
+    let mut g = Gateway::start_with("[publish]\nidempotency_window = \"1s\"\n");
+    let first = g.publish(keyed("win", "k", 1)).await[0];
+    g.child.kill().expect("kill");
+    let _ = g.child.wait();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    g.restart();
+    assert_eq!(g.publish(keyed("win", "k", 2)).await, vec![first], "downtime does not age the key");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let again = g.publish(keyed("win", "k", 3)).await[0];
+    assert!(again > first, "after the window a repeat is a new event");
+}
