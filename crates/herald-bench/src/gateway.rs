@@ -19,7 +19,7 @@ impl Gateway {
         let config = data.path().join("bench.toml");
         std::fs::write(
             &config,
-            "[limits]\nmax_connections = 1000000\nmax_connections_per_ip = 0\ncommands_per_second = 0\n",
+            "[limits]\nmax_connections = 1000000\nmax_connections_per_ip = 0\ncommands_per_second = 0\nhttp_publishes_per_second = 0\n",
         )
         .context("cannot write the bench configuration")?;
         let mut child = Command::new(exe)

@@ -40,6 +40,8 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     /// Commands per second, with bursts of twice that (0: no limit).
     pub commands_per_second: u32,
+    /// HTTP publish requests per second per user (0: unlimited).
+    pub http_publishes_per_second: u32,
     /// Seconds a session outlives an abrupt disconnect.
     pub session_ttl_s: u64,
 }

@@ -121,6 +121,36 @@ impl Drop for Slot {
     }
 }
 
+/// One token bucket per key (a user, or an address for anonymous clients),
+/// for requests that have no connection to hold a bucket (HTTP publish).
+/// Buckets idle for a minute are dropped when the table grows, so it stays
+/// bounded by the keys active in that minute.
+#[derive(Debug)]
+pub(crate) struct RateTable {
+    rate: u32,
+    buckets: Mutex<HashMap<String, RateLimit>>,
+}
+
+impl RateTable {
+    /// `rate` requests per second per key (bursts of twice that); 0 disables it.
+    pub(crate) fn new(rate: u32) -> RateTable {
+        RateTable { rate, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether `key` may make one more request now.
+    pub(crate) fn allow(&self, key: &str) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= 10_000 && !buckets.contains_key(key) {
+            let now = std::time::Instant::now();
+            buckets.retain(|_, b| now.duration_since(b.last) < std::time::Duration::from_secs(60));
+        }
+        buckets.entry(key.to_string()).or_insert_with(|| RateLimit::new(self.rate)).allow()
+    }
+}
+
 /// A token bucket for commands per second, refilled on use (no timer).
 #[derive(Debug)]
 pub(crate) struct RateLimit {

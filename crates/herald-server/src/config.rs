@@ -24,6 +24,10 @@ pub struct Config {
     pub session: SessionConfig,
     /// Publishing (`[publish]`).
     pub publish: PublishConfig,
+    /// The `/metrics` endpoint (`[metrics]`).
+    pub metrics: MetricsConfig,
+    /// The listener's view of its clients (`[server]`).
+    pub server: ServerConfig,
     /// Authentication.
     pub auth: AuthConfig,
     /// TLS on the listener (absent: plain HTTP, e.g. behind a proxy that terminates TLS).
@@ -72,6 +76,10 @@ pub struct LimitsConfig {
     /// Commands a WebSocket client may send per second, with bursts of twice
     /// that (0: no limit).
     pub commands_per_second: u32,
+    /// HTTP `POST /v1/publish` requests per second per user (per address for
+    /// anonymous clients), with bursts of twice that; 0: unlimited. Past it:
+    /// `429 limit_exceeded` with `Retry-After`.
+    pub http_publishes_per_second: u32,
     /// Most events one `since` request may ask to replay (`since.last`).
     pub max_replay: u64,
     /// Largest event payload (JSON text), in bytes.
@@ -170,6 +178,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
             publish: PublishConfig::default(),
+            metrics: MetricsConfig::default(),
+            server: ServerConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
             peer: Vec::new(),
@@ -179,6 +189,28 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
         }
     }
+}
+
+/// `/metrics` settings (`[metrics]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (or
+    /// `?token=`); without it the endpoint is open (keep it off the
+    /// internet then).
+    pub token: Option<String>,
+}
+
+/// Listener settings (`[server]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Proxies (CIDRs such as `10.0.0.0/8` or single addresses) whose
+    /// `X-Forwarded-For` / `Forwarded` headers are believed: a connection
+    /// from one of them counts against the per-address limits, and is
+    /// logged, as the client address the proxy names. From anywhere else
+    /// those headers are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Publish settings (`[publish]`).
@@ -268,6 +300,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1_000,
             max_connections_per_user: 100,
             commands_per_second: 200,
+            http_publishes_per_second: 200,
             max_replay: 100_000,
             max_payload_bytes: 512 << 10,
             max_publish_batch: 1000,
@@ -363,6 +396,14 @@ impl Config {
         }
         if self.session.ack_flush.is_zero() || self.session.ack_flush > self.session.ttl {
             p.push("session.ack_flush must be positive and at most session.ttl".into());
+        }
+        for cidr in &self.server.trusted_proxies {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                p.push(format!("server.trusted_proxies: `{cidr}` is not an address or CIDR (such as 10.0.0.0/8)"));
+            }
+        }
+        if self.metrics.token.as_ref().is_some_and(|t| t.len() < 16) {
+            p.push("metrics.token must be at least 16 characters".into());
         }
         if self.publish.max_idempotency_keys == 0 {
             p.push("publish.max_idempotency_keys must be at least 1".into());

@@ -8,6 +8,7 @@
 mod admission;
 mod app;
 mod auth;
+mod client_addr;
 pub mod config;
 mod connections;
 mod error;

@@ -30,6 +30,10 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn SessionStore>,
     /// The connectors' view of the gateway.
     pub(crate) host: Arc<crate::peers::GatewayHost>,
+    /// HTTP publish rate per user (`limits.http_publishes_per_second`).
+    pub(crate) publish_rate: crate::admission::RateTable,
+    /// Proxies whose forwarding headers are believed (`server.trusted_proxies`).
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Idempotency keys of recent publishes (every publish path shares it).
     pub(crate) idempotency: Arc<herald_core::IdempotencyWindow>,
     pub(crate) connections: Connections,
@@ -65,6 +69,8 @@ impl AppState {
             l.max_connections_per_ip,
             l.max_connections_per_user,
         ));
+        let trusted_proxies = crate::client_addr::parse_trusted(&config.server.trusted_proxies);
+        let publish_rate = crate::admission::RateTable::new(config.limits.http_publishes_per_second);
         AppState {
             inner: Arc::new(Inner {
                 config,
@@ -77,6 +83,8 @@ impl AppState {
                 sessions,
                 store,
                 idempotency: host.idempotency.clone(),
+                trusted_proxies,
+                publish_rate,
                 host,
                 connections: Connections::default(),
                 broker,
@@ -106,6 +114,7 @@ impl Inner {
             max_payload_bytes: l.max_payload_bytes,
             max_connections_per_user: l.max_connections_per_user,
             commands_per_second: l.commands_per_second,
+            http_publishes_per_second: l.http_publishes_per_second,
             session_ttl_s: self.config.session.ttl.as_secs(),
         }
     }

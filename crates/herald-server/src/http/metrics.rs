@@ -39,8 +39,24 @@ impl Collector for Snapshot {
     }
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<super::TokenQuery>,
+) -> axum::response::Response {
     let s = state.get();
+    if let Some(want) = &s.config.metrics.token {
+        use subtle::ConstantTimeEq;
+        let given = crate::auth::bearer(&headers, q.token.as_deref()).unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
+            s.metrics.auth_failures.inc();
+            let e = crate::error::ClientError::new(
+                herald_protocol::ErrorCode::Unauthorized,
+                "/metrics needs the metrics token (metrics.token) as a bearer token",
+            );
+            return e.into_response();
+        }
+    }
     let log = s.log.stats();
     let bounds = s.log.bounds();
     let fan = &s.fanout.stats;
@@ -135,5 +151,5 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
     if encoded.is_err() {
         out = "# metrics encoding failed\n# EOF\n".into();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }

@@ -6,27 +6,50 @@
 use super::{ClientError, TokenQuery};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::Json;
 use herald_core::event::Origin;
 use herald_core::NewEvent;
 use herald_protocol::ErrorCode;
 use serde_json::{json, Value};
+use std::net::SocketAddr;
 use tracing::error;
 
 pub(crate) async fn publish(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     body: Bytes,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<Value>, axum::response::Response> {
     let s = state.get();
-    let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
+    let principal = super::authenticate(&state, &headers, q.token.as_deref()).map_err(IntoResponse::into_response)?;
+    let key = match &principal.user {
+        Some(user) => format!("user:{user}"),
+        None => format!("addr:{}", crate::client_addr::client_ip(peer.ip(), &headers, &s.trusted_proxies)),
+    };
+    if !s.publish_rate.allow(&key) {
+        s.metrics.refused.get_or_create(&crate::metrics::Reason { reason: "http_publish_rate" }).inc();
+        let rate = s.config.limits.http_publishes_per_second;
+        let msg = format!("more than {rate} publish requests per second (limits.http_publishes_per_second)");
+        let mut resp = ClientError::new(ErrorCode::LimitExceeded, msg).into_response();
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return Err(resp);
+    }
+    publish_events(s, &principal, &body).await.map_err(IntoResponse::into_response)
+}
+
+async fn publish_events(
+    s: &crate::state::Inner,
+    principal: &herald_core::Principal,
+    body: &Bytes,
+) -> Result<Json<Value>, ClientError> {
     if s.is_draining() {
         return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ClientError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
+    let text = std::str::from_utf8(body).map_err(|_| ClientError::new(ErrorCode::BadRequest, "body is not UTF-8"))?;
     let trimmed = text.trim_start();
     let (events, single) = if trimmed.starts_with('[') {
         let events: Vec<NewEvent> = serde_json::from_str(text)
@@ -53,7 +76,7 @@ pub(crate) async fn publish(
     }
     let mut events = events;
     for (i, e) in events.iter_mut().enumerate() {
-        crate::publishing::admit(&principal, e, limits).map_err(|mut err| {
+        crate::publishing::admit(principal, e, limits).map_err(|mut err| {
             if !single {
                 err.message = format!("event #{i}: {}", err.message);
             }

@@ -64,6 +64,7 @@ pub(crate) async fn sse(
         return Err(ClientError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)"));
     }
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
+    let peer = SocketAddr::new(crate::client_addr::client_ip(peer.ip(), &headers, &s.trusted_proxies), peer.port());
     let mut slot = match s.admission.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {

@@ -33,6 +33,9 @@ pub(crate) async fn upgrade(
         return ClientError::new(ErrorCode::Forbidden, "this Origin may not connect (auth.allowed_origins)")
             .into_response();
     }
+    // Behind a trusted proxy, the client is who the proxy says.
+    let peer =
+        SocketAddr::new(crate::client_addr::client_ip(peer.ip(), &headers, &state.get().trusted_proxies), peer.port());
     let slot = match state.get().admission.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {

@@ -219,6 +219,11 @@ impl Client {
         Client { ws, next_ref: 0, pending: Default::default() }
     }
 
+    /// A client on an already open WebSocket.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client { ws, next_ref: 0, pending: Default::default() }
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
         Client { ws, next_ref: 0, pending: Default::default() }

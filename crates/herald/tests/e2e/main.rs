@@ -10,6 +10,7 @@ mod durability;
 mod limits;
 mod ops;
 mod protocol;
+mod proxies;
 mod publish;
 mod rendezvous;
 mod replay;
