@@ -163,6 +163,10 @@ pub struct Principal {
     pub grants: Grants,
     /// Token expiry, seconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// The token's id (`jti` claim), for revocation.
+    pub token_id: Option<String>,
+    /// When the token was issued (`iat`), seconds since the Unix epoch.
+    pub issued_at: Option<u64>,
 }
 
 impl Principal {
@@ -246,6 +250,8 @@ mod tests {
             groups: vec!["ops".into()],
             grants: Grants::compile(&spec).expect("grants"),
             expires_at: None,
+            token_id: None,
+            issued_at: None,
         }
     }
 

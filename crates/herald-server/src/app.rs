@@ -32,6 +32,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rendezvous/answer/{request}", post(http::rendezvous::answer))
         .route("/v1/rendezvous/{service}", post(http::rendezvous::request))
         .route("/v1/rendezvous/{service}/poll", post(http::rendezvous::poll))
+        .route("/v1/admin/revoke", post(http::revoke::revoke))
         .route("/v1/peers", get(http::peers::list))
         .route("/v1/peers/{id}/pause", post(http::peers::pause))
         .route("/v1/peers/{id}/resume", post(http::peers::resume))
@@ -71,7 +72,9 @@ impl Server {
         let (log, mut committed) = EmbeddedLog::open(config.log.clone())?;
         let fanout = Arc::new(FanOut::new(log.bounds().head));
         let (drain_tx, drain_rx) = watch::channel(false);
-        let auth = crate::auth::Authenticator::new(&config.auth).map_err(|e| ServerError::Config(vec![e]))?;
+        let revoked =
+            Arc::new(crate::revocation::Revocations::open(&config.data).map_err(|e| ServerError::Config(vec![e]))?);
+        let auth = crate::auth::Authenticator::new(&config.auth, revoked).map_err(|e| ServerError::Config(vec![e]))?;
         if auth.is_open() {
             warn!("No [auth] configured: the gateway is open, every client may subscribe to and publish anything.");
         }

@@ -20,6 +20,10 @@ struct Claims {
     groups: Vec<String>,
     #[serde(default)]
     herald: GrantsSpec,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 /// Why a client was not authenticated.
@@ -38,11 +42,16 @@ fn unauthorized(message: impl Into<String>) -> AuthError {
 pub(crate) struct Authenticator {
     key: Option<(DecodingKey, Validation)>,
     anonymous: Option<Arc<Principal>>,
+    /// Tokens revoked before their expiry.
+    pub(crate) revoked: Arc<crate::revocation::Revocations>,
 }
 
 impl Authenticator {
     /// Build from the configuration. Fails on an unreadable or invalid key.
-    pub(crate) fn new(config: &AuthConfig) -> Result<Authenticator, String> {
+    pub(crate) fn new(
+        config: &AuthConfig,
+        revoked: Arc<crate::revocation::Revocations>,
+    ) -> Result<Authenticator, String> {
         let key = if let Some(secret) = &config.jwt_secret {
             Some((DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256))
         } else if let Some(path) = &config.jwt_public_key_file {
@@ -70,7 +79,7 @@ impl Authenticator {
             (None, false) => Some(Arc::new(Principal::open())),
             (None, true) => None,
         };
-        Ok(Authenticator { key, anonymous })
+        Ok(Authenticator { key, anonymous, revoked })
     }
 
     /// Whether anyone may do anything without a token.
@@ -99,7 +108,18 @@ impl Authenticator {
         })?;
         let c = data.claims;
         let grants = Grants::compile(&c.herald).map_err(|e| unauthorized(format!("invalid grants in token: {e}")))?;
-        Ok(Arc::new(Principal { user: Some(c.sub), groups: c.groups, grants, expires_at: Some(c.exp) }))
+        let principal = Principal {
+            user: Some(c.sub),
+            groups: c.groups,
+            grants,
+            expires_at: Some(c.exp),
+            token_id: c.jti,
+            issued_at: c.iat,
+        };
+        if self.revoked.refuses(&principal) {
+            return Err(unauthorized("the token has been revoked"));
+        }
+        Ok(Arc::new(principal))
     }
 }
 

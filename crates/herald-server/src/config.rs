@@ -260,6 +260,10 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "duration")]
     pub leeway: Duration,
+    /// How long a revocation by user (or by `jti` without the token's `exp`)
+    /// is kept; tokens should live shorter than this.
+    #[serde(with = "duration")]
+    pub revocation_ttl: Duration,
     /// Browser origins allowed to open WebSockets and SSE streams; empty allows any.
     pub allowed_origins: Vec<String>,
     /// Grants of clients that present no token. Absent: none when tokens are
@@ -274,6 +278,7 @@ impl Default for AuthConfig {
             jwt_public_key_file: None,
             jwt_algorithm: None,
             leeway: Duration::from_secs(30),
+            revocation_ttl: Duration::from_secs(24 * 3600),
             allowed_origins: Vec::new(),
             anonymous: None,
         }

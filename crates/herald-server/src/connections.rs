@@ -22,6 +22,8 @@ pub(crate) struct ConnHandle {
     pub(crate) expires_at: AtomicU64,
     /// An SSE stream: it never sends, so it is pinged but not closed for silence.
     pub(crate) sse: bool,
+    /// Who authenticated on it (for closing the connections of a revoked token).
+    pub(crate) principal: Mutex<Option<Arc<herald_core::Principal>>>,
 }
 
 #[derive(Debug, Default)]
@@ -33,8 +35,13 @@ pub(crate) struct Connections {
 impl Connections {
     pub(crate) fn add(&self, outbox: Arc<Outbox>, now_ms: u64, sse: bool) -> (u64, Arc<ConnHandle>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let handle =
-            Arc::new(ConnHandle { outbox, last_seen_ms: AtomicU64::new(now_ms), expires_at: AtomicU64::new(0), sse });
+        let handle = Arc::new(ConnHandle {
+            outbox,
+            last_seen_ms: AtomicU64::new(now_ms),
+            expires_at: AtomicU64::new(0),
+            sse,
+            principal: Mutex::new(None),
+        });
         self.map.lock().insert(id, handle.clone());
         (id, handle)
     }

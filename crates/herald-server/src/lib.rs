@@ -19,6 +19,7 @@ mod metrics;
 mod peers;
 mod publishing;
 mod rendezvous;
+mod revocation;
 mod state;
 mod streams;
 mod subscription;

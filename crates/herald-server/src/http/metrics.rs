@@ -68,6 +68,7 @@ pub(crate) async fn metrics(
             ("herald_subscriptions", "Registered subscriptions", s.fanout.len() as i64),
             ("herald_sessions", "Sessions, attached or waiting to be resumed", s.sessions.len() as i64),
             ("herald_idempotency_keys", "Idempotency keys remembered in the window", s.idempotency.len() as i64),
+            ("herald_revocations", "Token revocations in force", s.auth.revoked.len() as i64),
             ("herald_log_head", "Id of the newest event", bounds.head as i64),
             ("herald_log_first", "Id of the oldest retained event", bounds.first as i64),
             ("herald_log_events", "Retained events", log.events as i64),

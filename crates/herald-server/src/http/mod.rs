@@ -7,6 +7,7 @@ pub(crate) mod metrics;
 pub(crate) mod peers;
 pub(crate) mod publish;
 pub(crate) mod rendezvous;
+pub(crate) mod revoke;
 pub(crate) mod sse;
 mod stream_query;
 
@@ -30,4 +31,19 @@ pub(crate) fn authenticate(
         s.metrics.auth_failures.inc();
         ClientError::new(e.code, e.message)
     })
+}
+
+/// Authenticate and require the `admin` grant (`forbidden` with `why` otherwise).
+pub(crate) fn require_admin(
+    state: &crate::state::AppState,
+    headers: &axum::http::HeaderMap,
+    q: &TokenQuery,
+    why: &str,
+) -> Result<(), ClientError> {
+    let principal = authenticate(state, headers, q.token.as_deref())?;
+    if principal.grants.admin {
+        Ok(())
+    } else {
+        Err(ClientError::new(herald_protocol::ErrorCode::Forbidden, why))
+    }
 }

@@ -2,7 +2,7 @@
 //! connectors. Needs a token with `"admin": true` in its `herald` claim (or
 //! open mode).
 
-use super::{authenticate, ClientError, TokenQuery};
+use super::{ClientError, TokenQuery};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -13,12 +13,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
 fn admin(state: &AppState, headers: &HeaderMap, q: &TokenQuery) -> Result<(), ClientError> {
-    let principal = authenticate(state, headers, q.token.as_deref())?;
-    if principal.grants.admin {
-        Ok(())
-    } else {
-        Err(ClientError::new(ErrorCode::Forbidden, "operating peers needs an admin token"))
-    }
+    super::require_admin(state, headers, q, "operating peers needs an admin token")
 }
 
 /// Every peer with its state and counters.

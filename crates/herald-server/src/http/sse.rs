@@ -98,6 +98,7 @@ pub(crate) async fn sse(
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), true);
     let leeway = s.config.auth.leeway.as_secs();
     handle.expires_at.store(principal.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
+    *handle.principal.lock() = Some(principal.clone());
     let reg = Registration {
         sub: Arc::from("sse"),
         spec: Arc::new(spec),

@@ -25,6 +25,7 @@ impl Connection {
                 // Closed by the sweeper once expired (with the same leeway as at hello).
                 let leeway = s.config.auth.leeway.as_secs();
                 self.handle.expires_at.store(p.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
+                *self.handle.principal.lock() = Some(p.clone());
                 self.principal = p;
             }
             Err(e) => {

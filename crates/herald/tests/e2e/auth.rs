@@ -278,3 +278,63 @@ async fn herald_token_mints_usable_tokens() {
         .expect("run");
     assert!(!out.status.success(), "no secret, no token");
 }
+
+/// Revocation before expiry: by `jti` and by user, live connections closed
+/// with 4401, new authentications refused, kept across a `kill -9`, and only
+/// for admins.
+#[tokio::test]
+async fn revoked_tokens_are_refused_and_their_connections_closed() {
+    let mut g = secured();
+    let grants = json!({"subscribe": [{"exchange": "*", "pattern": "#"}]});
+    let a1 = sign(json!({"sub": "alice", "exp": now() + 3600, "jti": "a1", "herald": grants}), SECRET);
+    let a2 = sign(json!({"sub": "alice", "exp": now() + 3600, "jti": "a2", "herald": grants}), SECRET);
+    let bob = sign(json!({"sub": "bob", "exp": now() + 3600, "iat": now() - 10, "herald": grants}), SECRET);
+    let admin = sign(json!({"sub": "root", "exp": now() + 3600, "herald": {"admin": true}}), SECRET);
+    let revoke = |token: String, body: Value| {
+        let url = format!("{}/v1/admin/revoke", g.base);
+        async move { reqwest::Client::new().post(url).bearer_auth(token).json(&body).send().await.expect("post") }
+    };
+    assert_eq!(revoke(a2.clone(), json!({"jti": "a1"})).await.status(), 403, "admins only");
+    assert_eq!(revoke(admin.clone(), json!({"jti": "a1", "user": "x"})).await.status(), 400, "one of jti and user");
+
+    let (mut alice1, _) = hello_with(&g, &a1).await;
+    let (mut alice2, _) = hello_with(&g, &a2).await;
+    let (mut bobc, _) = hello_with(&g, &bob).await;
+    let r = revoke(admin.clone(), json!({"jti": "a1", "exp": now() + 3600})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["closed"], 1, "{v}");
+    let e = alice1.recv().await;
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("unauthorized")), "{e}");
+    assert_eq!(alice1.expect_close().await, 4401);
+    alice2.expect_pong_next().await; // the other token of the same user still works
+
+    let r = revoke(admin.clone(), json!({"user": "bob"})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(bobc.recv().await["code"], "unauthorized");
+    assert_eq!(bobc.expect_close().await, 4401);
+    // A token issued after the revocation works.
+    let later = sign(json!({"sub": "bob", "exp": now() + 3600, "iat": now() + 2, "herald": grants}), SECRET);
+
+    g.kill_and_restart();
+    for t in [&a1, &bob] {
+        let mut c = g.client().await;
+        let e = c.request(json!({"type": "hello", "token": t})).await;
+        assert_eq!(e["code"], "unauthorized", "still revoked after a crash: {e}");
+        assert!(e["message"].as_str().unwrap_or("").contains("revoked"), "{e}");
+        assert_eq!(c.expect_close().await, 4401);
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/publish", g.base))
+        .bearer_auth(&a1)
+        .json(&json!({"exchange": "x", "routing_key": "k", "payload": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 401, "HTTP refuses it too");
+    let (_, w) = hello_with(&g, &a2).await;
+    assert_eq!(w["type"], "welcome");
+    let (_, w) = hello_with(&g, &later).await;
+    assert_eq!(w["type"], "welcome", "issued after the user's revocation");
+    assert_eq!(g.metric("herald_revocations").await, 2.0);
+}
