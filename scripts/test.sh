@@ -33,7 +33,7 @@ export HERALD_BIN="$PWD/target/debug/herald"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$results"
 
 echo "== fuzz (bounded)"
-scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-30}"
+scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-20}"
 
 # One closing line with the totals of every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }

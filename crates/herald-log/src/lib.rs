@@ -67,6 +67,26 @@ pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
 pub use sessions::{DiskSessionStore, SESSIONS_FILE};
 
+/// What one record at the start of `buf` holds, as the log's start-up scan
+/// and reads see it: `Ok(Some((length, event)))` for a valid record,
+/// `Ok(None)` when the bytes end before the record does (a torn tail), or
+/// why the bytes are not a record. For fuzzing the decoder and for tools;
+/// never panics on any input.
+pub fn decode_record(buf: &[u8]) -> Result<Option<(usize, herald_core::Event)>, String> {
+    match record::scan(buf) {
+        record::Scan::Ok { len, body, .. } => record::decode(body).map(|e| Some((len, e))),
+        record::Scan::Incomplete => Ok(None),
+        record::Scan::Invalid(why) => Err(why),
+    }
+}
+
+/// The record bytes of `event` (the inverse of [`decode_record`]).
+pub fn encode_record(event: &herald_core::Event) -> Vec<u8> {
+    let mut buf = Vec::new();
+    record::encode(event, &mut buf);
+    buf
+}
+
 use herald_core::{Event, NewEvent};
 use std::future::Future;
 use std::pin::Pin;
