@@ -183,6 +183,7 @@ async function start() {
   else sessionStorage.removeItem('herald-token');
   saveToUrl();
   view.paused = false;
+  delete $('state').dataset.subscribed;
   $('pause').textContent = 'Pause';
   const client = new HeraldClient({
     url: location.origin,
@@ -205,6 +206,8 @@ async function start() {
       onEvent,
     });
     view.sub.on('error', (err) => message('error', `${err.code}: ${err.message}`));
+    // The server confirmed the subscription: events published from now on show.
+    $('state').dataset.subscribed = 'true';
   } catch (err) {
     if (!err.code) message('error', String(err));
     // Client errors are already shown through its `error` event.
@@ -218,6 +221,7 @@ function stop() {
   view.sub = null;
   client?.close();
   view.paused = false;
+  delete $('state').dataset.subscribed;
   $('pause').textContent = 'Pause';
   setListening(false);
   setState(client ? 'closed' : 'idle');

@@ -61,7 +61,9 @@ test('the inspector binds, shows, pauses, filters, bounds and downloads events',
   const shared = page.url();
 
   await page.click('#start');
-  await page.waitForSelector('#state[data-state=open]');
+  // Publish only once the subscription is in place (a live subscription
+  // starts at the head when the server confirms it).
+  await page.waitForSelector('#state[data-state=open][data-subscribed=true]');
   await publish(herald.httpUrl, admin, [
     { exchange: 'inspect.orders', routing_key: 'eu.created', payload: { order: 1, item: 'apple' } },
     { exchange: 'inspect.orders', routing_key: 'us.created', payload: { order: 2, item: 'pear' } },
