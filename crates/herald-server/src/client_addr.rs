@@ -36,19 +36,12 @@ fn parse_node(s: &str) -> Option<IpAddr> {
     s.rsplit_once(':').and_then(|(host, _)| host.parse().ok())
 }
 
-/// The addresses a proxy chain names, client first.
-fn chain(headers: &HeaderMap) -> Vec<IpAddr> {
-    let xff: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(parse_node)
-        .collect();
-    if !xff.is_empty() {
-        return xff;
-    }
-    headers
+/// The addresses a proxy chain names, client first (`None` for an entry
+/// that is not an address, such as `for=unknown`). `Forwarded` (RFC 7239)
+/// wins when present: a proxy that sets it may pass a client's own
+/// `X-Forwarded-For` through untouched.
+fn chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let forwarded: Vec<Option<IpAddr>> = headers
         .get_all("forwarded")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -56,19 +49,39 @@ fn chain(headers: &HeaderMap) -> Vec<IpAddr> {
         .filter_map(|element| {
             element.split(';').find_map(|pair| {
                 let (k, v) = pair.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("for").then(|| parse_node(v)).flatten()
+                k.trim().eq_ignore_ascii_case("for").then(|| parse_node(v))
             })
         })
+        .collect();
+    if !forwarded.is_empty() {
+        return forwarded;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(parse_node)
         .collect()
 }
 
-/// The address to count and log for a connection from `peer`.
+/// The address to count and log for a connection from `peer`: walking the
+/// chain from the right, the first entry that is not a trusted proxy. An
+/// entry that is not an address stops the walk (what lies left of it cannot
+/// be trusted), and the last trusted hop stands for the client.
 pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     if trusted.is_empty() || !is_trusted(peer, trusted) {
         return peer;
     }
-    let chain = chain(headers);
-    chain.iter().rev().copied().find(|ip| !is_trusted(*ip, trusted)).or_else(|| chain.first().copied()).unwrap_or(peer)
+    let mut last = peer;
+    for hop in chain(headers).into_iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(ip, trusted) => last = ip,
+            Some(ip) => return ip,
+            None => return last,
+        }
+    }
+    last
 }
 
 #[cfg(test)]
@@ -94,7 +107,13 @@ mod tests {
         assert_eq!(client_ip(stranger, &h, &trusted), stranger, "an untrusted peer's header is ignored");
         let f = headers(&[("forwarded", "for=\"[2001:db8::1]:4711\";proto=https, for=192.0.2.1")]);
         assert_eq!(client_ip(proxy, &f, &trusted), "2001:db8::1".parse::<IpAddr>().expect("ip"));
+        let both = headers(&[("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=203.0.113.9")]);
+        assert_eq!(client_ip(proxy, &both, &trusted), "203.0.113.9".parse::<IpAddr>().expect("ip"), "Forwarded wins");
+        let unknown = headers(&[("x-forwarded-for", "6.6.6.6, unknown, 10.2.2.2")]);
+        assert_eq!(client_ip(proxy, &unknown, &trusted), "10.2.2.2".parse::<IpAddr>().expect("ip"), "stops at garbage");
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy, "no header: the proxy itself");
+        let all_trusted = headers(&[("x-forwarded-for", "10.3.3.3")]);
+        assert_eq!(client_ip(proxy, &all_trusted, &trusted), "10.3.3.3".parse::<IpAddr>().expect("ip"));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
         assert_eq!(client_ip(mapped, &h, &trusted), "203.0.113.5".parse::<IpAddr>().expect("ip"));
         assert_eq!(client_ip(proxy, &h, &[]), proxy, "no trusted proxies: headers never count");

@@ -117,6 +117,18 @@ pub(crate) async fn append(
     }
 }
 
+/// [`append`] in a task of its own, for callers that may be dropped
+/// mid-way (an HTTP handler whose client hung up): the append and the
+/// settling of its idempotency keys always finish, so a key is never left
+/// in flight and a retry never waits forever.
+pub(crate) async fn append_detached(
+    log: std::sync::Arc<dyn EventLog>,
+    window: std::sync::Arc<IdempotencyWindow>,
+    events: Vec<NewEvent>,
+) -> Result<Vec<u64>, LogError> {
+    tokio::spawn(async move { append(&*log, &window, events).await }).await.map_err(|_| LogError::Closed)?
+}
+
 fn settle(window: &IdempotencyWindow, e: &NewEvent, id: Option<u64>) {
     if let Some(key) = &e.idempotency_key {
         window.settle(&e.exchange, key, id, now_ms());

@@ -48,6 +48,8 @@ impl Revocation {
 pub(crate) struct Revocations {
     path: PathBuf,
     list: Mutex<Vec<Revocation>>,
+    /// Held by the one writer at a time (across its fsync).
+    writing: Mutex<()>,
 }
 
 fn now_s() -> u64 {
@@ -65,7 +67,7 @@ impl Revocations {
         };
         let now = now_s();
         let list = list.into_iter().filter(|r| r.until > now).collect();
-        Ok(Revocations { path, list: Mutex::new(list) })
+        Ok(Revocations { path, list: Mutex::new(list), writing: Mutex::new(()) })
     }
 
     /// Whether `p`'s token is revoked.
@@ -78,23 +80,29 @@ impl Revocations {
     }
 
     /// Add a revocation and write the file (durable before this returns).
+    /// Writers take turns on their own lock; the list that every
+    /// authentication reads is only locked to copy it and to swap in the
+    /// new one, never across the fsync.
     pub(crate) fn add(&self, r: Revocation) -> std::io::Result<()> {
-        let mut list = self.list.lock();
+        let _writer = self.writing.lock();
         let now = now_s();
-        list.retain(|old| old.until > now);
-        list.push(r);
+        let mut next: Vec<Revocation> = self.list.lock().iter().filter(|old| old.until > now).cloned().collect();
+        next.push(r);
         let path = &self.path;
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&*list).map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&dir)?;
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the directory is synced.
+        std::fs::File::open(&dir)?.sync_all()?;
+        *self.list.lock() = next;
+        Ok(())
     }
 
     /// Revocations in force now.

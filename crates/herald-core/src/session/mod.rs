@@ -456,6 +456,9 @@ impl Session {
         let mut st = self.state.lock();
         st.check(att)?;
         let rec = st.subs.get_mut(sub).ok_or(SubError::NotFound)?;
+        // Nobody can have received past the fan-out head: an ack beyond it
+        // (a bug or an attack) would park the subscription ahead of the log.
+        let id = id.min(self.shared.fanout.head());
         if id > rec.acked {
             rec.acked = id;
             self.mark_dirty(&mut st);

@@ -8,7 +8,7 @@ fn outbox() -> Arc<Outbox> {
 }
 
 fn table(ttl: Duration) -> (SessionTable, Arc<FanOut>) {
-    let fanout = Arc::new(FanOut::new(0));
+    let fanout = Arc::new(FanOut::new(1000));
     (SessionTable::new(ttl, fanout.clone()), fanout)
 }
 
@@ -219,9 +219,12 @@ fn acks_are_collected_once_per_session_until_they_change_again() {
     s.ack(&att, "a", 5).expect("ack");
     s.ack(&att, "b", 7).expect("ack");
     s.ack(&att, "a", 3).expect("a lower ack is a no-op");
+    s.ack(&att, "b", u64::MAX).expect("an ack past the head is clamped to it");
+    assert_eq!(s.acked("b"), Some(1000));
+    s.ack(&att, "b", 7).expect("lower again: a no-op");
     assert_eq!(s.ack(&att, "zz", 1), Err(SubError::NotFound));
     let ops = t.take_dirty_acks();
-    let want = BTreeMap::from([("a".to_string(), 5), ("b".to_string(), 7)]);
+    let want = BTreeMap::from([("a".to_string(), 5), ("b".to_string(), 1000)]);
     assert_eq!(ops, vec![StoreOp::Acks { id: s.id().to_string(), acks: want }]);
     assert!(t.take_dirty_acks().is_empty());
     s.ack(&att, "a", 6).expect("ack");

@@ -84,7 +84,7 @@ async fn publish_events(
         })?;
         e.origin = Some(Origin { peer: "http".into(), stream: 0, seq: i as u64 });
     }
-    let ids = crate::publishing::append(&*s.log, &s.idempotency, events).await.map_err(|e| {
+    let ids = crate::publishing::append_detached(s.log.clone(), s.idempotency.clone(), events).await.map_err(|e| {
         error!(error = %e, "Publish failed: the log did not store the events.");
         ClientError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
     })?;

@@ -99,6 +99,11 @@ pub(crate) async fn sse(
     let leeway = s.config.auth.leeway.as_secs();
     handle.expires_at.store(principal.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
     *handle.principal.lock() = Some(principal.clone());
+    // A revocation that ran before the line above did not see this stream.
+    if s.auth.revoked.refuses(&principal) {
+        s.connections.remove(conn_id);
+        return Err(ClientError::new(ErrorCode::Unauthorized, "the token has been revoked"));
+    }
     let reg = Registration {
         sub: Arc::from("sse"),
         spec: Arc::new(spec),

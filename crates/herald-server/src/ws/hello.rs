@@ -26,6 +26,12 @@ impl Connection {
                 let leeway = s.config.auth.leeway.as_secs();
                 self.handle.expires_at.store(p.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);
                 *self.handle.principal.lock() = Some(p.clone());
+                // A revocation between the check above and the line before
+                // did not see this connection: check once more.
+                if s.auth.revoked.refuses(&p) {
+                    let msg = "the token has been revoked";
+                    return self.fatal(h.reference, ErrorCode::Unauthorized, msg, CloseCode::Unauthorized);
+                }
                 self.principal = p;
             }
             Err(e) => {
@@ -143,7 +149,7 @@ impl Connection {
                 format: FrameFormat::WebSocket,
             };
             let start = if paused { Start::Paused(acked) } else { Start::CatchUp(acked) };
-            let recovered = acked + 1 >= first;
+            let recovered = acked.saturating_add(1) >= first;
             let (entry, _) = s.fanout.register(reg, start, |head| {
                 self.send(&ServerMessage::Subscribed {
                     reference: None,

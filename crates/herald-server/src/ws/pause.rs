@@ -25,11 +25,15 @@ impl Connection {
             Ok(restart) => restart,
             Err(e) => return self.refuse(m.reference, Some(m.sub), sub_error(e)),
         };
-        if let Err(e) = self.persist(&held.session).await {
-            return self.refuse(m.reference, Some(m.sub), e);
+        let persisted = self.persist(&held.session).await;
+        match &persisted {
+            // `resumed` before the first replayed event: both go through the outbox.
+            Ok(()) => self.send(&ServerMessage::Resumed { reference: m.reference.clone(), sub: m.sub.clone() }),
+            Err(e) => self.refuse(m.reference.clone(), Some(m.sub.clone()), e.clone()),
         }
-        // `resumed` before the first replayed event: both go through the outbox.
-        self.send(&ServerMessage::Resumed { reference: m.reference, sub: m.sub });
+        // The fan-out already resumed it: without its catch-up task it would
+        // never deliver again, so start it whether or not the store took the
+        // change (a failed write only means a crash may bring the pause back).
         if let Some(entry) = restart {
             spawn_catch_up(self.state.clone(), entry);
         }
