@@ -110,11 +110,13 @@ impl Connection {
         // The client may come back with other grants: a subscription they no
         // longer allow is dropped, and the client told.
         let principal = self.principal.clone();
-        let mut removed: Vec<(String, String)> = session
+        let mut removed: Vec<(String, ErrorCode, String)> = session
             .retain_subs(&att, |spec| spec.bindings.iter().all(|(x, p)| principal.may_bind(x, p)))
             .unwrap_or_default()
             .into_iter()
-            .map(|sub| (sub, "your grants no longer allow this subscription; it was removed".to_string()))
+            .map(|sub| {
+                (sub, ErrorCode::Forbidden, "your grants no longer allow this subscription; it was removed".to_string())
+            })
             .collect();
         let peers = &s.peers;
         removed.extend(
@@ -123,7 +125,8 @@ impl Connection {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(sub, why)| {
-                    (sub, format!("its upstream binding could not be taken again ({why}); it was removed"))
+                    let msg = format!("its upstream binding could not be taken again ({why}); it was removed");
+                    (sub, ErrorCode::LimitExceeded, msg)
                 }),
         );
         if let Err(e) = self.persist(&session).await {
@@ -135,8 +138,7 @@ impl Connection {
             return ControlFlow::Break(());
         }
         self.welcome(reference, &session, &secret, true);
-        for (sub, why) in removed {
-            let code = if why.starts_with("your grants") { ErrorCode::Forbidden } else { ErrorCode::LimitExceeded };
+        for (sub, code, why) in removed {
             self.error(None, Some(sub), code, why);
         }
         let first = s.log.bounds().first;

@@ -123,15 +123,7 @@ async fn amqp_messages_become_events_acked_only_when_durable() {
     c.expect_sentinel_next(&g, &exchange, "orders.sentinel", &["s"]).await;
 
     // Everything was acknowledged (after being stored): the queue is empty.
-    let q = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists");
-    assert_eq!(q.message_count(), 0);
+    assert_eq!(ready_count(&ch, &queue).await, 0);
     let metrics = reqwest::get(format!("{}/metrics", g.base)).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("herald_peer_out_total{peer=\"rabbit\"} 500"), "{metrics}");
     assert!(metrics.contains("herald_peer_err_total{peer=\"rabbit\"} 2"), "{metrics}");
@@ -185,6 +177,15 @@ fn bound(queue: &str, exchange: &str, pattern: &str) -> bool {
         let f: Vec<&str> = l.split('\t').collect();
         f.len() == 3 && f[0] == exchange && f[1] == queue && f[2] == pattern
     })
+}
+
+/// Messages ready (not handed to a consumer) in `queue`.
+async fn ready_count(ch: &lapin::Channel, queue: &str) -> u32 {
+    let q = ch
+        .queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("queue exists");
+    q.message_count()
 }
 
 /// A connection and channel to RabbitMQ, with the durable topic exchange `name` declared.
@@ -324,15 +325,7 @@ async fn peers_pause_and_resume_without_losing_anything() {
     // RabbitMQ has handed all twenty to the paused consumer (prefetch 100): none is ready in the queue.
     let mut handed_over = false;
     for _ in 0..100 {
-        let q = ch
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions { passive: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue exists");
-        if q.message_count() == 0 {
+        if ready_count(&ch, &queue).await == 0 {
             handed_over = true;
             break;
         }
