@@ -76,6 +76,7 @@ fn dispatch(c: &mut Criterion) {
             principal: Arc::new(Principal::open()),
             outbox: o.clone(),
             format: FrameFormat::WebSocket,
+            replay: herald_core::ReplayPermits::unlimited(),
         };
         fan.register(reg, Start::Live, |_| {});
     }

@@ -19,6 +19,7 @@ use crate::index::PatternIndex;
 use crate::outbox::{Frame, Outbox, Overflow};
 use crate::pattern::Pattern;
 use crate::principal::Principal;
+use crate::replay::ReplayPermits;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -39,6 +40,14 @@ impl SubSpec {
     pub fn matches(&self, event: &Event) -> bool {
         self.bindings.iter().any(|(x, p)| *x == event.exchange && event.routing_keys().any(|k| p.matches(k)))
             && self.filters.iter().all(|f| f.accepts(event))
+    }
+
+    /// The bindings as the protocol spells them.
+    pub fn protocol_bindings(&self) -> Vec<herald_protocol::Binding> {
+        self.bindings
+            .iter()
+            .map(|(x, p)| herald_protocol::Binding { exchange: x.clone(), pattern: p.as_str().to_string() })
+            .collect()
     }
 
     /// The distinct exchanges named by the bindings.
@@ -83,6 +92,8 @@ pub struct SubEntry {
     pub outbox: Arc<Outbox>,
     /// How events are framed.
     pub format: FrameFormat,
+    /// Where its catch-ups take turns to read the log.
+    pub replay: Arc<ReplayPermits>,
     live: AtomicBool,
     /// Whether events need a grant check (some binding is not wholly inside one grant).
     check_grants: bool,
@@ -245,6 +256,8 @@ pub struct Registration {
     pub outbox: Arc<Outbox>,
     /// How events are framed.
     pub format: FrameFormat,
+    /// Where its catch-ups take turns to read the log.
+    pub replay: Arc<ReplayPermits>,
 }
 
 impl FanOut {
@@ -294,6 +307,7 @@ impl FanOut {
             principal: reg.principal,
             outbox: reg.outbox,
             format: reg.format,
+            replay: reg.replay,
             live: AtomicBool::new(mode == Mode::Live),
             cursor: AtomicU64::new(cursor),
             state: Mutex::new(EntryState { mode, pause_requested: false }),
@@ -516,6 +530,7 @@ mod tests {
             principal: Arc::new(Principal::open()),
             outbox: outbox.clone(),
             format: FrameFormat::WebSocket,
+            replay: ReplayPermits::unlimited(),
         }
     }
 

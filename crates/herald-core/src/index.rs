@@ -4,6 +4,13 @@
 //! with the number of patterns that share prefixes with the key, not with the
 //! number of subscriptions. `#` nodes are visited with memoisation on
 //! (node, position) so that patterns such as `#.#.#` cannot blow up.
+//!
+//! Chains of literal words that no other pattern shares are kept in one node
+//! (its `tail`, the words joined with `.`), so a long pattern costs one node
+//! and one string rather than one node per word: a browser may bind 255-byte
+//! patterns of 128 words, and this is what keeps that cheap. Inserting a
+//! pattern that diverges inside a tail splits it; removing one merges a node
+//! left with a single literal child back into it.
 
 use crate::pattern::{split_words, Pattern, Word};
 use std::collections::{HashMap, HashSet};
@@ -11,6 +18,10 @@ use std::hash::Hash;
 
 #[derive(Debug)]
 struct Node<T> {
+    /// Literal words that follow the word leading to this node, joined with
+    /// `.` (`Some("")` is one empty word). Only nodes reached through a
+    /// literal word have one; the root and `*`/`#` nodes never do.
+    tail: Option<Box<str>>,
     children: HashMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
@@ -19,20 +30,85 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { children: HashMap::new(), star: None, hash: None, values: Vec::new() }
+        Node { tail: None, children: HashMap::new(), star: None, hash: None, values: Vec::new() }
     }
+}
+
+/// The literal words of `words` joined into a tail (`None` for none).
+fn tail_of(words: &[Word<'_>]) -> Option<Box<str>> {
+    if words.is_empty() {
+        return None;
+    }
+    let lits: Vec<&str> = words.iter().filter_map(|w| if let Word::Lit(l) = w { Some(*l) } else { None }).collect();
+    Some(lits.join(".").into())
 }
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
         self.values.is_empty() && self.children.is_empty() && self.star.is_none() && self.hash.is_none()
     }
+
+    fn tail_words(&self) -> impl Iterator<Item = &str> {
+        self.tail.as_deref().into_iter().flat_map(|t| t.split('.'))
+    }
+
+    /// Where matching continues after this node's tail, entered at key word
+    /// `i`; `None` if the key does not carry the tail's words there.
+    fn match_tail(&self, key: &[&str], mut i: usize) -> Option<usize> {
+        for w in self.tail_words() {
+            if key.get(i) != Some(&w) {
+                return None;
+            }
+            i += 1;
+        }
+        Some(i)
+    }
+
+    /// How many leading words of the tail equal the leading literal `words`.
+    fn common_tail(&self, words: &[Word<'_>]) -> usize {
+        self.tail_words().zip(words).take_while(|(t, w)| **w == Word::Lit(t)).count()
+    }
+
+    /// Cut the tail after `k` words: this node keeps the first `k`, and a
+    /// new child (under the word at `k`) takes the rest and everything
+    /// this node held.
+    fn split_tail(&mut self, k: usize) {
+        let Some(tail) = self.tail.take() else { return };
+        let words: Vec<&str> = tail.split('.').collect();
+        let Some(at) = words.get(k) else {
+            self.tail = Some(tail);
+            return;
+        };
+        let lower = Node {
+            tail: (words.len() > k + 1).then(|| words[k + 1..].join(".").into()),
+            children: std::mem::take(&mut self.children),
+            star: self.star.take(),
+            hash: self.hash.take(),
+            values: std::mem::take(&mut self.values),
+        };
+        self.children.insert((*at).into(), lower);
+        self.tail = (k > 0).then(|| words[..k].join(".").into());
+    }
+
+    /// Merge a node left with nothing but one literal child into it (only
+    /// for nodes reached through a literal word, which may carry a tail).
+    fn compact(&mut self) {
+        if !self.values.is_empty() || self.star.is_some() || self.hash.is_some() || self.children.len() != 1 {
+            return;
+        }
+        let Some((word, child)) = self.children.drain().next() else { return };
+        let mut words: Vec<&str> = self.tail_words().collect();
+        words.push(&word);
+        words.extend(child.tail_words());
+        let tail: Box<str> = words.join(".").into();
+        *self = Node { tail: Some(tail), ..child };
+    }
 }
 
 /// An index from `(exchange, pattern)` to values, queried with `(exchange, routing key)`.
 #[derive(Debug)]
 pub struct PatternIndex<T> {
-    exchanges: HashMap<String, Node<T>>,
+    exchanges: HashMap<Box<str>, Node<T>>,
     len: usize,
 }
 
@@ -60,15 +136,12 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
 
     /// Add `value` under `(exchange, pattern)`.
     pub fn insert(&mut self, exchange: &str, pattern: &Pattern, value: T) {
-        let mut node = self.exchanges.entry(exchange.to_string()).or_default();
-        for word in pattern.words() {
-            node = match word {
-                Word::Lit(w) => node.children.entry(w.as_str().into()).or_default(),
-                Word::Star => node.star.get_or_insert_with(Default::default),
-                Word::Hash => node.hash.get_or_insert_with(Default::default),
-            };
-        }
-        node.values.push(value);
+        let words: Vec<Word<'_>> = pattern.words().collect();
+        let root = match self.exchanges.get_mut(exchange) {
+            Some(root) => root,
+            None => self.exchanges.entry(exchange.into()).or_default(),
+        };
+        insert_at(root, &words, value);
         self.len += 1;
     }
 
@@ -77,7 +150,8 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
         let Some(root) = self.exchanges.get_mut(exchange) else {
             return false;
         };
-        let removed = remove_at(root, pattern.words(), value);
+        let words: Vec<Word<'_>> = pattern.words().collect();
+        let removed = remove_at(root, &words, value);
         if removed {
             self.len -= 1;
             if root.is_empty() {
@@ -112,9 +186,52 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
         self.for_each_match(exchange, routing_key, |x| v.push(x.clone()));
         v
     }
+
+    /// Number of trie nodes (for tests and memory figures).
+    pub fn nodes(&self) -> usize {
+        fn count<T>(n: &Node<T>) -> usize {
+            1 + n.children.values().map(count).sum::<usize>()
+                + n.star.as_deref().map_or(0, count)
+                + n.hash.as_deref().map_or(0, count)
+        }
+        self.exchanges.values().map(count).sum()
+    }
 }
 
-fn remove_at<T: Eq>(node: &mut Node<T>, words: &[Word], value: &T) -> bool {
+fn insert_at<T>(mut node: &mut Node<T>, mut words: &[Word<'_>], value: T) {
+    loop {
+        let Some((first, rest)) = words.split_first() else {
+            node.values.push(value);
+            return;
+        };
+        match *first {
+            Word::Star => {
+                node = node.star.get_or_insert_with(Default::default);
+                words = rest;
+            }
+            Word::Hash => {
+                node = node.hash.get_or_insert_with(Default::default);
+                words = rest;
+            }
+            Word::Lit(w) => {
+                // The literal words right after `w` can share one node.
+                let run = rest.iter().take_while(|x| matches!(x, Word::Lit(_))).count();
+                let child = node
+                    .children
+                    .entry(w.into())
+                    .or_insert_with(|| Node { tail: tail_of(&rest[..run]), ..Default::default() });
+                let common = child.common_tail(&rest[..run]);
+                if child.tail_words().count() > common {
+                    child.split_tail(common);
+                }
+                node = child;
+                words = &rest[common..];
+            }
+        }
+    }
+}
+
+fn remove_at<T: Eq>(node: &mut Node<T>, words: &[Word<'_>], value: &T) -> bool {
     let Some((first, rest)) = words.split_first() else {
         let Some(pos) = node.values.iter().position(|v| v == value) else {
             return false;
@@ -122,19 +239,27 @@ fn remove_at<T: Eq>(node: &mut Node<T>, words: &[Word], value: &T) -> bool {
         node.values.swap_remove(pos);
         return true;
     };
-    match first {
+    match *first {
         Word::Lit(w) => {
-            let Some(child) = node.children.get_mut(w.as_str()) else {
+            let Some(child) = node.children.get_mut(w) else {
                 return false;
             };
-            let removed = remove_at(child, rest, value);
-            if removed && child.is_empty() {
-                node.children.remove(w.as_str());
+            let n = child.tail_words().count();
+            if child.common_tail(rest) != n {
+                return false;
+            }
+            let removed = remove_at(child, &rest[n..], value);
+            if removed {
+                if child.is_empty() {
+                    node.children.remove(w);
+                } else {
+                    child.compact();
+                }
             }
             removed
         }
         Word::Star | Word::Hash => {
-            let slot = if matches!(first, Word::Star) { &mut node.star } else { &mut node.hash };
+            let slot = if *first == Word::Star { &mut node.star } else { &mut node.hash };
             let Some(child) = slot.as_deref_mut() else {
                 return false;
             };
@@ -167,7 +292,9 @@ fn walk<'a, T>(
         return;
     }
     if let Some(child) = node.children.get(words[i]) {
-        walk(child, words, i + 1, out, visited);
+        if let Some(j) = child.match_tail(words, i + 1) {
+            walk(child, words, j, out, visited);
+        }
     }
     if let Some(star) = node.star.as_deref() {
         walk(star, words, i + 1, out, visited);
@@ -246,5 +373,58 @@ mod tests {
                 prop_assert_eq!(got, want, "key {:?}", key);
             }
         }
+
+        // After removing some bindings (which merges nodes back), the index
+        // still agrees with the reference, and removing the rest empties it.
+        #[test]
+        fn removal_keeps_the_index_exact(
+            patterns in proptest::collection::vec(proptest::collection::vec(word(), 0..6), 1..10),
+            gone in proptest::collection::vec(any::<bool>(), 10),
+            keys in proptest::collection::vec(proptest::collection::vec(key_word(), 0..6), 1..8),
+        ) {
+            let patterns: Vec<Pattern> = patterns.iter().map(|w| p(&w.join("."))).collect();
+            let mut idx = PatternIndex::new();
+            for (i, pat) in patterns.iter().enumerate() {
+                idx.insert("x", pat, i);
+            }
+            for (i, pat) in patterns.iter().enumerate() {
+                if gone[i] {
+                    prop_assert!(idx.remove("x", pat, &i));
+                }
+            }
+            for key in keys {
+                let key = key.join(".");
+                let mut got = idx.matches("x", &key);
+                got.sort();
+                let want: Vec<usize> = patterns.iter().enumerate()
+                    .filter(|(i, pat)| !gone[*i] && pat.matches(&key)).map(|(i, _)| i).collect();
+                prop_assert_eq!(got, want, "key {:?}", key);
+            }
+            for (i, pat) in patterns.iter().enumerate() {
+                if !gone[i] {
+                    prop_assert!(idx.remove("x", pat, &i));
+                }
+            }
+            prop_assert!(idx.is_empty());
+            prop_assert_eq!(idx.nodes(), 0);
+        }
+    }
+
+    #[test]
+    fn a_long_pattern_is_one_node_and_splits_where_another_diverges() {
+        let long: Vec<String> = (0..60).map(|i| format!("w{i}")).collect();
+        let mut idx = PatternIndex::new();
+        idx.insert("x", &p(&long.join(".")), 1);
+        assert_eq!(idx.nodes(), 2, "root and one node for 60 literal words");
+        let mut other = long.clone();
+        other[30] = "z".into();
+        idx.insert("x", &p(&other.join(".")), 2);
+        assert_eq!(idx.nodes(), 4, "split at word 30 into a shared prefix and two tails");
+        assert_eq!(idx.matches("x", &long.join(".")), vec![1]);
+        assert_eq!(idx.matches("x", &other.join(".")), vec![2]);
+        assert!(idx.matches("x", &long[..59].join(".")).is_empty());
+        assert!(idx.remove("x", &p(&other.join(".")), &2));
+        assert_eq!(idx.nodes(), 2, "merged back into one node");
+        assert_eq!(idx.matches("x", &long.join(".")), vec![1]);
     }
 }

@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod pattern;
 pub mod principal;
 pub mod rendezvous;
+pub mod replay;
 pub mod session;
 
 pub use event::{Event, EventError, NewEvent, Origin};
@@ -27,7 +28,8 @@ pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};
 pub use principal::{ExchangeMatch, Grant, GrantSpec, Grants, GrantsSpec, Principal};
 pub use rendezvous::{AnswerError, Broker, BrokerLimits, Incoming, Pending, RendezvousError, Sink};
+pub use replay::{ReadTurn, ReplayPermits};
 pub use session::{
-    Attachment, Lease, Leases, MemoryStore, NewSub, Restored, ResumeError, Session, SessionStore, SessionTable,
-    StoreError, StoreOp, StoredSession, StoredSub, SubError,
+    owner_key, Attachment, Budgets, CreateError, Lease, Leases, MemoryStore, NewSub, Restored, ResumeError, Session,
+    SessionStore, SessionTable, StoreError, StoreOp, StoredSession, StoredSub, SubError,
 };

@@ -9,21 +9,35 @@
 
 use crate::event::MAX_NAME_BYTES;
 
-/// One word of a pattern.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Word {
+/// One word of a pattern, borrowed from the pattern's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Word<'a> {
     /// A literal word.
-    Lit(String),
+    Lit(&'a str),
     /// `*`: exactly one word.
     Star,
     /// `#`: zero or more words.
     Hash,
 }
 
+impl<'a> Word<'a> {
+    fn of(w: &'a str) -> Word<'a> {
+        match w {
+            "*" => Word::Star,
+            "#" => Word::Hash,
+            lit => Word::Lit(lit),
+        }
+    }
+}
+
 /// A parsed topic pattern.
+///
+/// It keeps only its source text, in one allocation: words are borrowed
+/// from it when needed (a subscription of 32 long bindings costs 32 small
+/// allocations, not one per word).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pattern {
-    words: Vec<Word>,
+    text: Box<str>,
     has_hash: bool,
 }
 
@@ -50,21 +64,29 @@ impl Pattern {
         if s.len() > MAX_NAME_BYTES {
             return Err(PatternError::TooLong);
         }
-        let words = split_words(s)
-            .into_iter()
-            .map(|w| match w {
-                "*" => Word::Star,
-                "#" => Word::Hash,
-                lit => Word::Lit(lit.to_string()),
-            })
-            .collect::<Vec<_>>();
-        let has_hash = words.contains(&Word::Hash);
-        Ok(Pattern { words, has_hash })
+        let has_hash = !s.is_empty() && s.split('.').any(|w| w == "#");
+        Ok(Pattern { text: s.into(), has_hash })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The words of the pattern.
-    pub fn words(&self) -> &[Word] {
-        &self.words
+    pub fn words(&self) -> impl Iterator<Item = Word<'_>> + Clone {
+        let text: &str = &self.text;
+        // "" has no words; otherwise every `.` separates two (possibly empty) words.
+        text.split('.').filter(move |_| !text.is_empty()).map(Word::of)
+    }
+
+    /// Number of words.
+    pub fn word_count(&self) -> usize {
+        if self.text.is_empty() {
+            0
+        } else {
+            self.text.split('.').count()
+        }
     }
 
     /// Whether `key` matches.
@@ -75,7 +97,7 @@ impl Pattern {
     /// [`crate::PatternIndex`] is tested against this.
     pub fn matches(&self, key: &str) -> bool {
         if !self.has_hash {
-            let mut words = self.words.iter();
+            let mut words = self.words();
             if !key.is_empty() {
                 for k in key.split('.') {
                     match words.next() {
@@ -90,14 +112,15 @@ impl Pattern {
         if self.is_match_all() {
             return true;
         }
+        let words: Vec<Word<'_>> = self.words().collect();
         let key = split_words(key);
-        let (p, k) = (self.words.len(), key.len());
+        let (p, k) = (words.len(), key.len());
         // can[i][j]: pattern words i.. match key words j..
         let mut can = vec![vec![false; k + 1]; p + 1];
         can[p][k] = true;
         for i in (0..p).rev() {
             for j in (0..=k).rev() {
-                can[i][j] = match &self.words[i] {
+                can[i][j] = match words[i] {
                     Word::Hash => can[i + 1][j] || (j < k && can[i][j + 1]),
                     Word::Star => j < k && can[i + 1][j + 1],
                     Word::Lit(w) => j < k && key[j] == w && can[i + 1][j + 1],
@@ -117,13 +140,14 @@ impl Pattern {
     /// word count matters because no routing key consists of exactly one
     /// empty word (`""` has no words at all).
     pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (p, q): (Vec<Word<'_>>, Vec<Word<'_>>) = (self.words().collect(), other.words().collect());
         let mut memo = std::collections::HashMap::new();
-        overlap_from(&self.words, &other.words, 0, 0, Produced::None, &mut memo)
+        overlap_from(&p, &q, 0, 0, Produced::None, &mut memo)
     }
 
     /// Whether the pattern is exactly `#` (matches every key).
     pub fn is_match_all(&self) -> bool {
-        matches!(self.words.as_slice(), [Word::Hash])
+        &*self.text == "#"
     }
 }
 
@@ -147,8 +171,8 @@ impl Produced {
 }
 
 fn overlap_from(
-    p: &[Word],
-    q: &[Word],
+    p: &[Word<'_>],
+    q: &[Word<'_>],
     i: usize,
     j: usize,
     k: Produced,
@@ -160,7 +184,7 @@ fn overlap_from(
     // Guard against revisiting this state through the `#`/`#` self-step.
     memo.insert((i, j, k), false);
     let (pi, qj) = (p.get(i), q.get(j));
-    let empty = |w: &Word| matches!(w, Word::Lit(x) if x.is_empty());
+    let empty = |w: &Word<'_>| matches!(w, Word::Lit(x) if x.is_empty());
     let mut ok = i == p.len() && j == q.len() && k != Produced::OneEmpty;
     if !ok && matches!(pi, Some(Word::Hash)) {
         ok = overlap_from(p, q, i + 1, j, k, memo);

@@ -168,136 +168,6 @@ impl EmbeddedLog {
         Ok((log, committed_rx))
     }
 
-    fn read_sync(&self, q: &ReadQuery) -> Result<Vec<Arc<Event>>, LogError> {
-        let upto = q.upto.min(self.shared.index.read().head);
-        if q.limit == 0 || upto <= q.after {
-            return Ok(Vec::new());
-        }
-        let ids: Option<Vec<u64>> =
-            q.exchanges.as_ref().map(|xs| self.exchange_ids(xs, q.after, upto, q.limit, q.newest_first));
-        match ids {
-            Some(ids) => self.read_ids(&ids),
-            None => {
-                let (lo, hi) = if q.newest_first {
-                    (upto.saturating_sub(q.limit as u64 - 1).max(q.after + 1), upto)
-                } else {
-                    (q.after + 1, upto.min(q.after.saturating_add(q.limit as u64)))
-                };
-                let mut v = self.read_range(lo, hi)?;
-                if q.newest_first {
-                    v.reverse();
-                }
-                Ok(v)
-            }
-        }
-    }
-
-    /// Ids of the given exchanges in `(after, upto]`, merged, at most `limit`.
-    fn exchange_ids(&self, exchanges: &[String], after: u64, upto: u64, limit: usize, newest_first: bool) -> Vec<u64> {
-        let index = self.shared.index.read();
-        let mut ids: Vec<u64> = Vec::new();
-        for x in exchanges {
-            let Some(list) = index.by_exchange.get(x.as_str()) else {
-                continue;
-            };
-            let lo = list.partition_point(|&id| id <= after);
-            let hi = list.partition_point(|&id| id <= upto);
-            if newest_first {
-                ids.extend(list.range(hi.saturating_sub(limit).max(lo)..hi));
-            } else {
-                ids.extend(list.range(lo..hi.min(lo + limit)));
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        if newest_first {
-            ids.reverse();
-        }
-        ids.truncate(limit);
-        ids
-    }
-
-    /// Read the contiguous ids `lo..=hi` (those still retained).
-    fn read_range(&self, lo: u64, hi: u64) -> Result<Vec<Arc<Event>>, LogError> {
-        let mut out = Vec::new();
-        let mut id = lo.max(self.shared.index.read().first());
-        while id <= hi {
-            let (file, path, start, end, base, last) = {
-                let index = self.shared.index.read();
-                let Some(seg) = index.segment_of(id) else {
-                    break;
-                };
-                let last = seg.last_id().min(hi);
-                (
-                    seg.file.clone(),
-                    seg.path.clone(),
-                    seg.offsets[(id - seg.base) as usize],
-                    seg.offsets[(last - seg.base + 1) as usize],
-                    seg.base,
-                    last,
-                )
-            };
-            let mut buf = vec![0u8; (end - start) as usize];
-            file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(&path, e))?;
-            let mut at = 0usize;
-            while at < buf.len() {
-                match record::scan(&buf[at..]) {
-                    Scan::Ok { len, body, .. } => {
-                        let event = record::decode(body).map_err(|reason| LogError::Corrupt {
-                            path: path.clone(),
-                            offset: start + at as u64,
-                            reason,
-                        })?;
-                        out.push(Arc::new(event));
-                        at += len;
-                    }
-                    Scan::Incomplete | Scan::Invalid(_) => {
-                        return Err(LogError::Corrupt {
-                            path,
-                            offset: start + at as u64,
-                            reason: "unreadable record".into(),
-                        })
-                    }
-                }
-            }
-            debug!(base, from = id, to = last, "Read segment range.");
-            id = last + 1;
-        }
-        Ok(out)
-    }
-
-    /// Read individual ids (ascending or descending, as given).
-    fn read_ids(&self, ids: &[u64]) -> Result<Vec<Arc<Event>>, LogError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let located = {
-                let index = self.shared.index.read();
-                index.segment_of(id).map(|seg| {
-                    let i = (id - seg.base) as usize;
-                    (seg.file.clone(), seg.path.clone(), seg.offsets[i], seg.offsets[i + 1])
-                })
-            };
-            // Retention may have removed it since the ids were collected.
-            let Some((file, path, start, end)) = located else {
-                continue;
-            };
-            let mut buf = vec![0u8; (end - start) as usize];
-            file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(&path, e))?;
-            match record::scan(&buf) {
-                Scan::Ok { body, .. } => {
-                    let event = record::decode(body).map_err(|reason| LogError::Corrupt {
-                        path: path.clone(),
-                        offset: start,
-                        reason,
-                    })?;
-                    out.push(Arc::new(event));
-                }
-                _ => return Err(LogError::Corrupt { path, offset: start, reason: "unreadable record".into() }),
-            }
-        }
-        Ok(out)
-    }
-
     fn time_of(&self, id: u64) -> Result<Option<u64>, LogError> {
         let located = {
             let index = self.shared.index.read();
@@ -336,6 +206,172 @@ impl EmbeddedLog {
         }
         Ok(hi)
     }
+}
+
+impl Shared {
+    fn read_sync(&self, q: &ReadQuery) -> Result<Vec<Arc<Event>>, LogError> {
+        let upto = q.upto.min(self.index.read().head);
+        if q.limit == 0 || upto <= q.after {
+            return Ok(Vec::new());
+        }
+        let ids: Option<Vec<u64>> =
+            q.exchanges.as_ref().map(|xs| self.exchange_ids(xs, q.after, upto, q.limit, q.newest_first));
+        match ids {
+            Some(ids) => self.read_ids(&ids, q.max_bytes),
+            None => {
+                let (lo, hi) = if q.newest_first {
+                    (upto.saturating_sub(q.limit as u64 - 1).max(q.after + 1), upto)
+                } else {
+                    (q.after + 1, upto.min(q.after.saturating_add(q.limit as u64)))
+                };
+                if q.newest_first {
+                    // Newest first, so that a byte budget keeps the newest.
+                    let ids: Vec<u64> = (lo.max(self.index.read().first())..=hi).rev().collect();
+                    return self.read_ids(&ids, q.max_bytes);
+                }
+                self.read_range(lo, hi, q.max_bytes)
+            }
+        }
+    }
+
+    /// Ids of the given exchanges in `(after, upto]`, merged, at most `limit`.
+    fn exchange_ids(&self, exchanges: &[String], after: u64, upto: u64, limit: usize, newest_first: bool) -> Vec<u64> {
+        let index = self.index.read();
+        let mut ids: Vec<u64> = Vec::new();
+        for x in exchanges {
+            let Some(list) = index.by_exchange.get(x.as_str()) else {
+                continue;
+            };
+            let lo = list.partition_point(|&id| id <= after);
+            let hi = list.partition_point(|&id| id <= upto);
+            if newest_first {
+                ids.extend(list.range(hi.saturating_sub(limit).max(lo)..hi));
+            } else {
+                ids.extend(list.range(lo..hi.min(lo + limit)));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if newest_first {
+            ids.reverse();
+        }
+        ids.truncate(limit);
+        ids
+    }
+
+    /// Read the contiguous ids `lo..=hi` (those still retained), stopping
+    /// once `max_bytes` of records are read.
+    fn read_range(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<Arc<Event>>, LogError> {
+        let mut out = Vec::new();
+        let mut budget = max_bytes;
+        let mut id = lo.max(self.index.read().first());
+        while id <= hi && (budget > 0 || out.is_empty()) {
+            let (file, path, start, end, last) = {
+                let index = self.index.read();
+                let Some(seg) = index.segment_of(id) else {
+                    break;
+                };
+                let at = |id: u64| seg.offsets[(id - seg.base) as usize];
+                let start = at(id);
+                let mut last = seg.last_id().min(hi);
+                if (at(last + 1) - start) as usize > budget {
+                    // The last id whose record ends within the budget (at least `id`).
+                    let (mut a, mut b) = (id, last);
+                    while a < b {
+                        let mid = a + (b - a).div_ceil(2);
+                        if (at(mid + 1) - start) as usize <= budget {
+                            a = mid;
+                        } else {
+                            b = mid - 1;
+                        }
+                    }
+                    last = a;
+                }
+                (seg.file.clone(), seg.path.clone(), start, at(last + 1), last)
+            };
+            decode_run(&file, &path, start, end, &mut out)?;
+            budget = budget.saturating_sub((end - start) as usize);
+            debug!(from = id, to = last, "Read segment range.");
+            id = last + 1;
+        }
+        Ok(out)
+    }
+
+    /// Read individual ids (ascending or descending, as given), one read
+    /// per run of consecutive ids in a segment, stopping once `max_bytes`
+    /// of records are read.
+    fn read_ids(&self, ids: &[u64], max_bytes: usize) -> Result<Vec<Arc<Event>>, LogError> {
+        let descending = ids.len() > 1 && ids[0] > ids[1];
+        let mut out = Vec::with_capacity(ids.len());
+        let mut budget = max_bytes;
+        let mut i = 0;
+        while i < ids.len() && (budget > 0 || out.is_empty()) {
+            // A run: ids[i..j] consecutive (in the given direction) in one segment.
+            let located = {
+                let index = self.index.read();
+                index.segment_of(ids[i]).map(|seg| {
+                    let at = |id: u64| seg.offsets[(id - seg.base) as usize];
+                    let mut j = i + 1;
+                    let (mut lo, mut hi) = (ids[i], ids[i]);
+                    while j < ids.len() {
+                        let next = ids[j];
+                        let adjacent = if descending { next + 1 == lo } else { next == hi + 1 };
+                        if !adjacent || next < seg.base || next > seg.last_id() {
+                            break;
+                        }
+                        let (nlo, nhi) = if descending { (next, hi) } else { (lo, next) };
+                        if (at(nhi + 1) - at(nlo)) as usize > budget {
+                            break;
+                        }
+                        (lo, hi) = (nlo, nhi);
+                        j += 1;
+                    }
+                    (seg.file.clone(), seg.path.clone(), at(lo), at(hi + 1), j)
+                })
+            };
+            // Retention may have removed it since the ids were collected.
+            let Some((file, path, start, end, j)) = located else {
+                i += 1;
+                continue;
+            };
+            let before = out.len();
+            decode_run(&file, &path, start, end, &mut out)?;
+            if descending {
+                out[before..].reverse();
+            }
+            budget = budget.saturating_sub((end - start) as usize);
+            i = j;
+        }
+        Ok(out)
+    }
+}
+
+/// Decode the records in `start..end` of a segment file, appending them to `out`.
+fn decode_run(file: &File, path: &Path, start: u64, end: u64, out: &mut Vec<Arc<Event>>) -> Result<(), LogError> {
+    let mut buf = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(path, e))?;
+    let mut at = 0usize;
+    while at < buf.len() {
+        match record::scan(&buf[at..]) {
+            Scan::Ok { len, body, .. } => {
+                let event = record::decode(body).map_err(|reason| LogError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: start + at as u64,
+                    reason,
+                })?;
+                out.push(Arc::new(event));
+                at += len;
+            }
+            Scan::Incomplete | Scan::Invalid(_) => {
+                return Err(LogError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: start + at as u64,
+                    reason: "unreadable record".into(),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Scan every segment, cut a torn tail, and rebuild the index.
@@ -678,7 +714,17 @@ impl EventLog for EmbeddedLog {
     }
 
     fn read(&self, query: ReadQuery) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>> {
-        Box::pin(async move { blocking(|| self.read_sync(&query)) })
+        // On the blocking pool, not a runtime worker: however many replays
+        // read at once, the tasks that serve live traffic keep running.
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => tokio::task::spawn_blocking(move || shared.read_sync(&query))
+                    .await
+                    .map_err(|e| LogError::io("log reader task", std::io::Error::other(e.to_string())))?,
+                Err(_) => shared.read_sync(&query),
+            }
+        })
     }
 
     fn first_at_or_after(&self, time_us: u64) -> BoxFuture<'_, Result<u64, LogError>> {

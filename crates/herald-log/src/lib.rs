@@ -111,6 +111,24 @@ pub struct ReadQuery {
     pub limit: usize,
     /// Newest first (to find the last N) instead of oldest first.
     pub newest_first: bool,
+    /// Stop once this many record bytes are read (at least one event is
+    /// returned): bounds the memory of one read whatever the payload sizes.
+    /// A read cut short returns a prefix; read on from its last id.
+    pub max_bytes: usize,
+}
+
+impl Default for ReadQuery {
+    /// Everything, oldest first, without limits.
+    fn default() -> Self {
+        ReadQuery {
+            exchanges: None,
+            after: 0,
+            upto: u64::MAX,
+            limit: usize::MAX,
+            newest_first: false,
+            max_bytes: usize::MAX,
+        }
+    }
 }
 
 /// The ids the log holds: `first..=head` (empty when `first > head`).

@@ -40,7 +40,14 @@ fn rt() -> tokio::runtime::Runtime {
 fn all(log: &EmbeddedLog, exchanges: Option<Vec<String>>) -> Vec<(u64, String, u64)> {
     let rt = rt();
     let events = rt
-        .block_on(log.read(ReadQuery { exchanges, after: 0, upto: u64::MAX, limit: usize::MAX, newest_first: false }))
+        .block_on(log.read(ReadQuery {
+            exchanges,
+            after: 0,
+            upto: u64::MAX,
+            limit: usize::MAX,
+            newest_first: false,
+            max_bytes: usize::MAX,
+        }))
         .expect("read");
     events.iter().map(|e| (e.id, e.exchange.clone(), e.payload_value()["n"].as_u64().unwrap_or(0))).collect()
 }
@@ -49,15 +56,15 @@ fn all(log: &EmbeddedLog, exchanges: Option<Vec<String>>) -> Vec<(u64, String, u
 enum Op {
     Append(Vec<(u8, u64)>),
     Reopen,
-    Read { after: u64, len: u64, exchange: Option<u8>, newest_first: bool },
+    Read { after: u64, len: u64, exchange: Option<u8>, newest_first: bool, max_bytes: Option<usize> },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => proptest::collection::vec((0u8..3, 0u64..1000), 1..20).prop_map(Op::Append),
         1 => Just(Op::Reopen),
-        3 => (0u64..120, 0u64..60, proptest::option::of(0u8..3), any::<bool>())
-            .prop_map(|(after, len, exchange, newest_first)| Op::Read { after, len, exchange, newest_first }),
+        3 => (0u64..120, 0u64..60, proptest::option::of(0u8..3), any::<bool>(), proptest::option::of(0usize..400))
+            .prop_map(|(after, len, exchange, newest_first, max_bytes)| Op::Read { after, len, exchange, newest_first, max_bytes }),
     ]
 }
 
@@ -88,10 +95,10 @@ proptest! {
                     let (l, _rx2) = EmbeddedLog::open(config(dir.path())).expect("reopen");
                     log = l;
                 }
-                Op::Read { after, len, exchange, newest_first } => {
+                Op::Read { after, len, exchange, newest_first, max_bytes } => {
                     let upto = after + len;
                     let exchanges = exchange.map(|x| vec![format!("x{x}")]);
-                    let got = rt.block_on(log.read(ReadQuery { exchanges: exchanges.clone(), after, upto, limit: 7, newest_first })).expect("read");
+                    let got = rt.block_on(log.read(ReadQuery { exchanges: exchanges.clone(), after, upto, limit: 7, newest_first, max_bytes: max_bytes.unwrap_or(usize::MAX) })).expect("read");
                     let got: Vec<u64> = got.iter().map(|e| e.id).collect();
                     let mut want: Vec<u64> = model
                         .iter()
@@ -102,7 +109,13 @@ proptest! {
                         want.reverse();
                     }
                     want.truncate(7);
-                    prop_assert_eq!(got, want);
+                    if max_bytes.is_some() {
+                        // A byte budget cuts a prefix, never to nothing.
+                        prop_assert!(want.starts_with(&got), "{:?} is not a prefix of {:?}", got, want);
+                        prop_assert_eq!(got.is_empty(), want.is_empty());
+                    } else {
+                        prop_assert_eq!(got, want);
+                    }
                 }
             }
             prop_assert_eq!(log.bounds().head, model.len() as u64);

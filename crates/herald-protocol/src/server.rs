@@ -44,6 +44,20 @@ pub struct Limits {
     pub http_publishes_per_second: u32,
     /// Seconds a session outlives an abrupt disconnect.
     pub session_ttl_s: u64,
+    /// Most sessions of one user, attached and detached (0: no limit).
+    pub max_sessions_per_user: usize,
+    /// Most subscriptions of one user across its sessions (0: no limit).
+    pub max_subscriptions_per_user: usize,
+    /// Most bindings of one user across its sessions (0: no limit).
+    pub max_bindings_per_user: usize,
+    /// Most bytes of binding and filter text on this node (0: no limit).
+    pub max_subscription_bytes_per_node: usize,
+    /// Chunks of history one connection reads at once.
+    pub max_replays_per_connection: usize,
+    /// Chunks of history one user reads at once.
+    pub max_replays_per_user: usize,
+    /// Chunks of history this node reads at once.
+    pub max_replays_per_node: usize,
 }
 
 /// Server identification.

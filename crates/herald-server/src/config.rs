@@ -88,6 +88,25 @@ pub struct LimitsConfig {
     pub max_publish_batch: usize,
     /// Largest HTTP request body, in bytes.
     pub max_request_bytes: usize,
+    /// Most sessions of one user (anonymous clients: of one address),
+    /// attached and detached together (0: no limit). A new session past it
+    /// ends the user's longest-detached session; if none is detached the
+    /// `hello` is refused with `limit_exceeded` (close 4429).
+    pub max_sessions_per_user: usize,
+    /// Most subscriptions of one user across all its sessions (0: no limit).
+    pub max_subscriptions_per_user: usize,
+    /// Most bindings of one user across all its sessions (0: no limit).
+    pub max_bindings_per_user: usize,
+    /// Most bytes of binding and filter text all sessions on this node hold
+    /// together (0: no limit); past it `subscribe` answers `unavailable`.
+    pub max_subscription_bytes_per_node: usize,
+    /// Chunks of history one connection's replays and catch-ups read at
+    /// once; more wait their turn.
+    pub max_replays_per_connection: usize,
+    /// Chunks of history one user's replays read at once, across connections.
+    pub max_replays_per_user: usize,
+    /// Chunks of history read at once on this node.
+    pub max_replays_per_node: usize,
 }
 
 /// Session settings.
@@ -310,6 +329,13 @@ impl Default for LimitsConfig {
             max_payload_bytes: 512 << 10,
             max_publish_batch: 1000,
             max_request_bytes: 16 << 20,
+            max_sessions_per_user: 200,
+            max_subscriptions_per_user: 1_000,
+            max_bindings_per_user: 10_000,
+            max_subscription_bytes_per_node: 64 << 20,
+            max_replays_per_connection: 2,
+            max_replays_per_user: 4,
+            max_replays_per_node: 8,
         }
     }
 }
@@ -341,6 +367,9 @@ impl Config {
             ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_publish_batch", l.max_publish_batch),
             ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_replays_per_connection", l.max_replays_per_connection),
+            ("limits.max_replays_per_user", l.max_replays_per_user),
+            ("limits.max_replays_per_node", l.max_replays_per_node),
         ] {
             if v == 0 {
                 p.push(format!("{name} must be at least 1"));
@@ -354,6 +383,9 @@ impl Config {
         }
         if l.max_payload_bytes > l.max_request_bytes {
             p.push("limits.max_payload_bytes must not exceed limits.max_request_bytes".into());
+        }
+        if l.max_bindings_per_user != 0 && l.max_bindings_per_user < l.max_bindings {
+            p.push("limits.max_bindings_per_user must be 0 (no limit) or at least limits.max_bindings".into());
         }
         if l.slow_consumer_timeout < Duration::from_millis(100) {
             p.push("limits.slow_consumer_timeout must be at least 100ms".into());

@@ -19,6 +19,7 @@ mod metrics;
 mod peers;
 mod publishing;
 mod rendezvous;
+mod replays;
 mod revocation;
 mod state;
 mod streams;

@@ -32,6 +32,12 @@ pub(crate) struct StoreOpLabel {
     pub(crate) op: &'static str,
 }
 
+/// A `limit` label (budget refusals).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LimitLabel {
+    pub(crate) limit: &'static str,
+}
+
 /// Metrics updated as things happen.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -55,6 +61,8 @@ pub(crate) struct Metrics {
     pub(crate) session_writes: Family<StoreOpLabel, Counter>,
     /// Session store writes that failed.
     pub(crate) session_write_errors: Counter,
+    /// Sessions or subscriptions refused by a budget, by limit.
+    pub(crate) limit_refusals: Family<LimitLabel, Counter>,
 }
 
 impl Metrics {
@@ -77,6 +85,12 @@ impl Metrics {
         );
         let refused = Family::<Reason, Counter>::default();
         registry.register("connections_refused", "Connections refused, by limit", refused.clone());
+        let limit_refusals = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Sessions and subscriptions refused by a per-user or per-node budget, by limit",
+            limit_refusals.clone(),
+        );
         let auth_failures = Counter::default();
         registry.register(
             "auth_failures",
@@ -106,6 +120,7 @@ impl Metrics {
             replayed,
             session_writes,
             session_write_errors,
+            limit_refusals,
         }
     }
 }

@@ -136,6 +136,7 @@ impl Host for GatewayHost {
                     upto: before,
                     limit: 1000,
                     newest_first: true,
+                    max_bytes: usize::MAX,
                 };
                 let events = log.read(query).await?;
                 let Some(oldest) = events.last() else { break };

@@ -148,7 +148,14 @@ pub(crate) async fn rebuild_window(log: &dyn EventLog, window: &IdempotencyWindo
     }
     let now = now_us();
     let newest = log
-        .read(ReadQuery { exchanges: None, after: head - 1, upto: head, limit: 1, newest_first: false })
+        .read(ReadQuery {
+            exchanges: None,
+            after: head - 1,
+            upto: head,
+            limit: 1,
+            newest_first: false,
+            max_bytes: usize::MAX,
+        })
         .await?
         .first()
         .map_or(now, |e| e.time_us)
@@ -158,8 +165,16 @@ pub(crate) async fn rebuild_window(log: &dyn EventLog, window: &IdempotencyWindo
     let mut after = log.first_at_or_after(since_us).await?.saturating_sub(1);
     let mut found = 0;
     while after < head {
-        let chunk =
-            log.read(ReadQuery { exchanges: None, after, upto: head, limit: 1024, newest_first: false }).await?;
+        let chunk = log
+            .read(ReadQuery {
+                exchanges: None,
+                after,
+                upto: head,
+                limit: 1024,
+                newest_first: false,
+                max_bytes: usize::MAX,
+            })
+            .await?;
         let Some(last) = chunk.last() else { break };
         after = last.id;
         for e in &chunk {

@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) host: Arc<crate::peers::GatewayHost>,
     /// HTTP publish rate per user (`limits.http_publishes_per_second`).
     pub(crate) publish_rate: crate::admission::RateTable,
+    /// Turns for reading history (`limits.max_replays_per_*`).
+    pub(crate) replays: crate::replays::ReplayGate,
     /// Proxies whose forwarding headers are believed (`server.trusted_proxies`).
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Idempotency keys of recent publishes (every publish path shares it).
@@ -62,8 +64,16 @@ pub(crate) struct Parts {
 impl AppState {
     pub(crate) fn new(parts: Parts) -> AppState {
         let Parts { config, auth, peers, log, fanout, broker, store, host, draining } = parts;
-        let sessions = SessionTable::new(config.session.ttl, fanout.clone());
         let l = &config.limits;
+        let budgets = herald_core::Budgets {
+            sessions_per_owner: l.max_sessions_per_user,
+            subscriptions_per_owner: l.max_subscriptions_per_user,
+            bindings_per_owner: l.max_bindings_per_user,
+            subscription_bytes: l.max_subscription_bytes_per_node,
+        };
+        let sessions =
+            SessionTable::with_budgets(config.session.ttl, fanout.clone(), herald_core::session::Clock::new(), budgets);
+        let replays = crate::replays::ReplayGate::new(l);
         let admission = Arc::new(crate::admission::Admission::new(
             l.max_connections,
             l.max_connections_per_ip,
@@ -85,6 +95,7 @@ impl AppState {
                 idempotency: host.idempotency.clone(),
                 trusted_proxies,
                 publish_rate,
+                replays,
                 host,
                 connections: Connections::default(),
                 broker,
@@ -116,6 +127,13 @@ impl Inner {
             commands_per_second: l.commands_per_second,
             http_publishes_per_second: l.http_publishes_per_second,
             session_ttl_s: self.config.session.ttl.as_secs(),
+            max_sessions_per_user: l.max_sessions_per_user,
+            max_subscriptions_per_user: l.max_subscriptions_per_user,
+            max_bindings_per_user: l.max_bindings_per_user,
+            max_subscription_bytes_per_node: l.max_subscription_bytes_per_node,
+            max_replays_per_connection: l.max_replays_per_connection,
+            max_replays_per_user: l.max_replays_per_user,
+            max_replays_per_node: l.max_replays_per_node,
         }
     }
 

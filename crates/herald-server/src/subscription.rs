@@ -1,10 +1,15 @@
 //! Bringing a subscription up to date: replaying from the log until it
 //! reaches the fan-out head, then switching it to live delivery.
 //!
-//! The catch-up task reads in chunks and waits for space in the client's
-//! outbox between frames, so a replay of any size uses bounded memory and
-//! never overflows a client that reads. It stops when the subscription is
-//! paused or removed, or when the connection closes.
+//! The catch-up task reads in chunks (at most [`CHUNK`] events and
+//! [`CHUNK_BYTES`] bytes) and waits for space in the client's outbox between
+//! frames, so a replay of any size uses bounded memory and never overflows
+//! a client that reads. Each chunk is read in a turn of the subscription's
+//! [`ReplayPermits`](herald_core::ReplayPermits): per connection, per user
+//! and per node, so however many replays are asked for at once they advance
+//! in turns, on the blocking pool, and the live path never waits for them.
+//! It stops when the subscription is paused or removed, or when the
+//! connection closes.
 
 use crate::config::LimitsConfig;
 use crate::error::ClientError;
@@ -20,6 +25,10 @@ use tracing::error;
 
 /// Events read from the log per step.
 const CHUNK: usize = 512;
+
+/// Bytes of records read from the log per step, at most (one event more
+/// if a single event is larger).
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 /// What a new subscription's client is told before its first event.
 #[derive(Debug)]
@@ -187,8 +196,14 @@ async fn find_last(state: &AppState, entry: &SubEntry, head: u64, n: u64) -> Res
     let exchanges = entry.spec.exchanges();
     let (mut found, mut cursor, mut before) = (0u64, head, head);
     while found < n && before > 0 {
-        let query =
-            ReadQuery { exchanges: Some(exchanges.clone()), after: 0, upto: before, limit: 512, newest_first: true };
+        let query = ReadQuery {
+            exchanges: Some(exchanges.clone()),
+            after: 0,
+            upto: before,
+            limit: 512,
+            newest_first: true,
+            max_bytes: usize::MAX,
+        };
         let chunk = log.read(query).await?;
         let Some(oldest) = chunk.last() else { break };
         before = oldest.id - 1;
@@ -233,8 +248,14 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
             upto: target,
             limit: CHUNK,
             newest_first: false,
+            max_bytes: CHUNK_BYTES,
         };
-        let events = match s.log.read(query).await {
+        // Wait for a turn; the connection's part of it is kept while this
+        // chunk is delivered (see `herald_core::replay`).
+        let mut turn = entry.replay.turn().await;
+        let read = s.log.read(query).await;
+        turn.read_done();
+        let events = match read {
             Ok(events) => events,
             Err(e) => {
                 error!(error = %e, sub = %entry.sub, "Replay failed: the log could not be read.");
@@ -252,10 +273,9 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
                 return;
             }
         };
-        let upto = match events.last() {
-            Some(last) if events.len() == CHUNK => last.id,
-            _ => target,
-        };
+        // A chunk may be cut short by its byte budget: read on from its last
+        // event; only an empty read proves nothing is left up to the target.
+        let upto = events.last().map_or(target, |last| last.id);
         let mut stopped_at = None;
         for event in &events {
             if !entry.wants(event) {

@@ -72,6 +72,110 @@ pub enum SubError {
     /// The session has the most subscriptions it may have.
     #[error("the limit is {0} subscriptions (limits.max_subscriptions)")]
     TooMany(usize),
+    /// The owner's sessions together hold the most subscriptions allowed.
+    #[error("your sessions hold {0} subscriptions, the most allowed (limits.max_subscriptions_per_user); unsubscribe some or end unused sessions")]
+    OwnerSubscriptions(usize),
+    /// The owner's sessions together would hold more bindings than allowed.
+    #[error("your sessions would hold more than {0} bindings (limits.max_bindings_per_user); unsubscribe some or end unused sessions")]
+    OwnerBindings(usize),
+    /// The node holds the most bytes of bindings and filters it may.
+    #[error("the gateway holds the most subscription state it may ({0} bytes of bindings and filters, limits.max_subscription_bytes_per_node); try again later")]
+    NodeBytes(usize),
+}
+
+/// Why no session could be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    /// The owner has the most sessions allowed and none of them is detached.
+    #[error("you have {0} sessions, the most allowed (limits.max_sessions_per_user), and none is detached; close some connections")]
+    TooManySessions(usize),
+}
+
+/// Budgets on what sessions hold, per owner (a user, or for anonymous
+/// clients their address) and per node. Zero means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budgets {
+    /// Sessions of one owner, attached or detached. At the limit, a new
+    /// session ends the owner's longest-detached one; if none is detached
+    /// it is refused.
+    pub sessions_per_owner: usize,
+    /// Subscriptions of one owner across its sessions.
+    pub subscriptions_per_owner: usize,
+    /// Bindings of one owner across its sessions.
+    pub bindings_per_owner: usize,
+    /// Bytes of binding and filter text on the node.
+    pub subscription_bytes: usize,
+}
+
+/// The key budgets are counted under: the user, or for an anonymous
+/// client its address (`None` when not known, as for sessions restored
+/// after a restart).
+pub fn owner_key(user: Option<&str>, addr: Option<std::net::IpAddr>) -> Arc<str> {
+    match (user, addr) {
+        (Some(u), _) => format!("u:{u}").into(),
+        (None, Some(ip)) => format!("a:{ip}").into(),
+        (None, None) => "a:?".into(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct OwnerUsage {
+    /// Ids of the owner's sessions (at most the budget, so scanned linearly).
+    sessions: Vec<String>,
+    subs: usize,
+    bindings: usize,
+}
+
+/// What every session holds, counted against [`Budgets`].
+#[derive(Debug, Default)]
+struct Usage {
+    by_owner: HashMap<Arc<str>, OwnerUsage>,
+    bytes: usize,
+}
+
+impl Usage {
+    fn owner(&mut self, owner: &Arc<str>) -> &mut OwnerUsage {
+        self.by_owner.entry(owner.clone()).or_default()
+    }
+
+    fn tidy(&mut self, owner: &str) {
+        if self.by_owner.get(owner).is_some_and(|o| o.sessions.is_empty() && o.subs == 0 && o.bindings == 0) {
+            self.by_owner.remove(owner);
+        }
+    }
+}
+
+/// One subscription's share of the [`Usage`], given back when its record drops.
+struct Charge {
+    usage: Arc<Mutex<Usage>>,
+    owner: Arc<str>,
+    bindings: usize,
+    bytes: usize,
+}
+
+impl fmt::Debug for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Charge").field("bindings", &self.bindings).field("bytes", &self.bytes).finish()
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let mut u = self.usage.lock();
+        u.bytes = u.bytes.saturating_sub(self.bytes);
+        if let Some(o) = u.by_owner.get_mut(&self.owner) {
+            o.subs = o.subs.saturating_sub(1);
+            o.bindings = o.bindings.saturating_sub(self.bindings);
+        }
+        u.tidy(&self.owner);
+    }
+}
+
+/// Bytes of binding and filter text a subscription holds.
+fn text_bytes(spec: &SubSpec, filters: &[Value]) -> usize {
+    let bindings: usize = spec.bindings.iter().map(|(x, p)| x.len() + p.as_str().len()).sum();
+    let filters: usize = filters.iter().map(|f| serde_json::to_string(f).map_or(0, |t| t.len())).sum();
+    bindings + filters
 }
 
 /// Why a resume was refused.
@@ -121,8 +225,9 @@ impl Default for Clock {
 /// One subscription as the session remembers it.
 #[derive(Debug)]
 struct SubRecord {
+    /// Bindings (their text is kept once, in the spec) and filters.
     spec: Arc<SubSpec>,
-    bindings: Vec<Binding>,
+    /// Filters as the client sent them, for the store.
     filters: Vec<Value>,
     acked: u64,
     paused: bool,
@@ -131,6 +236,8 @@ struct SubRecord {
     leases: Leases,
     /// False when the leases it needs could not be taken at restore.
     leased: bool,
+    /// Its share of the budgets, given back when the record drops.
+    _charge: Charge,
 }
 
 /// A subscription to add with [`Session::insert_sub`].
@@ -138,8 +245,6 @@ struct SubRecord {
 pub struct NewSub {
     /// Compiled bindings and filters.
     pub spec: Arc<SubSpec>,
-    /// Bindings as the client sent them.
-    pub bindings: Vec<Binding>,
     /// Filters as the client sent them.
     pub filters: Vec<Value>,
     /// Starting position (a lower bound of where delivery starts).
@@ -189,6 +294,73 @@ struct Shared {
     /// Entries go stale when a session is resumed; they are skipped then.
     expiries: Mutex<BinaryHeap<Reverse<(u64, String, u64)>>>,
     expiry_changed: Notify,
+    budgets: Budgets,
+    usage: Arc<Mutex<Usage>>,
+    /// Sessions ended to make room for newer ones, to delete from the store
+    /// (handed out by [`SessionTable::expire_due`]).
+    evicted: Mutex<Vec<Arc<Session>>>,
+}
+
+impl Shared {
+    /// Charge a new subscription of `owner` against the budgets.
+    fn charge(&self, owner: &Arc<str>, spec: &SubSpec, filters: &[Value]) -> Result<Charge, SubError> {
+        let b = &self.budgets;
+        let (bindings, bytes) = (spec.bindings.len(), text_bytes(spec, filters));
+        let mut u = self.usage.lock();
+        if b.subscription_bytes != 0 && u.bytes + bytes > b.subscription_bytes {
+            return Err(SubError::NodeBytes(b.subscription_bytes));
+        }
+        let o = u.owner(owner);
+        if b.subscriptions_per_owner != 0 && o.subs >= b.subscriptions_per_owner {
+            return Err(SubError::OwnerSubscriptions(b.subscriptions_per_owner));
+        }
+        if b.bindings_per_owner != 0 && o.bindings + bindings > b.bindings_per_owner {
+            return Err(SubError::OwnerBindings(b.bindings_per_owner));
+        }
+        o.subs += 1;
+        o.bindings += bindings;
+        u.bytes += bytes;
+        Ok(Charge { usage: self.usage.clone(), owner: owner.clone(), bindings, bytes })
+    }
+
+    /// Charge a restored subscription: it was admitted before, so it is
+    /// counted even past a budget lowered since (new ones are refused).
+    fn charge_restored(&self, owner: &Arc<str>, spec: &SubSpec, filters: &[Value]) -> Charge {
+        let (bindings, bytes) = (spec.bindings.len(), text_bytes(spec, filters));
+        let mut u = self.usage.lock();
+        u.bytes += bytes;
+        let o = u.owner(owner);
+        o.subs += 1;
+        o.bindings += bindings;
+        Charge { usage: self.usage.clone(), owner: owner.clone(), bindings, bytes }
+    }
+
+    /// Whether `owner` could add a subscription like this (checked again,
+    /// atomically, when it is inserted).
+    fn may_charge(&self, owner: &Arc<str>, bindings: usize) -> Result<(), SubError> {
+        let b = &self.budgets;
+        let u = self.usage.lock();
+        if b.subscription_bytes != 0 && u.bytes >= b.subscription_bytes {
+            return Err(SubError::NodeBytes(b.subscription_bytes));
+        }
+        if let Some(o) = u.by_owner.get(owner) {
+            if b.subscriptions_per_owner != 0 && o.subs >= b.subscriptions_per_owner {
+                return Err(SubError::OwnerSubscriptions(b.subscriptions_per_owner));
+            }
+            if b.bindings_per_owner != 0 && o.bindings + bindings > b.bindings_per_owner {
+                return Err(SubError::OwnerBindings(b.bindings_per_owner));
+            }
+        }
+        Ok(())
+    }
+
+    fn forget_session(&self, owner: &Arc<str>, id: &str) {
+        let mut u = self.usage.lock();
+        if let Some(o) = u.by_owner.get_mut(owner) {
+            o.sessions.retain(|s| s != id);
+        }
+        u.tidy(owner);
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -202,6 +374,8 @@ pub struct Session {
     id: String,
     secret_sha256: String,
     user: Option<String>,
+    /// Whose budgets it counts against.
+    owner: Arc<str>,
     state: Mutex<State>,
     shared: Arc<Shared>,
     /// Whether a store holds it (set after a successful write, and at restore).
@@ -309,7 +483,7 @@ impl Session {
         st.check(att)?;
         let mut refused = Vec::new();
         for (sub, rec) in st.subs.iter_mut().filter(|(_, r)| !r.leased) {
-            match lease(&rec.bindings) {
+            match lease(&rec.spec.protocol_bindings()) {
                 Ok(leases) => {
                     rec.leases = leases;
                     rec.leased = true;
@@ -347,8 +521,8 @@ impl Session {
         Ok(catch_up)
     }
 
-    /// Whether a subscription `sub` could be added now.
-    pub fn check_new_sub(&self, att: &Attachment, sub: &str, max: usize) -> Result<(), SubError> {
+    /// Whether a subscription `sub` with `bindings` bindings could be added now.
+    pub fn check_new_sub(&self, att: &Attachment, sub: &str, bindings: usize, max: usize) -> Result<(), SubError> {
         let st = self.state.lock();
         st.check(att)?;
         if st.subs.contains_key(sub) {
@@ -357,7 +531,7 @@ impl Session {
         if st.subs.len() >= max {
             return Err(SubError::TooMany(max));
         }
-        Ok(())
+        self.shared.may_charge(&self.owner, bindings)
     }
 
     /// Add a subscription (not yet registered: see [`Session::set_entry`]).
@@ -371,9 +545,10 @@ impl Session {
         if st.subs.len() >= max {
             return Err(SubError::TooMany(max));
         }
+        let charge = self.shared.charge(&self.owner, &new.spec, &new.filters)?;
         let record = SubRecord {
+            _charge: charge,
             spec: new.spec,
-            bindings: new.bindings,
             filters: new.filters,
             acked: new.acked,
             paused: false,
@@ -517,7 +692,7 @@ impl Session {
                 .iter()
                 .map(|(sub, r)| {
                     let stored = StoredSub {
-                        bindings: r.bindings.clone(),
+                        bindings: r.spec.protocol_bindings(),
                         filters: r.filters.clone(),
                         paused: r.paused,
                         acked: r.acked,
@@ -558,6 +733,11 @@ impl SessionTable {
 
     /// [`SessionTable::new`] with the given clock.
     pub fn with_clock(ttl: Duration, fanout: Arc<FanOut>, clock: Clock) -> SessionTable {
+        SessionTable::with_budgets(ttl, fanout, clock, Budgets::default())
+    }
+
+    /// [`SessionTable::with_clock`] with budgets on what sessions hold.
+    pub fn with_budgets(ttl: Duration, fanout: Arc<FanOut>, clock: Clock, budgets: Budgets) -> SessionTable {
         let shared = Arc::new(Shared {
             fanout,
             ttl,
@@ -566,8 +746,23 @@ impl SessionTable {
             acks_waiting: Notify::new(),
             expiries: Mutex::new(BinaryHeap::new()),
             expiry_changed: Notify::new(),
+            budgets,
+            usage: Arc::new(Mutex::new(Usage::default())),
+            evicted: Mutex::new(Vec::new()),
         });
         SessionTable { sessions: Mutex::new(HashMap::new()), shared }
+    }
+
+    /// Bytes of binding and filter text held by every session (counted
+    /// against `Budgets::subscription_bytes`).
+    pub fn subscription_bytes(&self) -> usize {
+        self.shared.usage.lock().bytes
+    }
+
+    /// What `owner`'s sessions hold: (sessions, subscriptions, bindings).
+    pub fn owner_usage(&self, owner: &str) -> (usize, usize, usize) {
+        let u = self.shared.usage.lock();
+        u.by_owner.get(owner).map_or((0, 0, 0), |o| (o.sessions.len(), o.subs, o.bindings))
     }
 
     /// The clock TTLs are measured with.
@@ -590,21 +785,60 @@ impl SessionTable {
         self.sessions.lock().values().cloned().collect()
     }
 
-    /// Create a session attached to `outbox`; returns it, the attachment and
+    /// Create a session of `user`, counted against `owner`'s budget (see
+    /// [`owner_key`]), attached to `outbox`; returns it, the attachment and
     /// the secret (which only the client keeps from now on).
-    pub fn create(&self, user: Option<String>, outbox: Arc<Outbox>) -> (Arc<Session>, Attachment, String) {
+    ///
+    /// When the owner has the most sessions allowed, its longest-detached
+    /// session is ended to make room (handed out by
+    /// [`SessionTable::expire_due`] for the store to delete); when none of
+    /// them is detached the new one is refused.
+    pub fn create(
+        &self,
+        user: Option<String>,
+        owner: Arc<str>,
+        outbox: Arc<Outbox>,
+    ) -> Result<(Arc<Session>, Attachment, String), CreateError> {
+        let mut sessions = self.sessions.lock();
+        let max = self.shared.budgets.sessions_per_owner;
+        let ids = {
+            let u = self.shared.usage.lock();
+            u.by_owner.get(&owner).map(|o| o.sessions.clone()).unwrap_or_default()
+        };
+        if max != 0 && ids.len() >= max {
+            let oldest = ids
+                .iter()
+                .filter_map(|id| sessions.get(id))
+                .filter_map(|s| s.state.lock().detached_at_ms.map(|at| (at, s.clone())))
+                .min_by_key(|(at, _)| *at);
+            let Some((_, victim)) = oldest else {
+                return Err(CreateError::TooManySessions(max));
+            };
+            let subs = {
+                let mut st = victim.state.lock();
+                st.ended = true;
+                std::mem::take(&mut st.subs)
+            };
+            drop(subs); // releases leases and budget
+            sessions.remove(&victim.id);
+            self.shared.forget_session(&victim.owner, &victim.id);
+            self.shared.evicted.lock().push(victim);
+            self.shared.expiry_changed.notify_one();
+        }
         let secret = random_hex(32);
         let state = State { attached: Some((1, outbox)), epoch: 1, ..Default::default() };
         let session = Arc::new(Session {
             id: random_hex(16),
             secret_sha256: hash_secret(&secret),
             user,
+            owner: owner.clone(),
             state: Mutex::new(state),
             shared: self.shared.clone(),
             stored: AtomicBool::new(false),
         });
-        self.sessions.lock().insert(session.id.clone(), session.clone());
-        (session, Attachment { epoch: 1 }, secret)
+        self.shared.usage.lock().owner(&owner).sessions.push(session.id.clone());
+        sessions.insert(session.id.clone(), session.clone());
+        Ok((session, Attachment { epoch: 1 }, secret))
     }
 
     /// Find a session for resuming: the secret must match and the user must
@@ -643,6 +877,7 @@ impl SessionTable {
         sessions.remove(&session.id);
         drop(sessions);
         drop(subs); // releases the leases
+        self.shared.forget_session(&session.owner, &session.id);
         true
     }
 
@@ -657,8 +892,8 @@ impl SessionTable {
         self.shared.expiry_changed.notified().await;
     }
 
-    /// Remove the detached sessions whose TTL is over; returns them (their
-    /// leases are released when the last reference goes).
+    /// Remove the detached sessions whose TTL is over; returns them, and
+    /// those ended to make room for newer ones, for the store to delete.
     pub fn expire_due(&self) -> Vec<Arc<Session>> {
         let now = self.shared.clock.now_ms();
         let mut due = Vec::new();
@@ -683,8 +918,11 @@ impl SessionTable {
             drop(st);
             drop(subs);
             sessions.remove(&id);
+            self.shared.forget_session(&session.owner, &id);
             expired.push(session);
         }
+        drop(sessions);
+        expired.append(&mut self.shared.evicted.lock());
         expired
     }
 
@@ -730,6 +968,7 @@ impl SessionTable {
                 out.expired.push(s.id);
                 continue;
             }
+            let owner = owner_key(s.user.as_deref(), None);
             let mut subs = HashMap::new();
             for (sub, stored) in s.subs {
                 let Some(spec) = compile(&stored.bindings, &stored.filters) else {
@@ -744,8 +983,8 @@ impl SessionTable {
                     }
                 };
                 let record = SubRecord {
+                    _charge: self.shared.charge_restored(&owner, &spec, &stored.filters),
                     spec: Arc::new(spec),
-                    bindings: stored.bindings,
                     filters: stored.filters,
                     acked: stored.acked,
                     paused: stored.paused,
@@ -760,10 +999,12 @@ impl SessionTable {
                 id: s.id.clone(),
                 secret_sha256: s.secret_sha256,
                 user: s.user,
+                owner: owner.clone(),
                 state: Mutex::new(state),
                 shared: self.shared.clone(),
                 stored: AtomicBool::new(true),
             });
+            self.shared.usage.lock().owner(&owner).sessions.push(s.id.clone());
             self.shared.expiries.lock().push(Reverse((detached_at + ttl, s.id.clone(), 1)));
             sessions.insert(s.id, session);
             out.sessions += 1;

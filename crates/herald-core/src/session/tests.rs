@@ -17,6 +17,11 @@ fn restarted(ttl: Duration, clock: &Clock) -> SessionTable {
     SessionTable::with_clock(ttl, Arc::new(FanOut::new(0)), Clock::starting_at(clock.now_ms()))
 }
 
+fn create(t: &SessionTable, user: Option<String>, out: Arc<Outbox>) -> (Arc<Session>, Attachment, String) {
+    let owner = owner_key(user.as_deref(), None);
+    t.create(user, owner, out).expect("within budget")
+}
+
 fn binding() -> Vec<Binding> {
     vec![Binding { exchange: "x".into(), pattern: "a.#".into() }]
 }
@@ -41,7 +46,7 @@ fn take(held: &Arc<AtomicUsize>) -> Leases {
 }
 
 fn new_sub(acked: u64, leases: Leases) -> NewSub {
-    NewSub { spec: spec(), bindings: binding(), filters: vec![], acked, leases }
+    NewSub { spec: spec(), filters: vec![], acked, leases }
 }
 
 fn register(fanout: &FanOut, out: &Arc<Outbox>, sub: &str, spec: &Arc<SubSpec>, start: Start) -> Arc<SubEntry> {
@@ -51,6 +56,7 @@ fn register(fanout: &FanOut, out: &Arc<Outbox>, sub: &str, spec: &Arc<SubSpec>, 
         principal: Arc::new(Principal::anonymous()),
         outbox: out.clone(),
         format: FrameFormat::WebSocket,
+        replay: crate::ReplayPermits::unlimited(),
     };
     fanout.register(reg, start, |_| {}).0
 }
@@ -58,7 +64,7 @@ fn register(fanout: &FanOut, out: &Arc<Outbox>, sub: &str, spec: &Arc<SubSpec>, 
 #[test]
 fn resume_checks_secret_and_user() {
     let (t, _) = table(Duration::from_secs(1));
-    let (s, _, secret) = t.create(Some("alice".into()), outbox());
+    let (s, _, secret) = create(&t, Some("alice".into()), outbox());
     assert!(t.find(s.id(), &secret, Some("alice")).is_ok());
     assert_eq!(t.find(s.id(), "nope", Some("alice")).err(), Some(ResumeError::Mismatch));
     assert_eq!(t.find(s.id(), &secret, Some("bob")).err(), Some(ResumeError::Mismatch));
@@ -75,8 +81,8 @@ fn a_take_over_during_subscribe_refuses_the_old_connection() {
     let (t, fanout) = table(Duration::from_secs(60));
     let held = Arc::new(AtomicUsize::new(0));
     let old_out = outbox();
-    let (s, old, _) = t.create(None, old_out.clone());
-    s.check_new_sub(&old, "a", 10).expect("may subscribe");
+    let (s, old, _) = create(&t, None, old_out.clone());
+    s.check_new_sub(&old, "a", 1, 10).expect("may subscribe");
     // ... the old connection awaits; meanwhile a resume takes the session over.
     let new = s.attach(outbox(), Bytes::from_static(b"closing"));
     assert!(old_out.is_closed(), "the old connection is closed (4409)");
@@ -114,7 +120,7 @@ fn a_take_over_during_subscribe_refuses_the_old_connection() {
 fn restored_subscriptions_hold_leases_and_release_them() {
     let (t, _) = table(Duration::from_secs(60));
     let held = Arc::new(AtomicUsize::new(0));
-    let (s, att, secret) = t.create(Some("u".into()), outbox());
+    let (s, att, secret) = create(&t, Some("u".into()), outbox());
     s.insert_sub(&att, "a", new_sub(4, take(&held)), 10).expect("insert");
     s.insert_sub(&att, "b", new_sub(2, take(&held)), 10).expect("insert");
     let stored = s.stored();
@@ -142,7 +148,7 @@ fn restored_subscriptions_hold_leases_and_release_them() {
 #[test]
 fn a_refused_lease_is_retried_at_resume_and_the_subscription_dropped_if_still_refused() {
     let (t, _) = table(Duration::from_secs(60));
-    let (s, att, secret) = t.create(None, outbox());
+    let (s, att, secret) = create(&t, None, outbox());
     s.insert_sub(&att, "a", new_sub(0, vec![]), 10).expect("insert");
     let stored = s.stored();
     let (t, _) = table(Duration::from_secs(60));
@@ -159,7 +165,7 @@ fn a_refused_lease_is_retried_at_resume_and_the_subscription_dropped_if_still_re
 async fn detached_sessions_expire_after_the_ttl_and_resumed_ones_do_not() {
     let (t, _) = table(Duration::from_secs(120));
     let held = Arc::new(AtomicUsize::new(0));
-    let (s, att, secret) = t.create(None, outbox());
+    let (s, att, secret) = create(&t, None, outbox());
     s.insert_sub(&att, "a", new_sub(0, take(&held)), 10).expect("insert");
     assert_eq!(t.next_expiry(), None, "attached sessions never expire");
     assert!(s.detach(&att));
@@ -183,7 +189,7 @@ async fn detached_sessions_expire_after_the_ttl_and_resumed_ones_do_not() {
 #[tokio::test(start_paused = true)]
 async fn a_ttl_runs_across_a_restart() {
     let (t, _) = table(Duration::from_secs(120));
-    let (s, att, _) = t.create(None, outbox());
+    let (s, att, _) = create(&t, None, outbox());
     s.insert_sub(&att, "a", new_sub(0, vec![]), 10).expect("insert");
     assert!(s.detach(&att));
     tokio::time::advance(Duration::from_secs(100)).await;
@@ -213,7 +219,7 @@ async fn a_ttl_runs_across_a_restart() {
 #[test]
 fn acks_are_collected_once_per_session_until_they_change_again() {
     let (t, _) = table(Duration::from_secs(60));
-    let (s, att, _) = t.create(None, outbox());
+    let (s, att, _) = create(&t, None, outbox());
     s.insert_sub(&att, "a", new_sub(0, vec![]), 10).expect("insert");
     s.insert_sub(&att, "b", new_sub(0, vec![]), 10).expect("insert");
     s.ack(&att, "a", 5).expect("ack");
@@ -234,9 +240,92 @@ fn acks_are_collected_once_per_session_until_they_change_again() {
 #[test]
 fn limits_and_conflicts_on_insert() {
     let (t, _) = table(Duration::from_secs(60));
-    let (s, att, _) = t.create(None, outbox());
+    let (s, att, _) = create(&t, None, outbox());
     s.insert_sub(&att, "a", new_sub(0, vec![]), 1).expect("insert");
-    assert_eq!(s.check_new_sub(&att, "a", 5), Err(SubError::Exists));
-    assert_eq!(s.check_new_sub(&att, "b", 1), Err(SubError::TooMany(1)));
+    assert_eq!(s.check_new_sub(&att, "a", 1, 5), Err(SubError::Exists));
+    assert_eq!(s.check_new_sub(&att, "b", 1, 1), Err(SubError::TooMany(1)));
     assert_eq!(s.insert_sub(&att, "b", new_sub(0, vec![]), 1), Err(SubError::TooMany(1)));
+}
+
+fn budget_table(budgets: Budgets) -> SessionTable {
+    SessionTable::with_budgets(Duration::from_secs(60), Arc::new(FanOut::new(0)), Clock::new(), budgets)
+}
+
+fn sub_with(bindings: usize) -> NewSub {
+    let b: Vec<Binding> = (0..bindings).map(|i| Binding { exchange: "x".into(), pattern: format!("p{i}.#") }).collect();
+    NewSub { spec: Arc::new(compile(&b, &[]).expect("compiles")), filters: vec![], acked: 0, leases: Vec::new() }
+}
+
+#[test]
+fn subscriptions_and_bindings_are_budgeted_per_owner_across_sessions() {
+    let t = budget_table(Budgets { subscriptions_per_owner: 3, bindings_per_owner: 10, ..Budgets::default() });
+    let (a, att_a, _) = create(&t, Some("u".into()), outbox());
+    let (b, att_b, _) = create(&t, Some("u".into()), outbox());
+    let (c, att_c, _) = create(&t, Some("other".into()), outbox());
+    a.insert_sub(&att_a, "1", sub_with(4), 100).expect("first");
+    b.insert_sub(&att_b, "1", sub_with(4), 100).expect("second, other session");
+    assert_eq!(b.insert_sub(&att_b, "2", sub_with(4), 100), Err(SubError::OwnerBindings(10)));
+    assert_eq!(b.check_new_sub(&att_b, "2", 3, 100), Err(SubError::OwnerBindings(10)));
+    b.insert_sub(&att_b, "2", sub_with(2), 100).expect("fits exactly");
+    assert_eq!(t.owner_usage("u:u"), (2, 3, 10));
+    assert_eq!(a.insert_sub(&att_a, "3", sub_with(0), 100), Err(SubError::OwnerSubscriptions(3)));
+    c.insert_sub(&att_c, "1", sub_with(4), 100).expect("another user has its own budget");
+    // Giving back: unsubscribe and orderly end return the charge.
+    b.remove_sub(&att_b, "2").expect("removed");
+    assert_eq!(t.owner_usage("u:u"), (2, 2, 8));
+    assert!(t.end(&a, &att_a));
+    assert_eq!(t.owner_usage("u:u"), (1, 1, 4));
+    assert!(t.end(&b, &att_b));
+    assert_eq!(t.owner_usage("u:u"), (0, 0, 0));
+    assert!(t.subscription_bytes() > 0, "the other user's subscription");
+}
+
+#[tokio::test]
+async fn expiry_gives_the_budget_back() {
+    tokio::time::pause();
+    let t = budget_table(Budgets { subscriptions_per_owner: 1, ..Budgets::default() });
+    let (a, att, _) = create(&t, Some("u".into()), outbox());
+    a.insert_sub(&att, "1", sub_with(3), 100).expect("sub");
+    assert!(a.detach(&att));
+    assert_eq!(t.owner_usage("u:u"), (1, 1, 3));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(t.expire_due().len(), 1);
+    assert_eq!(t.owner_usage("u:u"), (0, 0, 0));
+    assert_eq!(t.subscription_bytes(), 0);
+}
+
+#[test]
+fn node_bytes_are_budgeted() {
+    let one = text_bytes(&sub_with(2).spec, &[]);
+    let t = budget_table(Budgets { subscription_bytes: one * 2, ..Budgets::default() });
+    let (a, att, _) = create(&t, None, outbox());
+    a.insert_sub(&att, "1", sub_with(2), 100).expect("1");
+    a.insert_sub(&att, "2", sub_with(2), 100).expect("2");
+    assert_eq!(a.insert_sub(&att, "3", sub_with(2), 100), Err(SubError::NodeBytes(one * 2)));
+    a.remove_sub(&att, "1").expect("removed");
+    assert_eq!(t.subscription_bytes(), one);
+    a.insert_sub(&att, "3", sub_with(2), 100).expect("room again");
+}
+
+#[tokio::test]
+async fn a_new_session_past_the_budget_ends_the_longest_detached_one() {
+    tokio::time::pause();
+    let t = budget_table(Budgets { sessions_per_owner: 2, ..Budgets::default() });
+    let (first, att1, secret1) = create(&t, Some("u".into()), outbox());
+    first.insert_sub(&att1, "s", sub_with(1), 10).expect("sub");
+    assert!(first.detach(&att1));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (second, att2, _) = create(&t, Some("u".into()), outbox());
+    assert!(second.detach(&att2));
+    let (_third, _att3, _) = create(&t, Some("u".into()), outbox());
+    assert_eq!(t.find(first.id(), &secret1, Some("u")).err(), Some(ResumeError::NotFound), "evicted");
+    assert_eq!(t.owner_usage("u:u"), (2, 0, 0), "its subscription was given back");
+    let gone = t.expire_due();
+    assert_eq!(gone.len(), 1, "handed out for the store to delete");
+    assert_eq!(gone[0].id(), first.id());
+    // The second (detached) goes next; with both left attached, a new session is refused.
+    let (_fourth, _att4, _) = create(&t, Some("u".into()), outbox());
+    assert_eq!(t.owner_usage("u:u").0, 2);
+    let refused = t.create(Some("u".into()), owner_key(Some("u"), None), outbox()).err();
+    assert_eq!(refused, Some(CreateError::TooManySessions(2)));
 }

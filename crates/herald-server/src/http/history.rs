@@ -54,6 +54,9 @@ pub(crate) async fn history(
         (None, None) => 0,
     };
     let exchanges = spec.exchanges();
+    // Anonymous requests share one budget per address only when the
+    // address is known here; they all count against the node's.
+    let permits = s.replays.permits(&herald_core::owner_key(principal.user.as_deref(), None));
     let mut cursor = after;
     let mut scanned = 0usize;
     let mut out: Vec<String> = Vec::new();
@@ -65,8 +68,12 @@ pub(crate) async fn history(
             upto: bounds.head,
             limit: 512,
             newest_first: false,
+            max_bytes: crate::subscription::CHUNK_BYTES,
         };
+        // History pages take turns with replays (per user and per node).
+        let turn = permits.turn().await;
         let chunk = s.log.read(query).await.map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?;
+        drop(turn);
         let Some(last) = chunk.last().map(|e| e.id) else {
             cursor = bounds.head;
             break;

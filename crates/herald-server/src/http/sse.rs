@@ -104,12 +104,14 @@ pub(crate) async fn sse(
         s.connections.remove(conn_id);
         return Err(ClientError::new(ErrorCode::Unauthorized, "the token has been revoked"));
     }
+    let principal_user = principal.user.clone();
     let reg = Registration {
         sub: Arc::from("sse"),
         spec: Arc::new(spec),
         principal,
         outbox: outbox.clone(),
         format: FrameFormat::Sse,
+        replay: s.replays.permits(&herald_core::owner_key(principal_user.as_deref(), Some(peer.ip()))),
     };
     let announced = outbox.clone();
     // SSE has no session: its position is the `Last-Event-ID` the client keeps.

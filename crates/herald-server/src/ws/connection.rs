@@ -18,7 +18,7 @@ use crate::error::ClientError;
 use crate::state::AppState;
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream, StreamExt};
-use herald_core::{Attachment, Frame, Outbox, Principal, Session, StoreOp};
+use herald_core::{Attachment, Frame, Outbox, Principal, ReplayPermits, Session, StoreOp};
 use herald_protocol::{decode_client, encode, ClientMessage, CloseCode, ErrorCode, Ref, ServerMessage};
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -47,6 +47,10 @@ pub(super) struct Connection {
     pub(super) conn_id: u64,
     pub(super) outbox: Arc<Outbox>,
     pub(super) principal: Arc<Principal>,
+    /// Whose budgets this connection counts against (set at `hello`).
+    pub(super) owner: Arc<str>,
+    /// Turns for reading history (set with the owner).
+    pub(super) replay: Arc<ReplayPermits>,
     pub(super) session: Option<Held>,
     pub(super) publisher: Option<mpsc::Sender<Publication>>,
     pub(super) publish_seq: u64,
@@ -85,6 +89,7 @@ where
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), false);
     debug!(conn = conn_id, %peer, "WebSocket connected.");
     let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone()));
+    let owner = herald_core::owner_key(None, Some(peer.ip()));
     let mut conn = Connection {
         peer,
         slot,
@@ -94,6 +99,8 @@ where
         conn_id,
         outbox: outbox.clone(),
         principal: Arc::new(Principal::anonymous()),
+        owner: owner.clone(),
+        replay: s.replays.permits(&owner),
         session: None,
         publisher: None,
         publish_seq: 0,

@@ -33,6 +33,8 @@ impl Connection {
                     return self.fatal(h.reference, ErrorCode::Unauthorized, msg, CloseCode::Unauthorized);
                 }
                 self.principal = p;
+                self.owner = herald_core::owner_key(self.principal.user.as_deref(), Some(self.peer.ip()));
+                self.replay = s.replays.permits(&self.owner);
             }
             Err(e) => {
                 s.metrics.auth_failures.inc();
@@ -62,7 +64,13 @@ impl Connection {
         // A session without subscriptions is not stored until it has one:
         // losing it in a crash loses nothing, and a storm of `hello`s costs
         // no disk writes.
-        let (session, att, secret) = s.sessions.create(user, self.outbox.clone());
+        let (session, att, secret) = match s.sessions.create(user, self.owner.clone(), self.outbox.clone()) {
+            Ok(created) => created,
+            Err(e) => {
+                s.metrics.limit_refusals.get_or_create(&crate::metrics::LimitLabel { limit: "sessions_per_user" }).inc();
+                return self.fatal(h.reference, ErrorCode::LimitExceeded, &e.to_string(), CloseCode::Limits);
+            }
+        };
         debug!(conn = self.conn_id, session = %session.id(), "Session started.");
         self.welcome(h.reference, &session, &secret, false);
         self.stream_started(&session, false);
@@ -149,6 +157,7 @@ impl Connection {
                 principal: self.principal.clone(),
                 outbox: self.outbox.clone(),
                 format: FrameFormat::WebSocket,
+                replay: self.replay.clone(),
             };
             let start = if paused { Start::Paused(acked) } else { Start::CatchUp(acked) };
             let recovered = acked.saturating_add(1) >= first;

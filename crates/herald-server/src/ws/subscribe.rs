@@ -21,13 +21,27 @@ use tracing::debug;
 /// Longest subscription id, in bytes.
 const MAX_SUB_ID_BYTES: usize = 128;
 
+/// The budget a refusal names, for `herald_budget_refusals_total`.
+pub(super) fn budget_of(e: &SubError) -> Option<&'static str> {
+    match e {
+        SubError::OwnerSubscriptions(_) => Some("subscriptions_per_user"),
+        SubError::OwnerBindings(_) => Some("bindings_per_user"),
+        SubError::NodeBytes(_) => Some("subscription_bytes_per_node"),
+        _ => None,
+    }
+}
+
 /// The client's error for a refused session change.
 pub(super) fn sub_error(e: SubError) -> ClientError {
     let code = match e {
         SubError::NotAttached => ErrorCode::Conflict,
         SubError::NotFound => ErrorCode::NotFound,
         SubError::Exists => ErrorCode::Conflict,
-        SubError::TooMany(_) => ErrorCode::LimitExceeded,
+        SubError::TooMany(_) | SubError::OwnerSubscriptions(_) | SubError::OwnerBindings(_) => {
+            ErrorCode::LimitExceeded
+        }
+        // The node, not the client, is at capacity.
+        SubError::NodeBytes(_) => ErrorCode::Unavailable,
     };
     ClientError::new(code, e.to_string())
 }
@@ -52,7 +66,10 @@ impl Connection {
             Err(e) => return self.refuse(m.reference, Some(m.sub), e),
         };
         let max = s.config.limits.max_subscriptions;
-        if let Err(e) = session.check_new_sub(att, &m.sub, max) {
+        if let Err(e) = session.check_new_sub(att, &m.sub, spec.bindings.len(), max) {
+            if let Some(limit) = budget_of(&e) {
+                s.metrics.limit_refusals.get_or_create(&crate::metrics::LimitLabel { limit }).inc();
+            }
             return self.refuse(m.reference, Some(m.sub), sub_error(e));
         }
         // Exchanges a peer binds on demand: history starts now for those.
@@ -67,8 +84,9 @@ impl Connection {
             principal: self.principal.clone(),
             outbox: self.outbox.clone(),
             format: FrameFormat::WebSocket,
+            replay: self.replay.clone(),
         };
-        let record = NewSub { spec, bindings: m.bindings, filters: m.filters, acked: 0, leases };
+        let record = NewSub { spec, filters: m.filters, acked: 0, leases };
         let inserted = AtomicBool::new(false);
         let this = self;
         let persist = |cursor: u64| {

@@ -1,0 +1,94 @@
+//! Turns for reading history ([`ReplayPermits`]).
+//!
+//! Replays and catch-ups read the log in chunks. Each chunk is read in a
+//! *turn*: one permit of the connection's, one of its owner's and one of
+//! the node's semaphores, taken in that order (so no two tasks can wait on
+//! each other) and handed out first come, first served. The owner's and the
+//! node's permits are given back as soon as the chunk is read; the
+//! connection's is kept while the chunk is delivered, so a client that does
+//! not read holds at most its own connection's turns, and memory for at
+//! most that many chunks. However many subscriptions ask for history at
+//! once, they advance in turns instead of all at once, and the live path
+//! (fan-out, `hello`, publishes) never waits for them.
+
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The semaphores one connection's catch-ups take turns from.
+#[derive(Debug, Clone)]
+pub struct ReplayPermits {
+    conn: Arc<Semaphore>,
+    owner: Arc<Semaphore>,
+    node: Arc<Semaphore>,
+}
+
+/// A turn to read one chunk: [`ReadTurn::read_done`] gives back the owner's
+/// and node's permits; dropping it gives back the rest.
+#[derive(Debug)]
+pub struct ReadTurn {
+    _conn: Option<OwnedSemaphorePermit>,
+    shared: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl ReadTurn {
+    /// The chunk is read: let other owners' replays read theirs while this
+    /// one is delivered.
+    pub fn read_done(&mut self) {
+        self.shared = None;
+    }
+}
+
+impl ReplayPermits {
+    /// Permits of one connection (`conn` turns at once), sharing an owner's
+    /// and the node's semaphores.
+    pub fn new(conn: usize, owner: Arc<Semaphore>, node: Arc<Semaphore>) -> ReplayPermits {
+        ReplayPermits { conn: Arc::new(Semaphore::new(conn.max(1))), owner, node }
+    }
+
+    /// Permits with no limit that counts (for tests and tools).
+    pub fn unlimited() -> Arc<ReplayPermits> {
+        let many = || Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+        Arc::new(ReplayPermits { conn: many(), owner: many(), node: many() })
+    }
+
+    /// Wait for a turn to read one chunk.
+    pub async fn turn(&self) -> ReadTurn {
+        // The semaphores are never closed, so acquiring cannot fail; if it
+        // did, reading without the permit is the lesser harm.
+        let conn = self.conn.clone().acquire_owned().await.ok();
+        let owner = self.owner.clone().acquire_owned().await.ok();
+        let node = self.node.clone().acquire_owned().await.ok();
+        ReadTurn { _conn: conn, shared: owner.zip(node) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn turns_are_bounded_per_connection_owner_and_node() {
+        let owner = Arc::new(Semaphore::new(2));
+        let node = Arc::new(Semaphore::new(3));
+        let a = ReplayPermits::new(1, owner.clone(), node.clone());
+        let b = ReplayPermits::new(1, owner.clone(), node.clone());
+        let c = ReplayPermits::new(5, Arc::new(Semaphore::new(5)), node.clone());
+        let mut ta = a.turn().await;
+        let tb = b.turn().await;
+        // The owner's two are taken: a third connection of that owner waits,
+        // another owner's does not.
+        let a2 = ReplayPermits::new(1, owner.clone(), node.clone());
+        assert!(tokio::time::timeout(Duration::from_millis(20), a2.turn()).await.is_err());
+        let tc = c.turn().await;
+        // The node's three are taken now.
+        assert!(tokio::time::timeout(Duration::from_millis(20), c.turn()).await.is_err());
+        // Reading done gives back owner and node, not the connection's.
+        ta.read_done();
+        let _tc2 = tokio::time::timeout(Duration::from_millis(20), c.turn()).await.expect("node permit back");
+        assert!(tokio::time::timeout(Duration::from_millis(20), a.turn()).await.is_err(), "connection still busy");
+        drop(ta);
+        drop((tb, tc));
+        let _ta2 = tokio::time::timeout(Duration::from_millis(20), a.turn()).await.expect("all back");
+    }
+}
