@@ -10,6 +10,7 @@
 mod client;
 mod gateway;
 mod scenarios;
+mod state_memory;
 
 use clap::Args;
 use serde::Serialize;
@@ -80,6 +81,11 @@ pub struct Report {
     pub idle_connections: usize,
     /// Resident memory added per idle connection (session included), bytes.
     pub idle_bytes_per_connection: Option<f64>,
+    /// Memory per binding of a connected client (session text, compiled
+    /// pattern, pattern index), measured in-process on Herald's structures.
+    pub state_bytes_per_binding: f64,
+    /// Memory per idle (detached) session with one subscription of one binding.
+    pub state_bytes_per_idle_session: f64,
 }
 
 /// Run the benchmark and print its report.
@@ -94,12 +100,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (Some(g), base, pid)
         }
     };
+    eprintln!("bench: state memory (in-process: 10,000 subscriptions x 32 bindings, 50,000 idle sessions)");
+    let (per_binding, per_session) = state_memory::measure(10_000, 50_000);
     eprintln!("bench: gateway at {base}");
     let report = scenarios::run_all(&args, &base, pid).await;
     if let Some(g) = gateway {
         g.stop().await;
     }
-    let report = report?;
+    let mut report = report?;
+    report.state_bytes_per_binding = per_binding;
+    report.state_bytes_per_idle_session = per_session;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -124,6 +134,14 @@ fn print_report(r: &Report) {
     println!(
         "  rendezvous, 8 -> 4 responders:  {:>12.0} round trips/s ({:.2} ms p50 / {:.2} ms p99)",
         r.rendezvous_per_s, r.rendezvous_p50_ms, r.rendezvous_p99_ms
+    );
+    println!(
+        "  memory per binding (connected): {:>12.0} bytes (32 distinct patterns per subscription)",
+        r.state_bytes_per_binding
+    );
+    println!(
+        "  memory per idle session:        {:>12.0} bytes (detached, one subscription)",
+        r.state_bytes_per_idle_session
     );
     match r.idle_bytes_per_connection {
         Some(b) => println!("  memory per idle connection:     {:>12.0} bytes ({} connections)", b, r.idle_connections),

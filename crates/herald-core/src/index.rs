@@ -16,13 +16,114 @@ use crate::pattern::{split_words, Pattern, Word};
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
+/// Most children kept in a plain vector (searched linearly); more go into
+/// a hash map. Most trie nodes have one or two children, and a hash map
+/// costs a table of several slots even for one.
+const FEW: usize = 8;
+
+/// A node's children by literal word.
+#[derive(Debug)]
+enum Children<T> {
+    Few(Vec<(Box<str>, Node<T>)>),
+    Many(HashMap<Box<str>, Node<T>>),
+}
+
+impl<T> Default for Children<T> {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl<T> Children<T> {
+    fn len(&self) -> usize {
+        match self {
+            Children::Few(v) => v.len(),
+            Children::Many(m) => m.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, word: &str) -> Option<&Node<T>> {
+        match self {
+            Children::Few(v) => v.iter().find(|(w, _)| &**w == word).map(|(_, n)| n),
+            Children::Many(m) => m.get(word),
+        }
+    }
+
+    fn get_mut(&mut self, word: &str) -> Option<&mut Node<T>> {
+        match self {
+            Children::Few(v) => v.iter_mut().find(|(w, _)| &**w == word).map(|(_, n)| n),
+            Children::Many(m) => m.get_mut(word),
+        }
+    }
+
+    fn get_or_insert_with(&mut self, word: &str, make: impl FnOnce() -> Node<T>) -> &mut Node<T> {
+        if let Children::Few(v) = self {
+            if v.len() >= FEW && !v.iter().any(|(w, _)| &**w == word) {
+                *self = Children::Many(std::mem::take(v).into_iter().collect());
+            }
+        }
+        match self {
+            Children::Few(v) => {
+                let i = match v.iter().position(|(w, _)| &**w == word) {
+                    Some(i) => i,
+                    None => {
+                        v.push((word.into(), make()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            Children::Many(m) => m.entry(word.into()).or_insert_with(make),
+        }
+    }
+
+    fn remove(&mut self, word: &str) {
+        match self {
+            Children::Few(v) => {
+                if let Some(i) = v.iter().position(|(w, _)| &**w == word) {
+                    v.swap_remove(i);
+                    v.shrink_to_fit();
+                }
+            }
+            Children::Many(m) => {
+                m.remove(word);
+                if m.len() <= FEW / 2 {
+                    *self = Children::Few(std::mem::take(m).into_iter().collect());
+                }
+            }
+        }
+    }
+
+    /// The only child, taken out (when there is exactly one).
+    fn take_only(&mut self) -> Option<(Box<str>, Node<T>)> {
+        if self.len() != 1 {
+            return None;
+        }
+        match std::mem::take(self) {
+            Children::Few(mut v) => v.pop(),
+            Children::Many(m) => m.into_iter().next(),
+        }
+    }
+
+    fn nodes(&self) -> Box<dyn Iterator<Item = &Node<T>> + '_> {
+        match self {
+            Children::Few(v) => Box::new(v.iter().map(|(_, n)| n)),
+            Children::Many(m) => Box::new(m.values()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Node<T> {
     /// Literal words that follow the word leading to this node, joined with
     /// `.` (`Some("")` is one empty word). Only nodes reached through a
     /// literal word have one; the root and `*`/`#` nodes never do.
     tail: Option<Box<str>>,
-    children: HashMap<Box<str>, Node<T>>,
+    children: Children<T>,
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
     values: Vec<T>,
@@ -30,7 +131,7 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { tail: None, children: HashMap::new(), star: None, hash: None, values: Vec::new() }
+        Node { tail: None, children: Children::default(), star: None, hash: None, values: Vec::new() }
     }
 }
 
@@ -86,7 +187,7 @@ impl<T> Node<T> {
             hash: self.hash.take(),
             values: std::mem::take(&mut self.values),
         };
-        self.children.insert((*at).into(), lower);
+        self.children = Children::Few(vec![((*at).into(), lower)]);
         self.tail = (k > 0).then(|| words[..k].join(".").into());
     }
 
@@ -96,7 +197,7 @@ impl<T> Node<T> {
         if !self.values.is_empty() || self.star.is_some() || self.hash.is_some() || self.children.len() != 1 {
             return;
         }
-        let Some((word, child)) = self.children.drain().next() else { return };
+        let Some((word, child)) = self.children.take_only() else { return };
         let mut words: Vec<&str> = self.tail_words().collect();
         words.push(&word);
         words.extend(child.tail_words());
@@ -190,7 +291,7 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
     /// Number of trie nodes (for tests and memory figures).
     pub fn nodes(&self) -> usize {
         fn count<T>(n: &Node<T>) -> usize {
-            1 + n.children.values().map(count).sum::<usize>()
+            1 + n.children.nodes().map(count).sum::<usize>()
                 + n.star.as_deref().map_or(0, count)
                 + n.hash.as_deref().map_or(0, count)
         }
@@ -216,10 +317,8 @@ fn insert_at<T>(mut node: &mut Node<T>, mut words: &[Word<'_>], value: T) {
             Word::Lit(w) => {
                 // The literal words right after `w` can share one node.
                 let run = rest.iter().take_while(|x| matches!(x, Word::Lit(_))).count();
-                let child = node
-                    .children
-                    .entry(w.into())
-                    .or_insert_with(|| Node { tail: tail_of(&rest[..run]), ..Default::default() });
+                let child =
+                    node.children.get_or_insert_with(w, || Node { tail: tail_of(&rest[..run]), ..Default::default() });
                 let common = child.common_tail(&rest[..run]);
                 if child.tail_words().count() > common {
                     child.split_tail(common);
@@ -408,6 +507,23 @@ mod tests {
             prop_assert!(idx.is_empty());
             prop_assert_eq!(idx.nodes(), 0);
         }
+    }
+
+    #[test]
+    fn many_children_move_to_a_map_and_back() {
+        let mut idx = PatternIndex::new();
+        for i in 0..50 {
+            idx.insert("x", &p(&format!("a.w{i}.*")), i);
+        }
+        for i in 0..50 {
+            assert_eq!(idx.matches("x", &format!("a.w{i}.z")), vec![i]);
+        }
+        for i in 0..48 {
+            assert!(idx.remove("x", &p(&format!("a.w{i}.*")), &i));
+        }
+        assert_eq!(idx.matches("x", "a.w49.z"), vec![49]);
+        assert_eq!(idx.matches("x", "a.w48.z"), vec![48]);
+        assert!(idx.matches("x", "a.w1.z").is_empty());
     }
 
     #[test]

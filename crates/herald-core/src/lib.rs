@@ -28,7 +28,7 @@ pub use outbox::{Frame, Outbox, Overflow};
 pub use pattern::{Pattern, PatternError};
 pub use principal::{ExchangeMatch, Grant, GrantSpec, Grants, GrantsSpec, Principal};
 pub use rendezvous::{AnswerError, Broker, BrokerLimits, Incoming, Pending, RendezvousError, Sink};
-pub use replay::{ReadTurn, ReplayPermits};
+pub use replay::{ReadTurn, ReplayPermits, ReplayStats};
 pub use session::{
     owner_key, Attachment, Budgets, CreateError, Lease, Leases, MemoryStore, NewSub, Restored, ResumeError, Session,
     SessionStore, SessionTable, StoreError, StoreOp, StoredSession, StoredSub, SubError,

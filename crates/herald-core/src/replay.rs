@@ -11,8 +11,18 @@
 //! once, they advance in turns instead of all at once, and the live path
 //! (fan-out, `hello`, publishes) never waits for them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Counters of the node's reads (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    /// Chunks read since start.
+    pub reads: AtomicU64,
+    /// Chunks being read now.
+    pub in_flight: AtomicU64,
+}
 
 /// The semaphores one connection's catch-ups take turns from.
 #[derive(Debug, Clone)]
@@ -20,6 +30,7 @@ pub struct ReplayPermits {
     conn: Arc<Semaphore>,
     owner: Arc<Semaphore>,
     node: Arc<Semaphore>,
+    stats: Arc<ReplayStats>,
 }
 
 /// A turn to read one chunk: [`ReadTurn::read_done`] gives back the owner's
@@ -27,28 +38,37 @@ pub struct ReplayPermits {
 #[derive(Debug)]
 pub struct ReadTurn {
     _conn: Option<OwnedSemaphorePermit>,
-    shared: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    shared: Option<(Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>)>,
+    stats: Arc<ReplayStats>,
 }
 
 impl ReadTurn {
     /// The chunk is read: let other owners' replays read theirs while this
     /// one is delivered.
     pub fn read_done(&mut self) {
-        self.shared = None;
+        if self.shared.take().is_some() {
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for ReadTurn {
+    fn drop(&mut self) {
+        self.read_done();
     }
 }
 
 impl ReplayPermits {
     /// Permits of one connection (`conn` turns at once), sharing an owner's
     /// and the node's semaphores.
-    pub fn new(conn: usize, owner: Arc<Semaphore>, node: Arc<Semaphore>) -> ReplayPermits {
-        ReplayPermits { conn: Arc::new(Semaphore::new(conn.max(1))), owner, node }
+    pub fn new(conn: usize, owner: Arc<Semaphore>, node: Arc<Semaphore>, stats: Arc<ReplayStats>) -> ReplayPermits {
+        ReplayPermits { conn: Arc::new(Semaphore::new(conn.max(1))), owner, node, stats }
     }
 
     /// Permits with no limit that counts (for tests and tools).
     pub fn unlimited() -> Arc<ReplayPermits> {
         let many = || Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
-        Arc::new(ReplayPermits { conn: many(), owner: many(), node: many() })
+        Arc::new(ReplayPermits { conn: many(), owner: many(), node: many(), stats: Arc::default() })
     }
 
     /// Wait for a turn to read one chunk.
@@ -58,7 +78,9 @@ impl ReplayPermits {
         let conn = self.conn.clone().acquire_owned().await.ok();
         let owner = self.owner.clone().acquire_owned().await.ok();
         let node = self.node.clone().acquire_owned().await.ok();
-        ReadTurn { _conn: conn, shared: owner.zip(node) }
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        ReadTurn { _conn: conn, shared: Some((owner, node)), stats: self.stats.clone() }
     }
 }
 
@@ -71,16 +93,19 @@ mod tests {
     async fn turns_are_bounded_per_connection_owner_and_node() {
         let owner = Arc::new(Semaphore::new(2));
         let node = Arc::new(Semaphore::new(3));
-        let a = ReplayPermits::new(1, owner.clone(), node.clone());
-        let b = ReplayPermits::new(1, owner.clone(), node.clone());
-        let c = ReplayPermits::new(5, Arc::new(Semaphore::new(5)), node.clone());
+        let stats = Arc::new(ReplayStats::default());
+        let new = |conn, owner: &Arc<Semaphore>| ReplayPermits::new(conn, owner.clone(), node.clone(), stats.clone());
+        let a = new(1, &owner);
+        let b = new(1, &owner);
+        let c = new(5, &Arc::new(Semaphore::new(5)));
         let mut ta = a.turn().await;
         let tb = b.turn().await;
         // The owner's two are taken: a third connection of that owner waits,
         // another owner's does not.
-        let a2 = ReplayPermits::new(1, owner.clone(), node.clone());
+        let a2 = new(1, &owner);
         assert!(tokio::time::timeout(Duration::from_millis(20), a2.turn()).await.is_err());
         let tc = c.turn().await;
+        assert_eq!(stats.in_flight.load(Ordering::Relaxed), 3);
         // The node's three are taken now.
         assert!(tokio::time::timeout(Duration::from_millis(20), c.turn()).await.is_err());
         // Reading done gives back owner and node, not the connection's.
@@ -90,5 +115,7 @@ mod tests {
         drop(ta);
         drop((tb, tc));
         let _ta2 = tokio::time::timeout(Duration::from_millis(20), a.turn()).await.expect("all back");
+        assert_eq!(stats.in_flight.load(Ordering::Relaxed), 2, "c's second turn and a's new one");
+        assert_eq!(stats.reads.load(Ordering::Relaxed), 5);
     }
 }

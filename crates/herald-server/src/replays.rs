@@ -3,7 +3,7 @@
 //! (`limits.max_replays_per_*`; see `herald_core::replay`).
 
 use crate::config::LimitsConfig;
-use herald_core::ReplayPermits;
+use herald_core::{ReplayPermits, ReplayStats};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -13,6 +13,8 @@ use tokio::sync::Semaphore;
 #[derive(Debug)]
 pub(crate) struct ReplayGate {
     node: Arc<Semaphore>,
+    /// Reads counted for `/metrics`.
+    pub(crate) stats: Arc<ReplayStats>,
     per_user: usize,
     per_connection: usize,
     /// Per-owner semaphores, kept while some connection of the owner holds one.
@@ -23,6 +25,7 @@ impl ReplayGate {
     pub(crate) fn new(l: &LimitsConfig) -> ReplayGate {
         ReplayGate {
             node: Arc::new(Semaphore::new(l.max_replays_per_node)),
+            stats: Arc::default(),
             per_user: l.max_replays_per_user,
             per_connection: l.max_replays_per_connection,
             owners: Mutex::new(HashMap::new()),
@@ -45,7 +48,7 @@ impl ReplayGate {
                 s
             }
         };
-        Arc::new(ReplayPermits::new(self.per_connection, shared, self.node.clone()))
+        Arc::new(ReplayPermits::new(self.per_connection, shared, self.node.clone(), self.stats.clone()))
     }
 }
 

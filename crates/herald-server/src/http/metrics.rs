@@ -67,6 +67,16 @@ pub(crate) async fn metrics(
             ("herald_connections", "Open WebSocket and SSE connections", s.admission.total() as i64),
             ("herald_subscriptions", "Registered subscriptions", s.fanout.len() as i64),
             ("herald_sessions", "Sessions, attached or waiting to be resumed", s.sessions.len() as i64),
+            (
+                "herald_subscription_bytes",
+                "Bytes of binding and filter text all sessions hold (limits.max_subscription_bytes_per_node)",
+                s.sessions.subscription_bytes() as i64,
+            ),
+            (
+                "herald_replay_reads_in_flight",
+                "Chunks of history being read now (limits.max_replays_per_node)",
+                s.replays.stats.in_flight.load(Ordering::Relaxed) as i64,
+            ),
             ("herald_idempotency_keys", "Idempotency keys remembered in the window", s.idempotency.len() as i64),
             ("herald_revocations", "Token revocations in force", s.auth.revoked.len() as i64),
             ("herald_log_head", "Id of the newest event", bounds.head as i64),
@@ -95,6 +105,11 @@ pub(crate) async fn metrics(
                 s.idempotency.forgotten_early.load(Ordering::Relaxed),
             ),
             ("herald_log_commits", "Group commits (fsyncs) since start", log.commits),
+            (
+                "herald_replay_reads",
+                "Chunks of history read for replays, catch-ups and history pages",
+                s.replays.stats.reads.load(Ordering::Relaxed),
+            ),
             ("herald_events_dispatched", "Committed events handed to the fan-out", fan.events.load(Ordering::Relaxed)),
             ("herald_deliveries", "Event frames queued live for subscribers", fan.deliveries.load(Ordering::Relaxed)),
             (

@@ -29,6 +29,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+/// How long a connection works through commands before it lets others run.
+const YIELD_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A session and the proof that this connection holds it.
 pub(super) struct Held {
     pub(super) session: Arc<Session>,
@@ -112,6 +115,7 @@ where
         outbox.close_with(Some(closing.into()), CloseCode::Draining.code(), "server shutting down");
     }
     let mut orderly = false;
+    let mut busy_since = std::time::Instant::now();
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -120,6 +124,14 @@ where
                     Some(Ok(Message::Text(text))) => {
                         if conn.on_text(text.as_str()).await.is_break() {
                             break;
+                        }
+                        // A client whose commands arrive back to back would
+                        // keep this worker until tokio's budget runs out
+                        // (a hundred commands or more): after a millisecond
+                        // of work, let other connections' tasks run.
+                        if busy_since.elapsed() >= YIELD_AFTER {
+                            tokio::task::yield_now().await;
+                            busy_since = std::time::Instant::now();
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {

@@ -67,7 +67,10 @@ impl Connection {
         let (session, att, secret) = match s.sessions.create(user, self.owner.clone(), self.outbox.clone()) {
             Ok(created) => created,
             Err(e) => {
-                s.metrics.limit_refusals.get_or_create(&crate::metrics::LimitLabel { limit: "sessions_per_user" }).inc();
+                s.metrics
+                    .limit_refusals
+                    .get_or_create(&crate::metrics::LimitLabel { limit: "sessions_per_user" })
+                    .inc();
                 return self.fatal(h.reference, ErrorCode::LimitExceeded, &e.to_string(), CloseCode::Limits);
             }
         };

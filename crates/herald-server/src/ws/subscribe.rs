@@ -37,9 +37,7 @@ pub(super) fn sub_error(e: SubError) -> ClientError {
         SubError::NotAttached => ErrorCode::Conflict,
         SubError::NotFound => ErrorCode::NotFound,
         SubError::Exists => ErrorCode::Conflict,
-        SubError::TooMany(_) | SubError::OwnerSubscriptions(_) | SubError::OwnerBindings(_) => {
-            ErrorCode::LimitExceeded
-        }
+        SubError::TooMany(_) | SubError::OwnerSubscriptions(_) | SubError::OwnerBindings(_) => ErrorCode::LimitExceeded,
         // The node, not the client, is at capacity.
         SubError::NodeBytes(_) => ErrorCode::Unavailable,
     };
