@@ -2,8 +2,9 @@
 
 use crate::config::LogConfig;
 use crate::error::LogError;
+use crate::io::{LogIo, RealIo};
 use crate::record::{self, Scan, HEADER, MAGIC};
-use crate::{Bounds, BoxFuture, CommittedBatch, EventLog, LogStats, ReadQuery};
+use crate::{Bounds, BoxFuture, CommittedBatch, EventLog, LogStats, ReadQuery, WriteHealth};
 use herald_core::event::now_us;
 use herald_core::{Event, NewEvent};
 use parking_lot::{Mutex, RwLock};
@@ -77,6 +78,8 @@ impl Index {
 
 struct Shared {
     config: LogConfig,
+    /// Whether writes succeed (read by `/readyz`).
+    health: Mutex<WriteHealth>,
     index: RwLock<Index>,
     commits: AtomicU64,
     appended: AtomicU64,
@@ -118,6 +121,15 @@ impl EmbeddedLog {
     /// Returns the log and the receiver of committed batches, in id order,
     /// for the fan-out.
     pub fn open(config: LogConfig) -> Result<(Arc<EmbeddedLog>, mpsc::Receiver<CommittedBatch>), LogError> {
+        EmbeddedLog::open_with_io(config, Arc::new(RealIo))
+    }
+
+    /// [`EmbeddedLog::open`] writing through `io` (tests inject faults with
+    /// [`crate::FaultyIo`]).
+    pub fn open_with_io(
+        config: LogConfig,
+        io: Arc<dyn LogIo>,
+    ) -> Result<(Arc<EmbeddedLog>, mpsc::Receiver<CommittedBatch>), LogError> {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(LogError::Config(problems.join("; ")));
@@ -146,6 +158,7 @@ impl EmbeddedLog {
         info!(dir = %config.dir.display(), head = index.head, first = index.first(), events = index.events, "Event log opened.");
         let shared = Arc::new(Shared {
             config,
+            health: Mutex::new(WriteHealth::Ok),
             index: RwLock::new(index),
             commits: AtomicU64::new(0),
             appended: AtomicU64::new(0),
@@ -154,6 +167,7 @@ impl EmbeddedLog {
         let (committed_tx, committed_rx) = mpsc::channel(256);
         let writer = Writer {
             shared: shared.clone(),
+            io,
             file: active_file,
             pos: active_pos,
             committed: committed_tx,
@@ -496,6 +510,7 @@ fn create_segment(dir: &Path, base: u64) -> Result<(File, u64), LogError> {
 
 struct Writer {
     shared: Arc<Shared>,
+    io: Arc<dyn LogIo>,
     file: File,
     pos: u64,
     committed: mpsc::Sender<CommittedBatch>,
@@ -535,7 +550,7 @@ impl Writer {
                 self.retention();
             }
             if let Some(done) = close {
-                if let Err(e) = self.file.sync_all() {
+                if let Err(e) = self.io.sync(&self.file, true) {
                     error!(error = %e, "Final log sync failed.");
                 }
                 let _ = done.send(());
@@ -571,26 +586,52 @@ impl Writer {
             }
             groups.push(group);
         }
-        let write = self.file.write_all_at(&buf, self.pos).and_then(|_| {
-            if self.shared.config.fsync {
-                self.file.sync_data()
+        if let Err(e) = self.io.write_at(&self.file, &buf, self.pos) {
+            let full = crate::io::is_full(&e);
+            let reason = e.to_string();
+            if full {
+                warn!(error = %reason, "The disk holding the log is full; refusing publishes until there is space.");
             } else {
-                Ok(())
+                error!(error = %reason, "Log write failed; the events were not stored and their publishers are told so.");
             }
-        });
-        if let Err(e) = write {
             // Undo the partial write so that the file stays a valid log; if even
             // that fails, refuse further writes rather than risk corruption.
-            let reason = e.to_string();
-            error!(error = %reason, "Log write failed; the events were not stored and their publishers are told so.");
-            if let Err(e2) = self.file.set_len(self.pos) {
+            if let Err(e2) = self.io.truncate(&self.file, self.pos) {
                 error!(error = %e2, "Could not undo a failed log write; refusing further writes.");
-                self.failed = Some(reason.clone());
+                self.fail(format!("a failed write could not be undone: {e2}"));
+            } else {
+                *self.shared.health.lock() = if full { WriteHealth::Full(reason.clone()) } else { WriteHealth::Ok };
             }
             for (_, reply) in pending.drain(..) {
-                let _ = reply.send(Err(LogError::Failed(reason.clone())));
+                let err = if full {
+                    LogError::Full(reason.clone())
+                } else {
+                    LogError::io(&self.shared.config.dir, std::io::Error::new(e.kind(), reason.clone()))
+                };
+                let _ = reply.send(Err(err));
             }
             return;
+        }
+        if self.shared.config.fsync {
+            if let Err(e) = self.io.sync(&self.file, false) {
+                // PostgreSQL's "fsyncgate": after a failed fsync the kernel may
+                // have dropped the dirty pages and cleared the error, so a retry
+                // would "succeed" without the data. Never retry: cut what was not
+                // acknowledged (best effort) and refuse writes until a fresh open
+                // has checked what the files really hold.
+                let reason = format!("fsync failed: {e}");
+                error!(error = %reason, "Log fsync failed; refusing writes until the gateway is restarted.");
+                let _ = self.io.truncate(&self.file, self.pos);
+                self.fail(reason.clone());
+                for (_, reply) in pending.drain(..) {
+                    let _ = reply.send(Err(LogError::Failed(reason.clone())));
+                }
+                return;
+            }
+        }
+        if !matches!(*self.shared.health.lock(), WriteHealth::Ok) {
+            info!("The log stores events again.");
+            *self.shared.health.lock() = WriteHealth::Ok;
         }
         self.pos += buf.len() as u64;
         let all: Vec<Arc<Event>> = groups.iter().flatten().cloned().collect();
@@ -626,10 +667,21 @@ impl Writer {
         }
     }
 
+    /// Refuse every write from now on (until the log is opened again).
+    fn fail(&mut self, reason: String) {
+        *self.shared.health.lock() = WriteHealth::Failed(reason.clone());
+        self.failed = Some(reason);
+    }
+
     fn roll(&mut self, base: u64) {
         let dir = self.shared.config.dir.clone();
-        let sealed = self.file.sync_all();
-        match sealed.map_err(|e| LogError::io(&dir, e)).and_then(|_| create_segment(&dir, base)) {
+        if let Err(e) = self.io.sync(&self.file, true) {
+            // As for any failed sync: what the sealed segment holds is unknown.
+            error!(error = %e, "Sealing a log segment failed; refusing writes until the gateway is restarted.");
+            self.fail(format!("fsync of a sealed segment failed: {e}"));
+            return;
+        }
+        match create_segment(&dir, base) {
             Ok((file, pos)) => {
                 let path = segment_path(&dir, base);
                 let read = match File::open(&path) {
@@ -736,6 +788,10 @@ impl EventLog for EmbeddedLog {
             let first = self.bounds().first;
             blocking(|| self.time_of(first))
         })
+    }
+
+    fn write_health(&self) -> WriteHealth {
+        self.shared.health.lock().clone()
     }
 
     fn bounds(&self) -> Bounds {

@@ -29,9 +29,14 @@ pub enum LogError {
     /// The log was closed, or its writer stopped after an unrecoverable error.
     #[error("the log is closed")]
     Closed,
-    /// A write failed earlier and could not be undone; the log refuses writes.
-    #[error("the log failed and refuses writes until restarted: {0}")]
+    /// A sync failed (or a failed write could not be undone): the log does
+    /// not know what is durable and refuses writes until it is opened again.
+    #[error("the log refuses writes until the gateway is restarted: {0}")]
     Failed(String),
+    /// The filesystem holding the log is full; nothing was stored. Writes
+    /// succeed again once there is space.
+    #[error("the disk holding the log is full ({0}); nothing was stored, and publishing resumes when space is freed")]
+    Full(String),
 }
 
 impl LogError {

@@ -37,6 +37,16 @@
 //! therefore share one fsync. Times never decrease with ids (a clock that
 //! steps back is clamped), so a time lookup is a binary search.
 //!
+//! **Failures.** The writer writes, syncs and truncates through [`LogIo`]
+//! (tests inject faults with [`FaultyIo`]). A failed write is truncated away
+//! and its publishers told; the next write is tried normally. A full disk
+//! ([`LogError::Full`]) is the same, and reported as such
+//! ([`WriteHealth::Full`]) until a write succeeds again. A failed sync is
+//! never retried, since the kernel may have dropped the pages and cleared
+//! the error: the log cuts the unacknowledged records (best effort) and
+//! refuses every write ([`LogError::Failed`], [`WriteHealth::Failed`]) until
+//! it is opened again, when the start-up scan checks what the files hold.
+//!
 //! **Crash safety.** At start every record of every segment is checked:
 //! length, CRC and id. A bad record in the newest segment is a torn tail
 //! from a crash during a write (it was never acknowledged, since
@@ -59,12 +69,14 @@
 mod config;
 mod embedded;
 mod error;
+mod io;
 mod record;
 mod sessions;
 
 pub use config::{opt_duration, LogConfig};
 pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
+pub use io::{FaultyIo, LogIo, RealIo};
 pub use sessions::{DiskSessionStore, SESSIONS_FILE};
 
 /// What one record at the start of `buf` holds, as the log's start-up scan
@@ -131,6 +143,17 @@ impl Default for ReadQuery {
     }
 }
 
+/// Whether the log stores what it is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteHealth {
+    /// Writes succeed.
+    Ok,
+    /// The last write found the disk full; the next one tries again.
+    Full(String),
+    /// A sync failed: writes are refused until the log is opened again.
+    Failed(String),
+}
+
 /// The ids the log holds: `first..=head` (empty when `first > head`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
@@ -167,6 +190,10 @@ pub trait EventLog: Send + Sync + 'static {
     fn first_time(&self) -> BoxFuture<'_, Result<Option<u64>, LogError>>;
     /// Retained ids.
     fn bounds(&self) -> Bounds;
+    /// Whether writes succeed now.
+    fn write_health(&self) -> WriteHealth {
+        WriteHealth::Ok
+    }
     /// Sizes and counters.
     fn stats(&self) -> LogStats;
     /// Apply retention now (also applied after every write).

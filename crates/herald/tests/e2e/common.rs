@@ -50,6 +50,24 @@ impl Gateway {
         Gateway { child, base, addr, data, _dir: Some(dir), config: Some(config), admin_token }
     }
 
+    /// Start with extra TOML configuration on the data directory `data`.
+    pub fn start_on(toml: &str, data: &Path) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let (child, base) = Self::spawn(data, &config, "127.0.0.1:0");
+        let addr = base.strip_prefix("http://").expect("url").to_string();
+        Gateway {
+            child,
+            base,
+            addr,
+            data: data.to_path_buf(),
+            _dir: Some(dir),
+            config: Some(config),
+            admin_token: None,
+        }
+    }
+
     /// Start with a configuration expected to be refused; returns stderr.
     pub fn try_start_with(toml: &str) -> String {
         let dir = tempfile::tempdir().expect("tempdir");

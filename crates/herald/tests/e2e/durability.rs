@@ -199,3 +199,87 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged_and_the_reader_sees
     assert_eq!(distinct.len(), log.len(), "no publish stored twice");
     assert_eq!(read, log, "the reader saw exactly the log, across five crashes");
 }
+
+/// Unmounts the small filesystem when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A real full disk: the data directory on a 16 MiB tmpfs, filled by another
+/// file. Publishing answers 503 `unavailable` naming the cause, reads and
+/// live delivery keep working, and publishing recovers by itself once the
+/// other file is gone.
+#[tokio::test]
+async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers_when_space_returns() {
+    let mnt = tempfile::tempdir().expect("tempdir");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "herald-full-disk-test"])
+        .arg(mnt.path())
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "this test mounts a small tmpfs, which needs root (as in CI)");
+    let _mounted = Mounted(mnt.path().to_path_buf());
+    let g = Gateway::start_on("", &mnt.path().join("data"));
+    let first = g.publish_n("disk", "k", 10).await;
+    let (mut reader, _) = g.hello().await;
+    let s = reader.subscribe("r", binding("disk", "#"), json!({})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+
+    // Fill the filesystem with another file.
+    let filler = mnt.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let client = reqwest::Client::new();
+    let big = "y".repeat(32 << 10);
+    let event = json!({"exchange": "disk", "routing_key": "k", "payload": {"pad": big}});
+    let mut refused = None;
+    for _ in 0..50 {
+        let resp = client.post(format!("{}/v1/publish", g.base)).json(&event).send().await.expect("publish");
+        if resp.status() == 503 {
+            refused = Some(resp.json::<serde_json::Value>().await.expect("json"));
+            break;
+        }
+    }
+    let refused = refused.expect("a publish onto a full disk is refused");
+    assert_eq!(refused["error"]["code"], "unavailable", "{refused}");
+    let msg = refused["error"]["message"].as_str().expect("message");
+    assert!(msg.contains("disk holding the log is full"), "{msg}");
+    // Reads keep working, and so does the gateway's view of itself.
+    let page: serde_json::Value = client
+        .get(format!("{}/v1/history?exchange=disk&pattern=%23", g.base))
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<u64> =
+        page["events"].as_array().expect("events").iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    assert_eq!(ids[..10], first[..], "{page}");
+    let ready: serde_json::Value =
+        client.get(format!("{}/readyz", g.base)).send().await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["log"]["full"], true, "{ready}");
+
+    // Space returns: publishing works again by itself, and the reader gets it live.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let id = g.publish_sentinel("disk", "k").await;
+    loop {
+        let m = reader.recv().await;
+        if m["type"] == "event" && m["id"] == json!(id) {
+            break;
+        }
+    }
+    let ready: serde_json::Value =
+        client.get(format!("{}/readyz", g.base)).send().await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready["status"], "ready", "{ready}");
+}
