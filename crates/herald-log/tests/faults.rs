@@ -25,11 +25,9 @@ fn config(dir: &Path) -> LogConfig {
     LogConfig { dir: dir.to_path_buf(), fsync: true, ..LogConfig::default() }
 }
 
-fn ns(log: &EmbeddedLog) -> impl std::future::Future<Output = Vec<u64>> + '_ {
-    async move {
-        let events = log.read(ReadQuery::default()).await.expect("reads keep working");
-        events.iter().map(|e| e.payload_value()["n"].as_u64().expect("n")).collect()
-    }
+async fn ns(log: &EmbeddedLog) -> Vec<u64> {
+    let events = log.read(ReadQuery::default()).await.expect("reads keep working");
+    events.iter().map(|e| e.payload_value()["n"].as_u64().expect("n")).collect()
 }
 
 #[tokio::test]
