@@ -329,8 +329,17 @@ fn spawn_session_tasks(state: &AppState) {
             if ops.is_empty() {
                 continue;
             }
+            let ids: Vec<String> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    StoreOp::Put(p) => Some(p.id.clone()),
+                    StoreOp::Acks { id, .. } => Some(id.clone()),
+                    StoreOp::Delete(_) => None,
+                })
+                .collect();
             if let Err(e) = s.write_sessions(ops).await {
-                warn!(error = %e, "Could not store acknowledged ids; after a crash more events may be replayed.");
+                warn!(error = %e, "Could not store acknowledged ids; retrying with the next flush.");
+                s.sessions.mark_unsaved(ids);
             }
         }
     });

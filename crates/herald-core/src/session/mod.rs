@@ -261,6 +261,8 @@ struct State {
     epoch: u64,
     detached_at_ms: Option<u64>,
     acks_dirty: bool,
+    /// A store write failed: the next flush writes the whole session.
+    unsaved: bool,
     /// Removed from the table: no change is accepted any more.
     ended: bool,
 }
@@ -418,8 +420,15 @@ impl Session {
     /// session is taken over: its subscriptions are unregistered and it is
     /// closed with 4409 after the `takeover` frame. Subscriptions are left
     /// unregistered for [`Session::register_all`].
-    pub fn attach(&self, outbox: Arc<Outbox>, takeover: Bytes) -> Attachment {
+    ///
+    /// Refused (`None`) when the session ended or expired since it was
+    /// found: attaching it would bring it back to life, and the next store
+    /// write would put it back in the store.
+    pub fn attach(&self, outbox: Arc<Outbox>, takeover: Bytes) -> Option<Attachment> {
         let mut st = self.state.lock();
+        if st.ended {
+            return None;
+        }
         st.unregister_all(&self.shared.fanout);
         if let Some((_, old)) = st.attached.take() {
             old.close_with(Some(takeover), CloseCode::SessionTakenOver.code(), "session taken over");
@@ -427,7 +436,16 @@ impl Session {
         st.epoch += 1;
         st.attached = Some((st.epoch, outbox));
         st.detached_at_ms = None;
-        Attachment { epoch: st.epoch }
+        Some(Attachment { epoch: st.epoch })
+    }
+
+    /// A write of this session to the store failed: write it whole with the
+    /// next coalesced flush (see [`SessionTable::take_dirty_acks`]), so that
+    /// the store does not keep disagreeing with memory.
+    pub fn mark_unsaved(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        st.unsaved = true;
+        self.mark_dirty(&mut st);
     }
 
     /// Record that a store now holds this session.
@@ -927,21 +945,41 @@ impl SessionTable {
     }
 
     /// Acknowledged ids changed since the last call, one [`StoreOp::Acks`]
-    /// per session.
+    /// per session; a session whose last store write failed is written
+    /// whole instead ([`StoreOp::Put`]).
     pub fn take_dirty_acks(&self) -> Vec<StoreOp> {
         let dirty = std::mem::take(&mut *self.shared.dirty.lock());
         dirty
             .into_iter()
             .filter_map(|session| {
-                let mut st = session.state.lock();
-                st.acks_dirty = false;
-                if st.ended {
-                    return None;
+                let unsaved = {
+                    let mut st = session.state.lock();
+                    st.acks_dirty = false;
+                    if st.ended {
+                        return None;
+                    }
+                    std::mem::take(&mut st.unsaved)
+                };
+                if unsaved {
+                    return Some(StoreOp::Put(session.stored()));
                 }
+                let st = session.state.lock();
                 let acks: BTreeMap<String, u64> = st.subs.iter().map(|(sub, r)| (sub.clone(), r.acked)).collect();
                 Some(StoreOp::Acks { id: session.id.clone(), acks })
             })
             .collect()
+    }
+
+    /// The store did not take a write of these sessions: write them whole
+    /// with the next flush.
+    pub fn mark_unsaved(&self, ids: impl IntoIterator<Item = String>) {
+        let sessions: Vec<Arc<Session>> = {
+            let table = self.sessions.lock();
+            ids.into_iter().filter_map(|id| table.get(&id).cloned()).collect()
+        };
+        for session in sessions {
+            session.mark_unsaved();
+        }
     }
 
     /// Resolves when some acknowledged id is waiting to be written.

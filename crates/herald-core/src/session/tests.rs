@@ -84,7 +84,7 @@ fn a_take_over_during_subscribe_refuses_the_old_connection() {
     let (s, old, _) = create(&t, None, old_out.clone());
     s.check_new_sub(&old, "a", 1, 10).expect("may subscribe");
     // ... the old connection awaits; meanwhile a resume takes the session over.
-    let new = s.attach(outbox(), Bytes::from_static(b"closing"));
+    let new = s.attach(outbox(), Bytes::from_static(b"closing")).expect("attached");
     assert!(old_out.is_closed(), "the old connection is closed (4409)");
     assert_eq!(s.insert_sub(&old, "a", new_sub(0, take(&held)), 10), Err(SubError::NotAttached));
     assert_eq!(held.load(Ordering::SeqCst), 0, "the refused subscription's lease is released");
@@ -92,7 +92,7 @@ fn a_take_over_during_subscribe_refuses_the_old_connection() {
 
     // Inserted before the take-over, registered after it: the entry is refused and unregistered.
     s.insert_sub(&new, "b", new_sub(0, take(&held)), 10).expect("insert");
-    let newer = s.attach(outbox(), Bytes::new());
+    let newer = s.attach(outbox(), Bytes::new()).expect("attached");
     let entry = register(&fanout, &old_out, "b", &spec(), Start::Live);
     assert_eq!(fanout.len(), 1);
     assert_eq!(s.set_entry(&new, "b", entry, 3), Err(SubError::NotAttached));
@@ -134,7 +134,7 @@ fn restored_subscriptions_hold_leases_and_release_them() {
     assert_eq!(held.load(Ordering::SeqCst), 2, "each restored subscription holds its binding again");
     let s = t.find(&s.stored().id, &secret, Some("u")).expect("resumable");
     assert_eq!(s.acked("a"), Some(4));
-    let att = s.attach(outbox(), Bytes::new());
+    let att = s.attach(outbox(), Bytes::new()).expect("attached");
     s.remove_sub(&att, "a").expect("unsubscribe");
     assert_eq!(held.load(Ordering::SeqCst), 1, "unsubscribing releases its binding");
     assert!(s.detach(&att));
@@ -155,7 +155,7 @@ fn a_refused_lease_is_retried_at_resume_and_the_subscription_dropped_if_still_re
     let r = t.restore(vec![stored.clone()], |_| Err("cap reached".into()));
     assert_eq!(r.unleased_subs, 1);
     let s = t.find(&stored.id, &secret, None).expect("found");
-    let att = s.attach(outbox(), Bytes::new());
+    let att = s.attach(outbox(), Bytes::new()).expect("attached");
     let refused = s.retake_leases(&att, |_| Err("still full".into())).expect("holder");
     assert_eq!(refused, vec![("a".to_string(), "still full".to_string())]);
     assert_eq!(s.sub_count(), 0);
@@ -171,7 +171,7 @@ async fn detached_sessions_expire_after_the_ttl_and_resumed_ones_do_not() {
     assert!(s.detach(&att));
     assert_eq!(t.next_expiry(), Some(Duration::from_secs(120)));
     tokio::time::advance(Duration::from_secs(100)).await;
-    let att = s.attach(outbox(), Bytes::new());
+    let att = s.attach(outbox(), Bytes::new()).expect("attached");
     tokio::time::advance(Duration::from_secs(30)).await;
     assert!(t.expire_due().is_empty(), "resumed: the old deadline is stale");
     assert!(s.detach(&att));
@@ -328,4 +328,29 @@ async fn a_new_session_past_the_budget_ends_the_longest_detached_one() {
     assert_eq!(t.owner_usage("u:u").0, 2);
     let refused = t.create(Some("u".into()), owner_key(Some("u"), None), outbox()).err();
     assert_eq!(refused, Some(CreateError::TooManySessions(2)));
+}
+
+#[tokio::test]
+async fn a_session_that_ended_after_it_was_found_is_not_attached() {
+    tokio::time::pause();
+    let (t, _) = table(Duration::from_secs(10));
+    let (s, att, secret) = create(&t, None, outbox());
+    assert!(s.detach(&att));
+    let found = t.find(s.id(), &secret, None).expect("found");
+    // It expires between the lookup and the attach.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(t.expire_due().len(), 1);
+    assert!(found.attach(outbox(), Bytes::new()).is_none(), "an expired session stays gone");
+}
+
+#[test]
+fn a_failed_store_write_is_retried_whole_with_the_next_flush() {
+    let (t, _) = table(Duration::from_secs(10));
+    let (s, att, _) = create(&t, None, outbox());
+    s.insert_sub(&att, "a", new_sub(0, Vec::new()), 10).expect("sub");
+    assert!(t.take_dirty_acks().is_empty());
+    t.mark_unsaved([s.id().to_string()]);
+    let ops = t.take_dirty_acks();
+    assert!(matches!(ops.as_slice(), [StoreOp::Put(p)] if p.subs.contains_key("a")), "{ops:?}");
+    assert!(t.take_dirty_acks().is_empty(), "once");
 }

@@ -310,10 +310,13 @@ impl Connection {
     }
 
     /// Write the whole session to the store; `Err` is the client's error.
-    pub(super) async fn persist(&self, session: &Session) -> Result<(), ClientError> {
+    pub(super) async fn persist(&self, session: &Arc<Session>) -> Result<(), ClientError> {
         let s = self.state.get();
         s.write_sessions(vec![StoreOp::Put(session.stored())]).await.map_err(|e| {
             warn!(conn = self.conn_id, session = %session.id(), error = %e, "Could not store a session change.");
+            // Memory may already hold the change (an unsubscribe, a pause):
+            // write the whole session again with the next flush.
+            session.mark_unsaved();
             ClientError::new(ErrorCode::Unavailable, format!("the session could not be stored: {e}"))
         })?;
         session.mark_stored();

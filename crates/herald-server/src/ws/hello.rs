@@ -61,6 +61,13 @@ impl Connection {
                 }
             }
         }
+        self.start_session(h.reference)
+    }
+
+    /// A new session for this connection.
+    fn start_session(&mut self, reference: Option<Ref>) -> ControlFlow<()> {
+        let s = self.state.get();
+        let user = self.principal.user.clone();
         // A session without subscriptions is not stored until it has one:
         // losing it in a crash loses nothing, and a storm of `hello`s costs
         // no disk writes.
@@ -71,11 +78,11 @@ impl Connection {
                     .limit_refusals
                     .get_or_create(&crate::metrics::LimitLabel { limit: "sessions_per_user" })
                     .inc();
-                return self.fatal(h.reference, ErrorCode::LimitExceeded, &e.to_string(), CloseCode::Limits);
+                return self.fatal(reference, ErrorCode::LimitExceeded, &e.to_string(), CloseCode::Limits);
             }
         };
         debug!(conn = self.conn_id, session = %session.id(), "Session started.");
-        self.welcome(h.reference, &session, &secret, false);
+        self.welcome(reference, &session, &secret, false);
         self.stream_started(&session, false);
         self.session = Some(Held { session, att });
         ControlFlow::Continue(())
@@ -117,7 +124,10 @@ impl Connection {
             reason: "session resumed on another connection".into(),
             retry_after_ms: 0,
         });
-        let att = session.attach(self.outbox.clone(), closing.into());
+        let Some(att) = session.attach(self.outbox.clone(), closing.into()) else {
+            // Ended or expired since it was found: start afresh, as for an unknown session.
+            return self.start_session(reference);
+        };
         // The client may come back with other grants: a subscription they no
         // longer allow is dropped, and the client told.
         let principal = self.principal.clone();
