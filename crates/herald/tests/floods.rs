@@ -239,7 +239,7 @@ async fn soak_loop(ws: String, n: usize, until: Instant) -> usize {
             }
         }
         tokio::time::sleep(Duration::from_millis(200 + (n as u64 * 37 + cycles as u64 * 101) % 800)).await;
-        if (n + cycles) % 2 == 0 {
+        if (n + cycles).is_multiple_of(2) {
             c.abort();
         } else {
             let _ = c.ws.close(None).await;
