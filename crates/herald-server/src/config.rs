@@ -16,8 +16,11 @@ pub struct Config {
     pub listen: String,
     /// Data directory (the log lives in `<data>/log`).
     pub data: PathBuf,
-    /// The embedded log.
+    /// The embedded log (and the retention of the cluster log).
     pub log: LogConfig,
+    /// Cluster mode: the log on NATS JetStream (`[cluster]`). Absent, the
+    /// log is embedded in the data directory.
+    pub cluster: Option<herald_log::ClusterConfig>,
     /// Per-connection and per-request limits.
     pub limits: LimitsConfig,
     /// Sessions.
@@ -194,6 +197,7 @@ impl Default for Config {
             listen: "127.0.0.1:7070".to_string(),
             data: PathBuf::from("herald-data"),
             log: LogConfig::default(),
+            cluster: None,
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
             publish: PublishConfig::default(),
@@ -354,6 +358,9 @@ impl Config {
     /// Check every setting; returns all problems at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = self.log.validate();
+        if let Some(c) = &self.cluster {
+            p.extend(c.validate());
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!("listen: `{}` is not an address such as 127.0.0.1:7070", self.listen));
         }

@@ -22,6 +22,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<V
     let (log_ok, log) = match s.log.write_health() {
         WriteHealth::Ok => (true, json!({"writable": true})),
         WriteHealth::Full(why) => (false, json!({"writable": false, "full": true, "detail": why})),
+        WriteHealth::Disconnected(why) => (false, json!({"writable": false, "detail": why})),
         WriteHealth::Failed(why) => {
             let body = json!({"status": "failed", "log_head": head, "log": {"writable": false, "detail": why}});
             return (StatusCode::SERVICE_UNAVAILABLE, Json(body));

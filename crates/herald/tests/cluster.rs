@@ -1,0 +1,291 @@
+//! Cluster mode: Herald nodes on one NATS JetStream log. Every test starts
+//! its own three nats-server 2.15 nodes (from `scripts/services.sh`, in
+//! `target/nats-server-*`) on free loopback ports, each with its own store
+//! and `sync_interval: always`, and never touches a NATS on 4222.
+#![allow(missing_docs, unreachable_pub)]
+
+#[path = "e2e/common.rs"]
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HERALD_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let found = std::fs::read_dir(&target).ok().and_then(|d| {
+        d.filter_map(Result::ok).map(|e| e.path().join("bin/nats-server")).find(|p| {
+            p.parent().and_then(|b| b.parent()).is_some_and(|d| d.to_string_lossy().contains("nats-server-"))
+                && p.exists()
+        })
+    });
+    found.expect("nats-server 2.15 is installed by scripts/services.sh into target/nats-server-*; run it first")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct NatsNode {
+    child: Option<Child>,
+    port: u16,
+    monitor: u16,
+    config: PathBuf,
+}
+
+/// Three nats-server nodes in one cluster, JetStream on, syncing every write.
+struct NatsCluster {
+    nodes: Vec<NatsNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        Self::start_with(&nats_server_bin(), 3, "sync_interval: always\n")
+    }
+
+    /// `n` nodes of `bin`, with `js` added to their `jetstream` blocks.
+    fn start_with(bin: &std::path::Path, n: usize, js: &str) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        let routes: Vec<String> = ports.iter().map(|(_, c, _)| format!("nats-route://127.0.0.1:{c}")).collect();
+        let mut nodes = Vec::new();
+        for (i, (port, cport, mport)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            let cluster = if n > 1 {
+                format!(
+                    "cluster {{\n  name: herald-test\n  listen: 127.0.0.1:{cport}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mport}\njetstream {{\n  store_dir: \"{}\"\n  {js}}}\n{cluster}",
+                store.display()
+            );
+            let config = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&config, conf).expect("write nats config");
+            let mut node = NatsNode { child: None, port: *port, monitor: *mport, config };
+            node.spawn(bin);
+            nodes.push(node);
+        }
+        let c = NatsCluster { nodes, _dir: dir };
+        c.wait_ready();
+        c
+    }
+
+    /// Until every running node says JetStream is healthy (a meta leader is elected).
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let ok = http_probe::blocking_get(&format!("http://127.0.0.1:{}/healthz", node.monitor));
+                if ok {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "nats-server on {} did not become ready", node.port);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(|n| format!("\"nats://127.0.0.1:{}\"", n.port)).collect();
+        urls.join(", ")
+    }
+
+    /// The `[cluster]` section of a Herald node called `node`.
+    fn herald_config(&self, node: &str, extra: &str) -> String {
+        format!("[cluster]\nnats_urls = [{}]\nnode = \"{node}\"\n{extra}", self.urls())
+    }
+}
+
+impl NatsNode {
+    fn spawn(&mut self, bin: &std::path::Path) {
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A tiny blocking GET for readiness polls (the test runtime is async).
+mod http_probe {
+    pub fn blocking_get(url: &str) -> bool {
+        let Some(rest) = url.strip_prefix("http://") else { return false };
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(host) else { return false };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+    }
+}
+
+async fn http_publish(base: &str, events: Value) -> Vec<u64> {
+    let resp = reqwest::Client::new().post(format!("{base}/v1/publish")).json(&events).send().await.expect("publish");
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("json");
+    assert!(status.is_success(), "{status} {body}");
+    match body["id"].as_u64() {
+        Some(id) => vec![id],
+        None => body["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id")).collect(),
+    }
+}
+
+/// Events published on node A (over HTTP and WebSocket) reach subscribers
+/// on B and C once each, in order, with the same ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_on_one_node_reach_subscribers_on_the_others_once_in_order() {
+    let nats = NatsCluster::start();
+    let a = Gateway::start_with(&nats.herald_config("a", ""));
+    let b = Gateway::start_with(&nats.herald_config("b", ""));
+    let c = Gateway::start_with(&nats.herald_config("c", ""));
+    let mut subs = Vec::new();
+    for g in [&b, &c] {
+        let (mut client, _) = g.hello().await;
+        let s = client.subscribe("s", binding("orders", "eu.#"), json!({})).await;
+        assert_eq!(s["type"], "subscribed", "{s}");
+        subs.push(client);
+    }
+    let mut ids = http_publish(
+        &a.base,
+        (0..20).map(|i| json!({"exchange": "orders", "routing_key": "eu.new", "payload": {"i": i}})).collect(),
+    )
+    .await;
+    let (mut publisher, _) = a.hello().await;
+    for i in 20..30 {
+        let r = publisher
+            .request(json!({"type": "publish", "exchange": "orders", "routing_key": "eu.paid", "payload": {"i": i}}))
+            .await;
+        assert_eq!(r["type"], "published", "{r}");
+        ids.push(r["id"].as_u64().expect("id"));
+    }
+    // Not for these subscribers: another exchange, another key.
+    http_publish(&a.base, json!([{"exchange": "orders", "routing_key": "us.new", "payload": {}}, {"exchange": "other", "routing_key": "eu.new", "payload": {}}])).await;
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    for client in &mut subs {
+        let got = client.events(30).await;
+        assert_eq!(common::ids(&got), ids, "same ids, in order, once");
+        let n: Vec<u64> = got.iter().map(|e| e["payload"]["i"].as_u64().expect("i")).collect();
+        assert_eq!(n, (0..30).collect::<Vec<_>>());
+    }
+    // Nothing else arrives: the next event each sees is a sentinel published after.
+    let sentinel =
+        http_publish(&a.base, json!({"exchange": "orders", "routing_key": "eu.x", "payload": {"sentinel": true}}))
+            .await[0];
+    for client in &mut subs {
+        let e = client.events(1).await;
+        assert_eq!(e[0]["id"], json!(sentinel), "{e:?}");
+    }
+}
+
+/// History on a cluster node: `since` by id, last N and time merge with
+/// live delivery; `/v1/history` pages; SSE resumes; a start older than the
+/// stream's first message is reported as `history_truncated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_history_and_sse_work_on_a_cluster_node_and_truncation_is_reported() {
+    let nats = NatsCluster::start();
+    let a = Gateway::start_with(&nats.herald_config("a", "[log]\nmax_events = 50\n"));
+    let b = Gateway::start_with(&nats.herald_config("b", "[log]\nmax_events = 50\n"));
+    let ids = http_publish(
+        &a.base,
+        (0..40).map(|i| json!({"exchange": "h", "routing_key": "k", "payload": {"i": i}})).collect(),
+    )
+    .await;
+    let (mut client, _) = b.hello().await;
+    let s = client.subscribe("id", binding("h", "#"), json!({"since": {"id": ids[29]}})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    assert_eq!(common::ids(&client.events(10).await), ids[30..].to_vec());
+    let s = client.subscribe("last", binding("h", "#"), json!({"since": {"last": 5}})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    assert_eq!(common::ids(&client.events(5).await), ids[35..].to_vec());
+    // A live event after the replays reaches both, once.
+    let live = http_publish(&a.base, json!({"exchange": "h", "routing_key": "k", "payload": {"live": true}})).await[0];
+    let got = client.events(2).await;
+    assert!(got.iter().all(|e| e["id"] == json!(live)), "{got:?}");
+    // History pages on B.
+    let page: Value = reqwest::get(format!("{}/v1/history?exchange=h&pattern=%23&after={}&limit=5", b.base, ids[9]))
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    let page_ids: Vec<u64> =
+        page["events"].as_array().expect("events").iter().map(|e| e["id"].as_u64().expect("id")).collect();
+    assert_eq!(page_ids, ids[10..15].to_vec(), "{page}");
+    // SSE on B resumes after its Last-Event-ID.
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/v1/sse?exchange=h&pattern=%23", b.base))
+        .header("Last-Event-ID", ids[37].to_string())
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(resp.status(), 200);
+    let (mut text, mut seen) = (String::new(), Vec::new());
+    while seen.len() < 3 {
+        let chunk =
+            tokio::time::timeout(TIMEOUT, resp.chunk()).await.expect("sse data in time").expect("read").expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        seen = text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|v| v.parse::<u64>().ok()).collect();
+    }
+    assert_eq!(seen, vec![ids[38], ids[39], live], "replayed then live, once each");
+    drop(resp);
+    // Retention: 50 events kept; push 40 more, and a start at the beginning is truncated.
+    http_publish(
+        &a.base,
+        (0..40).map(|i| json!({"exchange": "h", "routing_key": "k", "payload": {"more": i}})).collect(),
+    )
+    .await;
+    b.wait_metric("herald_log_first", 2.0).await; // the node refreshes the stream's bounds every second
+    let s = client.subscribe("old", binding("h", "#"), json!({"since": {"id": 0}})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    assert_eq!(s["recovered"], false, "{s}");
+    // (The live subscriptions receive the 40 new events meanwhile.)
+    let e = loop {
+        let m = client.recv().await;
+        if m["type"] != "event" {
+            break m;
+        }
+    };
+    assert_eq!(e["code"], "history_truncated", "{e}");
+    assert_eq!(e["sub"], "old", "{e}");
+}
+
+/// A server older than Herald needs is refused at start, naming the version.
+#[test]
+fn a_nats_server_too_old_is_refused_with_the_version_needed() {
+    let old = PathBuf::from("/usr/sbin/nats-server");
+    let old = if old.exists() { old } else { PathBuf::from("/usr/bin/nats-server") };
+    assert!(old.exists(), "Debian's nats-server (2.9) is on these machines");
+    // 2.9 knows no `sync_interval`.
+    let nats = NatsCluster::start_with(&old, 1, "");
+    let err =
+        Gateway::try_start_with(&format!("[cluster]\nnats_urls = [{}]\nnode = \"a\"\nreplicas = 1\n", nats.urls()));
+    assert!(err.contains("too old") && err.contains("2.11.0"), "{err}");
+}
