@@ -142,6 +142,12 @@ impl Server {
             }
         });
 
+        // The log's reachability (cluster mode: NATS), told to every client
+        // as `status {source: "log"}` when it changes.
+        if config.cluster.is_some() {
+            spawn_log_watch(state.clone());
+        }
+
         // Rendezvous deadlines: one timer for every request.
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -248,6 +254,42 @@ impl Server {
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
+}
+
+/// Watch whether the log can be written, and tell every connected client
+/// when that changes (`status` with `source: "log"`).
+fn spawn_log_watch(state: AppState) {
+    use herald_log::WriteHealth;
+    use herald_protocol::StatusState;
+    tokio::spawn(async move {
+        let s = state.get();
+        let mut was_up = true;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let health = s.log.write_health();
+            let up = !matches!(health, WriteHealth::Disconnected(_));
+            if up == was_up {
+                continue;
+            }
+            was_up = up;
+            let detail = match health {
+                WriteHealth::Disconnected(why) => {
+                    format!("{why}; publishing is refused and live events wait until it is back")
+                }
+                _ => "the log is reachable again".to_string(),
+            };
+            let msg = ServerMessage::Status {
+                source: "log".into(),
+                state: if up { StatusState::Up } else { StatusState::Down },
+                detail,
+            };
+            let frame: bytes::Bytes = encode(&msg).into();
+            for c in s.connections.all() {
+                let _ = c.outbox.push(herald_core::Frame::Text(frame.clone()));
+            }
+        }
+    });
 }
 
 /// Write every session once more at shutdown (connections that did not

@@ -41,6 +41,7 @@ struct NatsNode {
 /// Three nats-server nodes in one cluster, JetStream on, syncing every write.
 struct NatsCluster {
     nodes: Vec<NatsNode>,
+    bin: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -75,7 +76,7 @@ impl NatsCluster {
             node.spawn(bin);
             nodes.push(node);
         }
-        let c = NatsCluster { nodes, _dir: dir };
+        let c = NatsCluster { nodes, bin: bin.to_path_buf(), _dir: dir };
         c.wait_ready();
         c
     }
@@ -93,6 +94,20 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// `kill -9` node `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start node `i` again on its store and ports.
+    fn restart(&mut self, i: usize) {
+        let bin = self.bin.clone();
+        self.nodes[i].spawn(&bin);
     }
 
     fn urls(&self) -> String {
@@ -288,4 +303,177 @@ fn a_nats_server_too_old_is_refused_with_the_version_needed() {
     let err =
         Gateway::try_start_with(&format!("[cluster]\nnats_urls = [{}]\nnode = \"a\"\nreplicas = 1\n", nats.urls()));
     assert!(err.contains("too old") && err.contains("2.11.0"), "{err}");
+}
+
+/// Publish over HTTP from four tasks until `stop`; returns every
+/// acknowledged (id, publisher, n), and how many publishes were refused.
+fn publishers(
+    base: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<(u64, u64, u64)>, u64)>> {
+    (0..4u64)
+        .map(|p| {
+            let (base, stop) = (base.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = json!({"exchange": "f", "routing_key": "k", "payload": {"p": p, "n": n}});
+                    match client.post(format!("{base}/v1/publish")).json(&body).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let v: Value = r.json().await.expect("json");
+                            acked.push((v["id"].as_u64().expect("id"), p, n));
+                        }
+                        Ok(r) => {
+                            assert_eq!(r.status(), 503, "a refused publish is `unavailable`");
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(_) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    n += 1;
+                }
+                (acked, refused)
+            })
+        })
+        .collect()
+}
+
+/// Every event of exchange `f` in the log, as (id, publisher, n), read
+/// through a node's history pages.
+async fn all_events(base: &str) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page: Value = reqwest::get(format!("{base}/v1/history?exchange=f&pattern=%23&after={after}&limit=1000"))
+            .await
+            .expect("history")
+            .json()
+            .await
+            .expect("json");
+        for e in page["events"].as_array().expect("events") {
+            out.push((
+                e["id"].as_u64().expect("id"),
+                e["payload"]["p"].as_u64().expect("p"),
+                e["payload"]["n"].as_u64().expect("n"),
+            ));
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
+fn check_acknowledged(acked: &[(u64, u64, u64)], log: &[(u64, u64, u64)]) {
+    assert!(log.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    let stored: std::collections::HashMap<u64, (u64, u64)> = log.iter().map(|(id, p, n)| (*id, (*p, *n))).collect();
+    for (id, p, n) in acked {
+        assert_eq!(stored.get(id), Some(&(*p, *n)), "acknowledged id {id} holds its event");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (_, p, n) in log {
+        assert!(seen.insert((*p, *n)), "publish ({p}, {n}) stored twice");
+    }
+}
+
+/// `kill -9` one NATS node of three while four publishers publish through
+/// Herald: every acknowledged id is readable afterwards, and publishing
+/// continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_node_killed_during_publishing_loses_nothing_acknowledged() {
+    let mut nats = NatsCluster::start();
+    let a = Gateway::start_with(&nats.herald_config("a", ""));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = publishers(&a.base, stop.clone());
+    a.wait_metric("herald_events_in_total", 200.0).await;
+    nats.kill(0);
+    let before = a.metric("herald_events_in_total").await;
+    // Publishing continues on the two nodes left.
+    a.wait_metric("herald_events_in_total", before + 200.0).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("publisher").0);
+    }
+    let log = all_events(&a.base).await;
+    eprintln!("one NATS node killed: {} acknowledged, {} in the log", acked.len(), log.len());
+    check_acknowledged(&acked, &log);
+    nats.restart(0);
+}
+
+/// All three NATS nodes killed and restarted: every acknowledged event is
+/// there, and Herald publishes again without a restart of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_nats_nodes_killed_and_restarted_lose_nothing_acknowledged() {
+    let mut nats = NatsCluster::start();
+    let a = Gateway::start_with(&nats.herald_config("a", ""));
+    let (mut watcher, _) = a.hello().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = publishers(&a.base, stop.clone());
+    a.wait_metric("herald_events_in_total", 300.0).await;
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("publisher").0);
+    }
+    // While NATS is down the node says so, to its clients and on /readyz,
+    // and refuses publishes.
+    let down = watcher.recv().await;
+    assert_eq!(
+        (down["type"].as_str(), down["source"].as_str(), down["state"].as_str()),
+        (Some("status"), Some("log"), Some("down")),
+        "{down}"
+    );
+    let ready: Value = reqwest::get(format!("{}/readyz", a.base)).await.expect("readyz").json().await.expect("json");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["log"]["writable"], false, "{ready}");
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/publish", a.base))
+        .json(&json!({"exchange": "f", "routing_key": "k", "payload": {"p": 9, "n": 0}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(refused.status(), 503, "refused while NATS is down");
+    for i in 0..3 {
+        nats.restart(i);
+    }
+    nats.wait_ready();
+    // Back by itself: a publish succeeds again (retry while JetStream elects its leaders).
+    let mut back = false;
+    for _ in 0..100 {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/publish", a.base))
+            .json(&json!({"exchange": "f", "routing_key": "k", "payload": {"p": 9, "n": 1}}))
+            .send()
+            .await
+            .expect("publish");
+        if r.status().is_success() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(back, "publishing resumes once NATS is back");
+    let up = loop {
+        let m = watcher.recv().await;
+        if m["type"] == "status" {
+            break m;
+        }
+    };
+    assert_eq!((up["source"].as_str(), up["state"].as_str()), (Some("log"), Some("up")), "{up}");
+    let log = all_events(&a.base).await;
+    eprintln!(
+        "all NATS nodes killed: {} acknowledged, {} in the log; readyz while down: {ready}",
+        acked.len(),
+        log.len()
+    );
+    check_acknowledged(&acked, &log);
 }

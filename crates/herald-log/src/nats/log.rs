@@ -51,7 +51,7 @@ pub struct JetStreamLog {
     bytes: AtomicU64,
     appended: AtomicU64,
     commits: AtomicU64,
-    health: Mutex<WriteHealth>,
+    health: Arc<Mutex<WriteHealth>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -73,7 +73,20 @@ impl JetStreamLog {
         c: &ClusterConfig,
         log: &LogConfig,
     ) -> Result<(Arc<JetStreamLog>, mpsc::Receiver<CommittedBatch>), LogError> {
-        let client = super::connect(c).await?;
+        // Told by the client at once when the connection drops or returns
+        // (the periodic refresh below catches the rest).
+        let health = Arc::new(Mutex::new(WriteHealth::Ok));
+        let told = health.clone();
+        let client = super::connect(c, move |up| {
+            if up {
+                warn!("Connected to NATS.");
+                *told.lock() = WriteHealth::Ok;
+            } else {
+                warn!("Lost the connection to NATS: publishes are refused until it is back.");
+                *told.lock() = WriteHealth::Disconnected("the connection to NATS is lost".into());
+            }
+        })
+        .await?;
         let js = jetstream::new(client.clone());
         let config = stream::Config {
             name: c.stream.clone(),
@@ -120,7 +133,7 @@ impl JetStreamLog {
             bytes: AtomicU64::new(state.bytes),
             appended: AtomicU64::new(0),
             commits: AtomicU64::new(0),
-            health: Mutex::new(WriteHealth::Ok),
+            health,
             tasks: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel(256);
@@ -383,6 +396,9 @@ fn message_id(exchange: &str, key: &str) -> String {
 impl EventLog for JetStreamLog {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>> {
         Box::pin(async move {
+            if let WriteHealth::Disconnected(why) = &*self.health.lock() {
+                return Err(LogError::Unavailable(format!("{why}; nothing was stored, publish again later")));
+            }
             let time = now_us();
             let mut acks = Vec::with_capacity(events.len());
             for e in &events {

@@ -130,11 +130,27 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Connect to NATS with the section's credentials and TLS; refuse a server
-/// older than [`MIN_SERVER`], naming the version needed.
-pub async fn connect(c: &ClusterConfig) -> Result<async_nats::Client, LogError> {
+/// older than [`MIN_SERVER`], naming the version needed. `connected` is
+/// told at once whenever the connection is lost or back.
+pub async fn connect(
+    c: &ClusterConfig,
+    connected: impl Fn(bool) + Send + Sync + 'static,
+) -> Result<async_nats::Client, LogError> {
     let unavailable = |why: String| LogError::Unavailable(why);
-    let mut opts =
-        async_nats::ConnectOptions::new().name(format!("herald-{}", c.node)).connection_timeout(Duration::from_secs(5));
+    let connected = std::sync::Arc::new(connected);
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("herald-{}", c.node))
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => connected(true),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => connected(false),
+                    other => tracing::info!(event = %other, "NATS connection event."),
+                }
+            }
+        });
     if let Some(path) = &c.credentials_file {
         opts = opts
             .credentials_file(path)
