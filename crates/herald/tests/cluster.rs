@@ -305,12 +305,14 @@ fn a_nats_server_too_old_is_refused_with_the_version_needed() {
     assert!(err.contains("too old") && err.contains("2.11.0"), "{err}");
 }
 
-/// Publish over HTTP from four tasks until `stop`; returns every
-/// acknowledged (id, publisher, n), and how many publishes were refused.
+/// Acknowledged publishes as (id, publisher, n), and how many were refused.
+type Published = (Vec<(u64, u64, u64)>, u64);
+
+/// Publish over HTTP from four tasks until `stop`.
 fn publishers(
     base: &str,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(Vec<(u64, u64, u64)>, u64)>> {
+) -> Vec<tokio::task::JoinHandle<Published>> {
     (0..4u64)
         .map(|p| {
             let (base, stop) = (base.to_string(), stop.clone());
