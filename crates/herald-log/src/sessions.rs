@@ -211,6 +211,7 @@ mod tests {
             user: Some("alice".into()),
             detached_at_ms: Some(1_700_000_000_000),
             subs: BTreeMap::from([("a".to_string(), sub)]),
+            node: None,
         }
     }
 

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use herald_core::FanOut;
-use herald_core::{MemoryStore, SessionStore, StoreOp};
+use herald_core::{MemoryStore, SessionStore, StoreOp, StoredSession};
 use herald_log::{CommittedBatch, DiskSessionStore, EmbeddedLog, EventLog, JetStreamLog, RETENTION_INTERVAL};
 use herald_protocol::{encode, CloseCode, ServerMessage};
 use std::future::Future;
@@ -98,10 +98,17 @@ impl Server {
             peers.insert(id.clone(), runtime);
             connectors.push((id, connector));
         }
-        let store: Arc<dyn SessionStore> = match (store, config.session.store) {
-            (Some(store), _) => store,
-            (None, SessionStoreKind::Disk) => Arc::new(DiskSessionStore::open(&config.data)?),
-            (None, SessionStoreKind::Memory) => Arc::new(MemoryStore::new()),
+        // In a cluster, sessions live in a JetStream bucket every node shares.
+        let mut kv_sessions = None;
+        let store: Arc<dyn SessionStore> = match (store, config.session.store, &config.cluster) {
+            (Some(store), _, _) => store,
+            (None, _, Some(c)) => {
+                let kv = Arc::new(herald_log::KvSessionStore::open(c, config.session.ttl).await?);
+                kv_sessions = Some(kv.clone());
+                kv
+            }
+            (None, SessionStoreKind::Disk, None) => Arc::new(DiskSessionStore::open(&config.data)?),
+            (None, SessionStoreKind::Memory, None) => Arc::new(MemoryStore::new()),
         };
         let peers = Arc::new(peers);
         let idempotency = Arc::new(herald_core::IdempotencyWindow::new(
@@ -130,6 +137,9 @@ impl Server {
         });
         restore_sessions(&state).await?;
         spawn_session_tasks(&state);
+        if let Some(kv) = kv_sessions {
+            spawn_cluster_session_tasks(&state, kv).await?;
+        }
 
         // Log -> fan-out: committed batches in id order. Subscriptions whose
         // client is behind continue from the log.
@@ -254,6 +264,40 @@ impl Server {
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
+}
+
+/// Cluster sessions: close this node's connection of a session another
+/// node took over (4409), and write attached sessions again every
+/// `session.ttl` so that their TTL in the bucket does not run out.
+async fn spawn_cluster_session_tasks(state: &AppState, kv: Arc<herald_log::KvSessionStore>) -> Result<(), ServerError> {
+    let watcher = state.clone();
+    kv.watch_takeovers(move |id| {
+        let closing =
+            encode(&ServerMessage::Closing { reason: "session resumed on another node".into(), retry_after_ms: 0 });
+        if watcher.get().sessions.forget_taken_over(&id, closing.into()) {
+            info!(session = %id, "Session taken over by another node.");
+        }
+    })
+    .await
+    .map_err(|e| ServerError::Config(vec![format!("cannot watch the cluster's sessions: {e}")]))?;
+    let toucher = state.clone();
+    tokio::spawn(async move {
+        let s = toucher.get();
+        loop {
+            tokio::time::sleep(s.config.session.ttl).await;
+            let held: Vec<StoredSession> = s
+                .sessions
+                .all()
+                .into_iter()
+                .filter(|session| session.is_attached() && session.is_stored())
+                .map(|session| session.stored())
+                .collect();
+            if let Err(e) = kv.touch(held).await {
+                warn!(error = %e, "Could not refresh this node's sessions in the cluster.");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Watch whether the log can be written, and tell every connected client

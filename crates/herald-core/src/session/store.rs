@@ -38,6 +38,10 @@ pub struct StoredSession {
     pub detached_at_ms: Option<u64>,
     /// Subscriptions by id.
     pub subs: BTreeMap<String, StoredSub>,
+    /// The cluster node that wrote it (cluster mode; `None` otherwise): a
+    /// node that sees another node write a session it holds was taken over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One subscription of a [`StoredSession`].
@@ -95,6 +99,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     fn load(&self) -> BoxFuture<'_, Result<Vec<StoredSession>, StoreError>>;
     /// Apply these changes durably, in order.
     fn write(&self, ops: Vec<StoreOp>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// One stored session by id, with its acks merged in, for a store that
+    /// several nodes share (a session created on another node is loaded
+    /// when its client resumes here). Stores of one node need not look.
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<StoredSession>, StoreError>> {
+        let _ = id;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Apply `ops` to a map of sessions: the semantics every store shares.
@@ -174,6 +185,7 @@ mod tests {
             user: None,
             detached_at_ms: None,
             subs: BTreeMap::from([("a".to_string(), sub)]),
+            node: None,
         }
     }
 

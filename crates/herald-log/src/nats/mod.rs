@@ -8,9 +8,11 @@
 //! - [`subject`]: how exchange and routing key become a subject.
 
 mod log;
+mod sessions;
 pub mod subject;
 
 pub use log::JetStreamLog;
+pub use sessions::KvSessionStore;
 
 use crate::error::LogError;
 use serde::{Deserialize, Serialize};

@@ -43,7 +43,23 @@ impl Connection {
         }
         let user = self.principal.user.clone();
         if let Some(creds) = h.session {
-            match s.sessions.find(&creds.id, &creds.secret, user.as_deref()) {
+            let mut found = s.sessions.find(&creds.id, &creds.secret, user.as_deref());
+            if matches!(found, Err(ResumeError::NotFound)) && s.config.cluster.is_some() {
+                // Held by another node, or by one that died: load it from the
+                // shared store, and take it over from there.
+                match s.store.get(&creds.id).await {
+                    Ok(Some(stored)) => {
+                        let restored = s.sessions.restore(vec![stored], |b| crate::peers::lease(&s.peers, b));
+                        if restored.sessions == 1 {
+                            debug!(conn = self.conn_id, "Session loaded from the cluster for a resume.");
+                        }
+                        found = s.sessions.find(&creds.id, &creds.secret, user.as_deref());
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(conn = self.conn_id, error = %e, "Could not look the session up in the cluster."),
+                }
+            }
+            match found {
                 Ok(session) => return self.resume_session(h.reference, session, creds.secret).await,
                 Err(ResumeError::Mismatch) => {
                     warn!(conn = self.conn_id, session = %creds.id.chars().take(64).collect::<String>(), "Refused a session resume with wrong credentials.");
