@@ -44,8 +44,10 @@ export type TokenSource = string | (() => string | Promise<string>);
 export type WebSocketConstructor = new (url: string) => any;
 
 export interface ClientOptions {
-  /** `http(s)://host` or `ws(s)://host/v1/ws`. */
-  url: string;
+  /** `http(s)://host` or `ws(s)://host/v1/ws` (give this or `urls`). */
+  url?: string;
+  /** Several nodes of a cluster: each reconnect tries the next, and the session resumes there. */
+  urls?: string[];
   /** Omit for anonymous access. */
   token?: TokenSource;
   /** Defaults to `globalThis.WebSocket`. */
@@ -132,7 +134,9 @@ export interface Responder {
 
 export class HeraldClient {
   constructor(options: ClientOptions);
+  /** The URL of the current (or next) connection. */
   readonly url: string;
+  readonly urls: string[];
   readonly state: ClientState;
   readonly session: { id: string; secret: string } | null;
   readonly limits: { [name: string]: number } | null;

@@ -174,8 +174,12 @@ export class HeraldClient extends Emitter {
    */
   constructor(options) {
     super();
-    if (!options || !options.url) throw new TypeError('HeraldClient: `url` is required');
-    this.url = websocketUrl(options.url);
+    const urls = options?.urls ?? (options?.url ? [options.url] : []);
+    if (!urls.length) throw new TypeError('HeraldClient: `url` (or `urls`) is required');
+    /** Every node's URL; each reconnect tries the next (cluster mode). */
+    this.urls = urls.map((u) => websocketUrl(u));
+    this._urlIndex = 0;
+    this.url = this.urls[0];
     this._token = options.token;
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (typeof this._WebSocket !== 'function') {
@@ -654,6 +658,10 @@ export class HeraldClient extends Emitter {
 
   _scheduleReconnect() {
     this._setState('reconnecting');
+    // With several nodes, the next attempt goes to the next one: the session
+    // resumes on any node of a cluster.
+    this._urlIndex = (this._urlIndex + 1) % this.urls.length;
+    this.url = this.urls[this._urlIndex];
     // Exponential backoff with full jitter, never sooner than the server asked.
     const cap = Math.min(this.maxDelayMs, this.initialDelayMs * 2 ** Math.min(this._attempt, 30));
     const delay = Math.max(Math.random() * cap, this._retryAfterMs);

@@ -2,7 +2,7 @@
 // HTTP publishing, and a TCP proxy that cuts connections on demand.
 
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -66,6 +66,10 @@ export async function startHerald({ extraToml = '', args = [] } = {}) {
     port: Number(addr.port),
     output,
     stderr: () => stderr,
+    /** SIGKILL, and stay down. */
+    async kill9() {
+      await killed();
+    },
     /** SIGKILL, then start again on the same port and data directory. */
     async kill9AndRestart() {
       await killed();
@@ -73,6 +77,60 @@ export async function startHerald({ extraToml = '', args = [] } = {}) {
     },
     async stop() {
       await killed();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** nats-server 2.15 as scripts/services.sh installs it (target/nats-server-*). */
+function natsServerBin() {
+  if (process.env.HERALD_NATS_SERVER) return process.env.HERALD_NATS_SERVER;
+  const target = join(repoRoot, 'target');
+  const dir = readdirSync(target).find((d) => d.startsWith('nats-server-'));
+  if (!dir) throw new Error('nats-server 2.15 is installed by scripts/services.sh into target/nats-server-*');
+  return join(target, dir, 'bin/nats-server');
+}
+
+async function freePorts(n) {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise((ok) => {
+      const s = net.createServer();
+      s.listen(0, '127.0.0.1', () => ok(s));
+    })),
+  );
+  const ports = servers.map((s) => s.address().port);
+  await Promise.all(servers.map((s) => new Promise((ok) => s.close(ok))));
+  return ports;
+}
+
+/**
+ * Three nats-server nodes in one cluster on free ports (JetStream, syncing
+ * every write); `heraldToml(node)` is the `[cluster]` section of a Herald node.
+ */
+export async function startNatsCluster() {
+  const dir = mkdtempSync(join(tmpdir(), 'herald-js-nats-'));
+  const ports = await freePorts(9);
+  const nodes = [0, 1, 2].map((i) => ({ port: ports[3 * i], cluster: ports[3 * i + 1], monitor: ports[3 * i + 2] }));
+  const routes = nodes.map((n) => `nats-route://127.0.0.1:${n.cluster}`).join(', ');
+  const children = nodes.map((n, i) => {
+    const conf = join(dir, `n${i}.conf`);
+    writeFileSync(conf, `server_name: n${i}\nlisten: 127.0.0.1:${n.port}\nhttp: 127.0.0.1:${n.monitor}\njetstream {\n  store_dir: "${join(dir, `n${i}`)}"\n  sync_interval: always\n}\ncluster {\n  name: herald-js\n  listen: 127.0.0.1:${n.cluster}\n  routes: [${routes}]\n}\n`);
+    return spawn(natsServerBin(), ['-c', conf], { stdio: 'ignore' });
+  });
+  for (const n of nodes) {
+    await until(async () => {
+      try {
+        return (await fetch(`http://127.0.0.1:${n.monitor}/healthz`)).ok;
+      } catch {
+        return false;
+      }
+    }, 'nats-server ready', 30000);
+  }
+  const urls = nodes.map((n) => `"nats://127.0.0.1:${n.port}"`).join(', ');
+  return {
+    heraldToml: (node) => `[cluster]\nnats_urls = [${urls}]\nnode = "${node}"\n`,
+    async stop() {
+      for (const c of children) c.kill('SIGKILL');
       rmSync(dir, { recursive: true, force: true });
     },
   };
