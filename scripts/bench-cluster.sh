@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# `herald bench` against one Herald node on a three-server NATS JetStream
+# cluster (sync_interval: always), then against the embedded log, in one
+# run on this machine. Needs the release binary and scripts/services.sh's
+# nats-server; prints both reports.
+#   scripts/bench-cluster.sh [herald bench options...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HERALD=${HERALD_BIN:-target/release/herald}
+NATS=$(ls -d target/nats-server-*/bin/nats-server | head -n1)
+dir=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+base=$((20000 + RANDOM % 20000))
+routes="nats-route://127.0.0.1:$((base + 10)), nats-route://127.0.0.1:$((base + 11)), nats-route://127.0.0.1:$((base + 12))"
+for i in 0 1 2; do
+  cat > "$dir/n$i.conf" <<CONF
+server_name: n$i
+listen: 127.0.0.1:$((base + i))
+http: 127.0.0.1:$((base + 20 + i))
+jetstream { store_dir: "$dir/n$i", sync_interval: always }
+cluster { name: bench, listen: 127.0.0.1:$((base + 10 + i)), routes: [$routes] }
+CONF
+  "$NATS" -c "$dir/n$i.conf" >/dev/null 2>&1 & pids+=($!)
+done
+for i in 0 1 2; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((base + 20 + i))/healthz" >/dev/null && break; sleep 0.2; done
+done
+cat > "$dir/herald.toml" <<CONF
+[cluster]
+nats_urls = ["nats://127.0.0.1:$base", "nats://127.0.0.1:$((base + 1))", "nats://127.0.0.1:$((base + 2))"]
+node = "bench"
+[limits]
+max_connections_per_ip = 100000
+CONF
+"$HERALD" serve --listen 127.0.0.1:0 --data "$dir/data" --config "$dir/herald.toml" > "$dir/out" 2>"$dir/err" & pids+=($!)
+hpid=$!
+for _ in $(seq 100); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.2; done
+url=$(sed -n 's/^herald listening on //p' "$dir/out")
+echo "== cluster: one Herald node on 3 NATS servers (R3, sync always)"
+"$HERALD" bench --target "$url" --target-pid "$hpid" "$@"
+echo "== embedded log"
+"$HERALD" bench "$@"
