@@ -31,8 +31,12 @@ cat > "$dir/herald.toml" <<CONF
 [cluster]
 nats_urls = ["nats://127.0.0.1:$base", "nats://127.0.0.1:$((base + 1))", "nats://127.0.0.1:$((base + 2))"]
 node = "bench"
+# As herald bench's own gateway: no per-address, per-command or total limits in the way.
 [limits]
-max_connections_per_ip = 100000
+max_connections = 1000000
+max_connections_per_ip = 0
+commands_per_second = 0
+http_publishes_per_second = 0
 CONF
 "$HERALD" serve --listen 127.0.0.1:0 --data "$dir/data" --config "$dir/herald.toml" > "$dir/out" 2>"$dir/err" & pids+=($!)
 hpid=$!

@@ -245,6 +245,21 @@ async fn since_history_and_sse_work_on_a_cluster_node_and_truncation_is_reported
     let live = http_publish(&a.base, json!({"exchange": "h", "routing_key": "k", "payload": {"live": true}})).await[0];
     let got = client.events(2).await;
     assert!(got.iter().all(|e| e["id"] == json!(live)), "{got:?}");
+    // since.time on B: only what was published after that moment.
+    let before_time = http_publish(&a.base, json!({"exchange": "t", "routing_key": "k", "payload": {"n": 0}})).await[0];
+    tokio::time::sleep(Duration::from_millis(20)).await; // a later clock reading for the start
+    let start = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after_time = http_publish(
+        &a.base,
+        (1..4).map(|n| json!({"exchange": "t", "routing_key": "k", "payload": {"n": n}})).collect(),
+    )
+    .await;
+    let s = client.subscribe("time", binding("t", "#"), json!({"since": {"time": start}})).await;
+    assert_eq!(s["type"], "subscribed", "{s}");
+    let got = client.events(3).await;
+    assert!(got.iter().all(|e| e["sub"] == "time"), "{got:?}");
+    assert_eq!(common::ids(&got), after_time, "not {before_time}, published before the start");
     // History pages on B.
     let page: Value = reqwest::get(format!("{}/v1/history?exchange=h&pattern=%23&after={}&limit=5", b.base, ids[9]))
         .await
