@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `herald bench` against one Herald node on a three-server NATS JetStream
-# cluster (sync_interval: always), then against the embedded log, in one
-# run on this machine. Needs the release binary and scripts/services.sh's
+# cluster (sync_interval: always), then against three nodes (load spread
+# over them), then against the embedded log, in one run on this machine. Needs the release binary and scripts/services.sh's
 # nats-server; prints both reports.
 #   scripts/bench-cluster.sh [herald bench options...]
 set -euo pipefail
@@ -27,10 +27,11 @@ done
 for i in 0 1 2; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((base + 20 + i))/healthz" >/dev/null && break; sleep 0.2; done
 done
-cat > "$dir/herald.toml" <<CONF
+start_node() { # name -> prints "url pid"
+  cat > "$dir/$1.toml" <<CONF
 [cluster]
 nats_urls = ["nats://127.0.0.1:$base", "nats://127.0.0.1:$((base + 1))", "nats://127.0.0.1:$((base + 2))"]
-node = "bench"
+node = "$1"
 # As herald bench's own gateway: no per-address, per-command or total limits in the way.
 [limits]
 max_connections = 1000000
@@ -38,11 +39,18 @@ max_connections_per_ip = 0
 commands_per_second = 0
 http_publishes_per_second = 0
 CONF
-"$HERALD" serve --listen 127.0.0.1:0 --data "$dir/data" --config "$dir/herald.toml" > "$dir/out" 2>"$dir/err" & pids+=($!)
-hpid=$!
-for _ in $(seq 100); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.2; done
-url=$(sed -n 's/^herald listening on //p' "$dir/out")
+  "$HERALD" serve --listen 127.0.0.1:0 --data "$dir/data-$1" --config "$dir/$1.toml" > "$dir/$1.out" 2>"$dir/$1.err" &
+  local pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$dir/$1.out" 2>/dev/null && break; sleep 0.2; done
+  echo "$(sed -n 's/^herald listening on //p' "$dir/$1.out") $pid"
+}
+read -r url_a pid_a < <(start_node a); pids+=("$pid_a")
 echo "== cluster: one Herald node on 3 NATS servers (R3, sync always)"
-"$HERALD" bench --target "$url" --target-pid "$hpid" "$@"
+"$HERALD" bench --target "$url_a" --target-pid "$pid_a" "$@"
+read -r url_b pid_b < <(start_node b); pids+=("$pid_b")
+read -r url_c pid_c < <(start_node c); pids+=("$pid_c")
+echo "== cluster: three Herald nodes (publishers and subscribers spread over them; the fan-out publisher on a)"
+"$HERALD" bench --target "$url_a" --target-pid "$pid_a" --also-target "$url_b" --also-target-pid "$pid_b" \
+  --also-target "$url_c" --also-target-pid "$pid_c" "$@"
 echo "== embedded log"
 "$HERALD" bench "$@"

@@ -22,9 +22,18 @@ pub struct BenchArgs {
     /// (memory per connection is then measured only with --target-pid).
     #[arg(long)]
     pub target: Option<String>,
-    /// PID of the target gateway, to read its resident memory.
+    /// PID of the target gateway, to read its resident memory and CPU time.
     #[arg(long)]
     pub target_pid: Option<u32>,
+    /// Other nodes of the target's cluster (repeatable): publishing
+    /// connections and fan-out subscribers are spread over the target and
+    /// these, the fan-out publisher stays on the target, so most deliveries
+    /// cross nodes.
+    #[arg(long = "also-target")]
+    pub also_targets: Vec<String>,
+    /// PIDs of the other nodes (repeatable), for CPU per delivery.
+    #[arg(long = "also-target-pid")]
+    pub also_target_pids: Vec<u32>,
     /// Subscribers in the fan-out test.
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
@@ -71,6 +80,11 @@ pub struct Report {
     pub fanout_latency_p99_ms: f64,
     /// Events per second replayed to one subscriber (`since: {id: 0}`).
     pub replay_events_per_s: f64,
+    /// Gateway nodes the load was spread over.
+    pub nodes: usize,
+    /// Server CPU time (all nodes given with PIDs) per delivery in the
+    /// fan-out test, microseconds.
+    pub fanout_cpu_us_per_delivery: Option<f64>,
     /// Rendezvous round trips per second (8 requesters, 4 responders).
     pub rendezvous_per_s: f64,
     /// Rendezvous round-trip latency, median, milliseconds.
@@ -119,7 +133,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn print_report(r: &Report) {
-    println!("herald bench");
+    println!("herald bench ({} node{})", r.nodes, if r.nodes == 1 { "" } else { "s" });
     println!("  publish, WebSocket pipelined:   {:>12.0} events/s", r.publish_ws_events_per_s);
     println!("  publish, HTTP batches of 100:   {:>12.0} events/s", r.publish_http_batch_events_per_s);
     println!(
@@ -130,6 +144,9 @@ fn print_report(r: &Report) {
         "  fan-out latency at 500 ev/s:    {:>8.2} ms p50 / {:.2} ms p99 (publish -> durable -> delivered)",
         r.fanout_latency_p50_ms, r.fanout_latency_p99_ms
     );
+    if let Some(cpu) = r.fanout_cpu_us_per_delivery {
+        println!("  fan-out server CPU:             {cpu:>12.2} us per delivery");
+    }
     println!("  replay to one subscriber:       {:>12.0} events/s", r.replay_events_per_s);
     println!(
         "  rendezvous, 8 -> 4 responders:  {:>12.0} round trips/s ({:.2} ms p50 / {:.2} ms p99)",

@@ -24,14 +24,26 @@ fn payload(pad: &str) -> Value {
 pub(crate) async fn run_all(args: &BenchArgs, base: &str, pid: Option<u32>) -> anyhow::Result<Report> {
     let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
     let mut r = Report { fanout_subscribers: args.subscribers, fanout_events: args.fanout_events, ..Report::default() };
+    let mut bases = vec![base.to_string()];
+    bases.extend(args.also_targets.iter().map(|b| b.trim_end_matches('/').to_string()));
+    r.nodes = bases.len();
+    let pids: Vec<u32> = pid.into_iter().chain(args.also_target_pids.iter().copied()).collect();
 
     eprintln!("bench: publish over WebSocket ({} events, {} connections)", args.publish_events, args.publishers);
-    r.publish_ws_events_per_s = publish_ws(base, args.publish_events, args.publishers, &pad).await?;
+    r.publish_ws_events_per_s = publish_ws(&bases, args.publish_events, args.publishers, &pad).await?;
     eprintln!("bench: publish over HTTP ({} events in batches of 100)", args.publish_events);
-    r.publish_http_batch_events_per_s = publish_http(base, args.publish_events, &pad).await?;
+    r.publish_http_batch_events_per_s = publish_http(&bases, args.publish_events, &pad).await?;
 
     eprintln!("bench: fan-out ({} subscribers, {} events)", args.subscribers, args.fanout_events);
-    let (rate, p50, p99) = fanout(base, args.subscribers, args.fanout_events, &pad).await?;
+    let cpu = || (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_ticks(*p)).sum::<Option<u64>>()).flatten();
+    let cpu_before = cpu();
+    let (rate, p50, p99) = fanout(&bases, args.subscribers, args.fanout_events, &pad).await?;
+    let cpu_after = cpu();
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        let deliveries = (args.fanout_events + LATENCY_EVENTS) as f64 * args.subscribers as f64;
+        // Clock ticks are 10 ms on Linux (USER_HZ = 100).
+        r.fanout_cpu_us_per_delivery = Some((b.saturating_sub(a) as f64 * 10_000.0) / deliveries);
+    }
     r.fanout_deliveries_per_s = rate;
     r.fanout_latency_p50_ms = p50;
     r.fanout_latency_p99_ms = p99;
@@ -55,11 +67,20 @@ pub(crate) async fn run_all(args: &BenchArgs, base: &str, pid: Option<u32>) -> a
     Ok(r)
 }
 
-async fn publish_ws(base: &str, total: u64, publishers: usize, pad: &str) -> anyhow::Result<f64> {
+/// User and system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at `)`.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+async fn publish_ws(bases: &[String], total: u64, publishers: usize, pad: &str) -> anyhow::Result<f64> {
     let per = total / publishers as u64;
     let mut conns = Vec::new();
-    for _ in 0..publishers {
-        conns.push(connect(base).await?);
+    for i in 0..publishers {
+        conns.push(connect(&bases[i % bases.len()]).await?);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -91,19 +112,19 @@ async fn publish_ws(base: &str, total: u64, publishers: usize, pad: &str) -> any
     Ok((per * publishers as u64) as f64 / start.elapsed().as_secs_f64())
 }
 
-async fn publish_http(base: &str, total: u64, pad: &str) -> anyhow::Result<f64> {
+async fn publish_http(bases: &[String], total: u64, pad: &str) -> anyhow::Result<f64> {
     let client = reqwest::Client::new();
-    let url = format!("{base}/v1/publish");
+    let urls: Vec<String> = bases.iter().map(|b| format!("{b}/v1/publish")).collect();
     let batches = total / 100;
     let sem = Arc::new(Semaphore::new(4));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..batches {
+    for b in 0..batches {
         let permit = sem.clone().acquire_owned().await?;
         let body: Vec<Value> = (0..100)
             .map(|_| json!({"exchange": PUBLISH_EXCHANGE, "routing_key": "a.c", "payload": payload(pad)}))
             .collect();
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url) = (client.clone(), urls[b as usize % urls.len()].clone());
         tasks.push(tokio::spawn(async move {
             let resp = client.post(&url).json(&body).send().await?;
             if !resp.status().is_success() {
@@ -214,11 +235,11 @@ const LATENCY_RATE_PER_S: u64 = 500;
 
 /// Fan-out in two phases: flat out (deliveries per second), then paced at
 /// a moderate rate (publish-to-receive latency without self-inflicted queueing).
-async fn fanout(base: &str, subscribers: usize, events: u64, pad: &str) -> anyhow::Result<(f64, f64, f64)> {
+async fn fanout(bases: &[String], subscribers: usize, events: u64, pad: &str) -> anyhow::Result<(f64, f64, f64)> {
     let total = events + LATENCY_EVENTS;
     let mut receivers = Vec::new();
-    for _ in 0..subscribers {
-        let (mut tx, mut rx) = connect(base).await?;
+    for i in 0..subscribers {
+        let (mut tx, mut rx) = connect(&bases[i % bases.len()]).await?;
         subscribe(&mut tx, &mut rx, FANOUT_EXCHANGE, None).await?;
         receivers.push(tokio::spawn(async move {
             let _keep = tx;
@@ -241,7 +262,7 @@ async fn fanout(base: &str, subscribers: usize, events: u64, pad: &str) -> anyho
             anyhow::Ok((hist, throughput_done))
         }));
     }
-    let (mut tx, mut rx) = connect(base).await?;
+    let (mut tx, mut rx) = connect(&bases[0]).await?;
     let start = Instant::now();
     // Phase 1: at most `window` publishes in flight.
     let window = 64u64;
