@@ -41,7 +41,8 @@ http_publishes_per_second = 0
 CONF
   "$HERALD" serve --listen 127.0.0.1:0 --data "$dir/data-$1" --config "$dir/$1.toml" > "$dir/$1.out" 2>"$dir/$1.err" &
   local pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$dir/$1.out" 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 150); do grep -q "listening on" "$dir/$1.out" 2>/dev/null && break; sleep 0.2; done
+  if ! grep -q "listening on" "$dir/$1.out"; then echo "node $1 did not start:" >&2; cat "$dir/$1.err" >&2; exit 1; fi
   echo "$(sed -n 's/^herald listening on //p' "$dir/$1.out") $pid"
 }
 read -r url_a pid_a < <(start_node a); pids+=("$pid_a")

@@ -547,3 +547,41 @@ async fn a_session_resumes_on_another_node_after_kill_9_and_a_take_over_closes_t
     let got = on_a.events(21).await;
     assert_eq!(*common::ids(&got).last().expect("events"), live);
 }
+
+/// A node that starts on a stream that already holds events (a restart, or
+/// a node added later) rebuilds its idempotency window from it, serves its
+/// history, and a repeated idempotency key is answered with the first id,
+/// also across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_on_a_full_stream_serves_it_and_keys_are_deduplicated_across_nodes() {
+    let nats = NatsCluster::start();
+    let mut a = Gateway::start_with(&nats.herald_config("a", ""));
+    let mut ids = Vec::new();
+    for part in 0..3 {
+        let batch: Vec<Value> = (0..500)
+            .map(|i| json!({"exchange": "full", "routing_key": "k", "payload": {"i": part * 500 + i}}))
+            .collect();
+        ids.extend(http_publish(&a.base, batch.into()).await);
+    }
+    let first = http_publish(
+        &a.base,
+        json!({"exchange": "full", "routing_key": "k", "payload": {}, "idempotency_key": "once"}),
+    )
+    .await[0];
+    a.kill_and_restart();
+    let b = Gateway::start_with(&nats.herald_config("b", ""));
+    for g in [&a, &b] {
+        let again = http_publish(
+            &g.base,
+            json!({"exchange": "full", "routing_key": "k", "payload": {}, "idempotency_key": "once"}),
+        )
+        .await[0];
+        assert_eq!(again, first, "the same key on {} is answered with the first id", g.base);
+        let (mut client, _) = g.hello().await;
+        let s = client.subscribe("s", binding("full", "#"), json!({"since": {"id": ids[1399]}})).await;
+        assert_eq!(s["type"], "subscribed", "{s}");
+        let got = client.events(101).await;
+        assert_eq!(common::ids(&got)[..100], ids[1400..], "history on a node started later");
+        assert_eq!(got[100]["id"], json!(first));
+    }
+}

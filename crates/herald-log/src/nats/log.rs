@@ -162,7 +162,9 @@ impl JetStreamLog {
         while out.len() < limit && from < upto && (budget > 0 || out.is_empty()) {
             let want = (limit - out.len()).min(BATCH);
             let (chunk, used, more) = self.direct_batch(filter, from, upto, want, budget).await?;
-            budget = budget.saturating_sub(used);
+            if budget != usize::MAX {
+                budget = budget.saturating_sub(used);
+            }
             let Some(last) = chunk.last().map(|e| e.id) else { break };
             from = last;
             out.extend(chunk);
@@ -186,11 +188,14 @@ impl JetStreamLog {
         let inbox = self.client.new_inbox();
         let mut sub =
             self.client.subscribe(inbox.clone()).await.map_err(|e| unavailable("cannot read the cluster log", e))?;
+        // The upper bound is applied here, not with `up_to_seq` (which
+        // nats-server refuses in some combinations, 408 "Malformed
+        // Request"): never more are asked for than the range holds.
+        let batch = batch.min(usize::try_from(upto.saturating_sub(after)).unwrap_or(usize::MAX)).max(1);
         let mut req = serde_json::json!({"seq": after + 1, "next_by_subj": filter, "batch": batch});
-        if upto < u64::MAX {
-            req["up_to_seq"] = upto.into();
-        }
-        if max_bytes < usize::MAX {
+        // Only a real budget (the server refuses sizes beyond an i64, and
+        // "no limit" is usize::MAX here).
+        if max_bytes <= 1 << 40 {
             req["max_bytes"] = max_bytes.max(1).into();
         }
         let api = format!("$JS.API.DIRECT.GET.{}", self.stream);
@@ -200,6 +205,7 @@ impl JetStreamLog {
             .map_err(|e| unavailable("cannot read the cluster log", e))?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let mut beyond = false;
         loop {
             let msg = tokio::time::timeout(READ_TIMEOUT, sub.next())
                 .await
@@ -215,6 +221,10 @@ impl JetStreamLog {
                         .and_then(|h| h.get("Nats-Sequence"))
                         .and_then(|v| v.as_str().parse::<u64>().ok())
                         .ok_or_else(|| LogError::Unavailable("a direct get answer without Nats-Sequence".into()))?;
+                    if seq > upto {
+                        beyond = true;
+                        continue; // read on to the end of the batch, keeping none of it
+                    }
                     bytes += msg.payload.len();
                     match record::decode_message(seq, &msg.payload) {
                         Ok(e) => out.push(Arc::new(e)),
@@ -224,12 +234,14 @@ impl JetStreamLog {
                 Some(code) => {
                     let why = msg.description.unwrap_or_default();
                     let _ = sub.unsubscribe().await;
-                    return Err(LogError::Unavailable(format!("the cluster log refused a read ({code} {why})")));
+                    return Err(LogError::Unavailable(format!(
+                        "the cluster log refused a read ({code} {why}; request {req})"
+                    )));
                 }
             }
         }
         let _ = sub.unsubscribe().await;
-        let more = out.len() >= batch;
+        let more = !beyond && out.len() >= batch;
         Ok((out, bytes, more))
     }
 
