@@ -119,6 +119,19 @@ impl JetStreamLog {
                 }
             }
         };
+        // A stream just created elects its leader a moment later; until
+        // then publishes find no stream. Wait for it (publishes that still
+        // find none are tried again, see `publish_again`).
+        let mut info = info;
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while info.cluster.as_ref().is_some_and(|c| c.leader.is_none()) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(mut s) = js.get_stream(&c.stream).await {
+                if let Ok(i) = s.info().await {
+                    info = i.clone();
+                }
+            }
+        }
         let state = info.state;
         let first = if state.messages == 0 { state.last_sequence + 1 } else { state.first_sequence };
         info!(stream = %c.stream, head = state.last_sequence, first, replicas = c.replicas, "Cluster log opened on JetStream.");
@@ -141,6 +154,36 @@ impl JetStreamLog {
         let refresh = tokio::spawn(refresh(Arc::downgrade(&log)));
         log.tasks.lock().extend([feed, refresh]);
         Ok((log, rx))
+    }
+
+    fn message(&self, time: u64, e: &NewEvent) -> jetstream::message::PublishMessage {
+        let msg = jetstream::message::PublishMessage::build().payload(record::encode_message(time, e).into());
+        match &e.idempotency_key {
+            Some(k) => msg.message_id(message_id(&e.exchange, k)),
+            None => msg,
+        }
+    }
+
+    /// Publish one event again while no stream answers its subject, for up
+    /// to five seconds; returns its sequence.
+    async fn publish_again(&self, time: u64, e: &NewEvent) -> Result<u64, LogError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let subject = subject::encode(&self.prefix, &e.exchange, &e.routing_key);
+            let sent = self.js.send_publish(subject, self.message(time, e)).await;
+            let acked = match sent {
+                Ok(ack) => ack.await,
+                Err(err) => return Err(unavailable("the cluster log did not take the event", err)),
+            };
+            match acked {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(err)
+                    if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                        && tokio::time::Instant::now() < deadline => {}
+                Err(err) => return Err(unavailable("the cluster log did not acknowledge the event", err)),
+            }
+        }
     }
 
     fn raise_head(&self, id: u64) {
@@ -414,24 +457,27 @@ impl EventLog for JetStreamLog {
             let time = now_us();
             let mut acks = Vec::with_capacity(events.len());
             for e in &events {
-                let subject = subject::encode(&self.prefix, &e.exchange, &e.routing_key);
-                let mut msg =
-                    jetstream::message::PublishMessage::build().payload(record::encode_message(time, e).into());
-                if let Some(k) = &e.idempotency_key {
-                    msg = msg.message_id(message_id(&e.exchange, k));
-                }
                 let ack = self
                     .js
-                    .send_publish(subject, msg)
+                    .send_publish(subject::encode(&self.prefix, &e.exchange, &e.routing_key), self.message(time, e))
                     .await
                     .map_err(|e| unavailable("the cluster log did not take the event", e))?;
                 acks.push(ack);
             }
             let mut out = Vec::with_capacity(events.len());
             for (ack, e) in acks.into_iter().zip(events) {
-                let ack = ack.await.map_err(|e| unavailable("the cluster log did not acknowledge the event", e))?;
-                self.raise_head(ack.sequence);
-                out.push(Arc::new(Event::commit(ack.sequence, time, e)));
+                let seq = match ack.await {
+                    Ok(ack) => ack.sequence,
+                    // Nothing took it (no stream answers the subject yet: a
+                    // stream just created, or a leader being elected), so
+                    // nothing was stored: trying again cannot store it twice.
+                    Err(err) if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                        self.publish_again(time, &e).await?
+                    }
+                    Err(err) => return Err(unavailable("the cluster log did not acknowledge the event", err)),
+                };
+                self.raise_head(seq);
+                out.push(Arc::new(Event::commit(seq, time, e)));
             }
             self.commits.fetch_add(1, Ordering::Relaxed);
             self.appended.fetch_add(out.len() as u64, Ordering::Relaxed);

@@ -97,16 +97,26 @@ impl KvSessionStore {
     }
 
     async fn put(&self, key: String, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
-        let msg = jetstream::message::PublishMessage::build()
-            .payload(value.into())
-            .header("Nats-TTL", ttl.as_secs().max(1).to_string().as_str());
-        self.js
-            .send_publish(format!("$KV.{}.{key}", self.bucket), msg)
-            .await
-            .map_err(backend)?
-            .await
-            .map_err(backend)?;
-        Ok(())
+        let value: bytes::Bytes = value.into();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(value.clone())
+                .header("Nats-TTL", ttl.as_secs().max(1).to_string().as_str());
+            let acked = self.js.send_publish(format!("$KV.{}.{key}", self.bucket), msg).await.map_err(backend)?.await;
+            match acked {
+                Ok(_) => return Ok(()),
+                // No stream answered (a bucket just created, a leader being
+                // elected): nothing was stored, so trying again is safe.
+                Err(e)
+                    if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
     }
 
     /// Write these attached sessions again, so that their TTL in the bucket
