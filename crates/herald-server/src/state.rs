@@ -70,6 +70,14 @@ impl AppState {
             subscriptions_per_owner: l.max_subscriptions_per_user,
             bindings_per_owner: l.max_bindings_per_user,
             subscription_bytes: l.max_subscription_bytes_per_node,
+            // As many anonymous sessions behind one address as connections
+            // the per-address limit admits, and the other budgets alike; no
+            // per-address limit, no per-address budget.
+            anonymous_factor: match (l.max_connections_per_ip, l.max_connections_per_user) {
+                (0, _) => 0,
+                (_, 0) => 1,
+                (ip, user) => ip.div_ceil(user).max(1),
+            },
         };
         let sessions =
             SessionTable::with_budgets(config.session.ttl, fanout.clone(), herald_core::session::Clock::new(), budgets);

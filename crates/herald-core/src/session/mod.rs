@@ -105,6 +105,22 @@ pub struct Budgets {
     pub bindings_per_owner: usize,
     /// Bytes of binding and filter text on the node.
     pub subscription_bytes: usize,
+    /// Anonymous clients share one owner per address (many browsers behind
+    /// one NAT): their per-owner budgets are this many times the others'
+    /// (0: no per-owner budget for them).
+    pub anonymous_factor: usize,
+}
+
+impl Budgets {
+    /// A per-owner limit for `owner` (0 stays "no limit").
+    fn scaled(&self, limit: usize, owner: &str) -> usize {
+        if owner.starts_with("a:") {
+            // 0 times a limit is 0: no limit.
+            limit.saturating_mul(self.anonymous_factor)
+        } else {
+            limit
+        }
+    }
 }
 
 /// The key budgets are counted under: the user, or for an anonymous
@@ -312,12 +328,14 @@ impl Shared {
         if b.subscription_bytes != 0 && u.bytes + bytes > b.subscription_bytes {
             return Err(SubError::NodeBytes(b.subscription_bytes));
         }
+        let (max_subs, max_bindings) =
+            (b.scaled(b.subscriptions_per_owner, owner), b.scaled(b.bindings_per_owner, owner));
         let o = u.owner(owner);
-        if b.subscriptions_per_owner != 0 && o.subs >= b.subscriptions_per_owner {
-            return Err(SubError::OwnerSubscriptions(b.subscriptions_per_owner));
+        if max_subs != 0 && o.subs >= max_subs {
+            return Err(SubError::OwnerSubscriptions(max_subs));
         }
-        if b.bindings_per_owner != 0 && o.bindings + bindings > b.bindings_per_owner {
-            return Err(SubError::OwnerBindings(b.bindings_per_owner));
+        if max_bindings != 0 && o.bindings + bindings > max_bindings {
+            return Err(SubError::OwnerBindings(max_bindings));
         }
         o.subs += 1;
         o.bindings += bindings;
@@ -346,11 +364,13 @@ impl Shared {
             return Err(SubError::NodeBytes(b.subscription_bytes));
         }
         if let Some(o) = u.by_owner.get(owner) {
-            if b.subscriptions_per_owner != 0 && o.subs >= b.subscriptions_per_owner {
-                return Err(SubError::OwnerSubscriptions(b.subscriptions_per_owner));
+            let (max_subs, max_bindings) =
+                (b.scaled(b.subscriptions_per_owner, owner), b.scaled(b.bindings_per_owner, owner));
+            if max_subs != 0 && o.subs >= max_subs {
+                return Err(SubError::OwnerSubscriptions(max_subs));
             }
-            if b.bindings_per_owner != 0 && o.bindings + bindings > b.bindings_per_owner {
-                return Err(SubError::OwnerBindings(b.bindings_per_owner));
+            if max_bindings != 0 && o.bindings + bindings > max_bindings {
+                return Err(SubError::OwnerBindings(max_bindings));
             }
         }
         Ok(())
@@ -819,7 +839,8 @@ impl SessionTable {
         outbox: Arc<Outbox>,
     ) -> Result<(Arc<Session>, Attachment, String), CreateError> {
         let mut sessions = self.sessions.lock();
-        let max = self.shared.budgets.sessions_per_owner;
+        let budgets = &self.shared.budgets;
+        let max = budgets.scaled(budgets.sessions_per_owner, &owner);
         let ids = {
             let u = self.shared.usage.lock();
             u.by_owner.get(&owner).map(|o| o.sessions.clone()).unwrap_or_default()

@@ -248,6 +248,7 @@ fn limits_and_conflicts_on_insert() {
 }
 
 fn budget_table(budgets: Budgets) -> SessionTable {
+    let budgets = Budgets { anonymous_factor: budgets.anonymous_factor.max(1), ..budgets };
     SessionTable::with_budgets(Duration::from_secs(60), Arc::new(FanOut::new(0)), Clock::new(), budgets)
 }
 
@@ -353,4 +354,17 @@ fn a_failed_store_write_is_retried_whole_with_the_next_flush() {
     let ops = t.take_dirty_acks();
     assert!(matches!(ops.as_slice(), [StoreOp::Put(p)] if p.subs.contains_key("a")), "{ops:?}");
     assert!(t.take_dirty_acks().is_empty(), "once");
+}
+
+#[test]
+fn anonymous_clients_of_one_address_get_scaled_budgets() {
+    let t = budget_table(Budgets { sessions_per_owner: 1, anonymous_factor: 3, ..Budgets::default() });
+    let anon = || owner_key(None, Some("10.0.0.1".parse().expect("ip")));
+    for _ in 0..3 {
+        t.create(None, anon(), outbox()).expect("three anonymous sessions behind one address");
+    }
+    assert_eq!(t.create(None, anon(), outbox()).err(), Some(CreateError::TooManySessions(3)));
+    t.create(Some("u".into()), owner_key(Some("u"), None), outbox()).expect("a user's first");
+    let refused = t.create(Some("u".into()), owner_key(Some("u"), None), outbox()).err();
+    assert_eq!(refused, Some(CreateError::TooManySessions(1)), "users are not scaled");
 }
