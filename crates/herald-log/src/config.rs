@@ -65,6 +65,25 @@ impl LogConfig {
 }
 
 /// `Option<Duration>` as a humantime string (`"7d"`, `"90s"`, `"1h 30m"`).
+/// `Duration` as a humantime string (`"15s"`, `"2m"`), for `#[serde(with)]`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serialize as a humantime string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Deserialize from a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)")))
+    }
+}
+
+/// `Option<Duration>` as a humantime string or none, for `#[serde(with)]`.
 pub mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;

@@ -74,7 +74,7 @@ mod nats;
 mod record;
 mod sessions;
 
-pub use config::{opt_duration, LogConfig};
+pub use config::{duration, opt_duration, LogConfig};
 pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
 pub use io::{FaultyIo, LogIo, RealIo};

@@ -3,7 +3,7 @@
 //! Every field is documented in `docs/configuration.md`; defaults live here
 //! and only here.
 
-use herald_log::LogConfig;
+use herald_log::{duration, LogConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -460,21 +460,5 @@ impl Config {
         } else {
             Err(p)
         }
-    }
-}
-
-/// `Duration` as a humantime string (`"15s"`, `"2m"`).
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)")))
     }
 }

@@ -39,7 +39,7 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long JetStream remembers `Nats-Msg-Id`s (idempotency keys) to
     /// drop a repeated publish cluster-wide.
-    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    #[serde(default = "default_duplicate_window", with = "crate::config::duration")]
     pub duplicate_window: Duration,
     /// A NATS credentials file (JWT and seed).
     #[serde(default)]
@@ -74,21 +74,6 @@ fn default_replicas() -> usize {
 
 fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
-}
-
-mod humantime_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e} (use e.g. 15s, 2m, 1h)")))
-    }
 }
 
 impl ClusterConfig {
