@@ -164,7 +164,41 @@ pub struct BrokerGauges {
     pub in_flight: usize,
 }
 
-type Reply = oneshot::Sender<Result<Body, RendezvousError>>;
+/// Where the answer to a request goes: the requester's [`Pending`].
+pub type Reply = oneshot::Sender<Result<Body, RendezvousError>>;
+
+/// A request the broker hands on instead of matching it with its own
+/// responders: in cluster mode every request goes to the cluster, where a
+/// free responder on any node (this one included) takes it.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The service asked for.
+    pub service: String,
+    /// The requester's body.
+    pub body: Body,
+    /// The requester's own bound on the whole wait, if it set one.
+    pub timeout: Option<Duration>,
+    /// Where the answer, or why there is none, goes.
+    pub reply: Reply,
+}
+
+/// Takes requests the broker forwards (see [`Broker::set_forwarder`]).
+pub trait Forwarder: Send + Sync + 'static {
+    /// Carry `request` to a responder; every request must end, by an answer
+    /// or an error sent through `request.reply`.
+    fn forward(&self, request: Forwarded);
+}
+
+/// One service's responders on this broker, for routing across nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCapacity {
+    /// The service.
+    pub service: Arc<str>,
+    /// Responders registered for it.
+    pub responders: usize,
+    /// Requests they could take right now (free slots).
+    pub free: u32,
+}
 
 struct Responder {
     service: Arc<str>,
@@ -224,6 +258,8 @@ impl State {
 pub struct Broker {
     state: Mutex<State>,
     limits: BrokerLimits,
+    /// Set in cluster mode: requests go to the cluster.
+    forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// Counters, for metrics.
     pub counters: BrokerCounters,
 }
@@ -243,6 +279,13 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// A request whose answer comes through the returned [`Reply`] (for a
+    /// [`Forwarder`] and tests).
+    pub fn channel(id: String) -> (Reply, Pending) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Pending { id, rx })
+    }
+
     /// The answer, or why there is none. Every request ends: the broker
     /// answers, or its sweep fails the request at a deadline.
     pub async fn answer(self) -> Result<Body, RendezvousError> {
@@ -253,7 +296,14 @@ impl Pending {
 impl Broker {
     /// A broker with these limits.
     pub fn new(limits: BrokerLimits) -> Broker {
-        Broker { state: Mutex::default(), limits, counters: BrokerCounters::default() }
+        Broker { state: Mutex::default(), limits, forwarder: std::sync::OnceLock::new(), counters: BrokerCounters::default() }
+    }
+
+    /// From now on, hand every request to `forwarder` rather than to this
+    /// broker's own responders (which the forwarder reaches through
+    /// [`Broker::offer`], like those of any other node). Set once.
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
     }
 
     /// The limits in force.
@@ -317,29 +367,97 @@ impl Broker {
     /// timeouts still apply within it.
     pub fn request(&self, service: &str, body: Body, timeout: Option<Duration>) -> Pending {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let id = request_id();
+        let (tx, pending) = Pending::channel(new_request_id());
+        if let Some(f) = self.forwarder.get() {
+            f.forward(Forwarded { service: service.to_string(), body, timeout, reply: tx });
+            return pending;
+        }
         let now = Instant::now();
+        let match_deadline = now + self.limits.match_timeout;
         let overall = timeout.map(|t| now + t);
         let mut st = self.state.lock();
+        self.enqueue(&mut st, service, pending.id.clone(), body, tx, match_deadline, overall);
+        pending
+    }
+
+    /// A request from another node (cluster mode), with the id its
+    /// responder will quote. Without `queue`, it is taken only if a
+    /// responder has a free slot now (else the body comes back); with it,
+    /// it waits in line up to `match_deadline` like a local request.
+    pub fn offer(
+        &self,
+        id: String,
+        service: &str,
+        body: Body,
+        match_deadline: Instant,
+        overall: Option<Instant>,
+        queue: bool,
+    ) -> Result<Pending, Body> {
+        let mut st = self.state.lock();
+        if !queue {
+            let free = st.services.get(service).is_some_and(|svc| {
+                svc.rotation.iter().any(|r| st.responders.get(r).is_some_and(|r| r.busy < r.concurrency))
+            });
+            if !free {
+                return Err(body);
+            }
+        }
+        let (tx, pending) = Pending::channel(id);
+        self.enqueue(&mut st, service, pending.id.clone(), body, tx, match_deadline, overall);
+        Ok(pending)
+    }
+
+    /// Put a request in its service's line (refused when the line is full)
+    /// and hand out what free responders can take.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        st: &mut State,
+        service: &str,
+        id: String,
+        body: Body,
+        reply: Reply,
+        match_deadline: Instant,
+        overall: Option<Instant>,
+    ) {
         let key = st.service_key(service);
         let svc = st.services.entry(key.clone()).or_default();
         if svc.waiting.len() >= self.limits.max_waiting {
             self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(Err(RendezvousError::LimitExceeded(format!(
+            let _ = reply.send(Err(RendezvousError::LimitExceeded(format!(
                 "{} requests already wait for a responder of `{service}`",
                 self.limits.max_waiting
             ))));
-        } else {
-            let mut match_deadline = now + self.limits.match_timeout;
-            if let Some(o) = overall {
-                match_deadline = match_deadline.min(o);
-            }
-            svc.waiting.push_back(Waiting { id: id.clone(), body, reply: tx, match_deadline, overall });
-            st.note_deadline(match_deadline);
-            self.dispatch(&mut st, &key);
+            return;
         }
-        Pending { id, rx }
+        let match_deadline = overall.map_or(match_deadline, |o| match_deadline.min(o));
+        svc.waiting.push_back(Waiting { id, body, reply, match_deadline, overall });
+        st.note_deadline(match_deadline);
+        self.dispatch(st, &key);
+    }
+
+    /// Every service with responders here: how many, and their free slots.
+    pub fn capacity(&self) -> Vec<ServiceCapacity> {
+        let st = self.state.lock();
+        st.services
+            .iter()
+            .filter(|(_, svc)| !svc.rotation.is_empty())
+            .map(|(name, svc)| ServiceCapacity {
+                service: name.clone(),
+                responders: svc.rotation.len(),
+                free: svc
+                    .rotation
+                    .iter()
+                    .filter_map(|r| st.responders.get(r))
+                    .map(|r| r.concurrency.saturating_sub(r.busy))
+                    .sum(),
+            })
+            .collect()
+    }
+
+    /// The service of a request handed over and not answered yet.
+    pub fn service_of(&self, request: &str) -> Option<Arc<str>> {
+        self.state.lock().in_flight.get(request).map(|f| f.service.clone())
     }
 
     /// Deliver `body` to the requester of `request`. `may_serve` says
@@ -514,7 +632,7 @@ impl Broker {
 }
 
 /// 128 random bits, hex: request ids are capabilities for `answer`.
-fn request_id() -> String {
+pub fn new_request_id() -> String {
     let mut rng = rand::rng();
     let n: u128 = rng.random();
     format!("{n:032x}")

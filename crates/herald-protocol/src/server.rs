@@ -206,6 +206,10 @@ pub enum ServerMessage {
         state: StatusState,
         /// Human-readable detail.
         detail: String,
+        /// In a cluster, the node whose view this is (a peer runs on
+        /// several nodes, or on one at a time); absent on one node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     /// Something went wrong.
     Error {

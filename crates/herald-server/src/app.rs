@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rendezvous/{service}/poll", post(http::rendezvous::poll))
         .route("/v1/admin/revoke", post(http::revoke::revoke))
         .route("/v1/peers", get(http::peers::list))
+        .route("/v1/cluster", get(http::cluster::cluster))
         .route("/v1/peers/{id}/pause", post(http::peers::pause))
         .route("/v1/peers/{id}/resume", post(http::peers::resume))
         .route("/healthz", get(http::health::healthz))
@@ -122,8 +123,16 @@ impl Server {
             fanout: fanout.clone(),
             peers: peers.clone(),
             idempotency,
+            node: config.cluster.as_ref().map(|c| c.node.clone()),
+            relay: std::sync::OnceLock::new(),
         });
-        crate::peers::start(host.clone(), connectors, drain_rx.clone());
+        // Cluster mode: the other nodes, rendezvous across them, peers'
+        // status and dynamic bindings shared, single-leader peers on a lease.
+        let cluster = match &config.cluster {
+            Some(c) => Some(crate::cluster::start(c, &broker, &host, &peers, config.session.ttl).await?),
+            None => None,
+        };
+        crate::peers::start(host.clone(), connectors, drain_rx.clone(), cluster.as_ref().map(|c| c.cluster.clone()));
         let state = AppState::new(crate::state::Parts {
             config: config.clone(),
             auth,
@@ -134,7 +143,11 @@ impl Server {
             store,
             host,
             draining: drain_rx,
+            cluster: cluster.clone(),
         });
+        if let Some(c) = &cluster {
+            crate::cluster::announce(&state, &c.cluster).await?;
+        }
         restore_sessions(&state).await?;
         spawn_session_tasks(&state);
         if let Some(kv) = kv_sessions {
@@ -255,6 +268,9 @@ impl Server {
             warn!(remaining, "Grace period over; closed the remaining connections.");
         }
         save_sessions(&state).await;
+        if let Some(c) = &state.get().cluster {
+            crate::cluster::leave(&state, &c.cluster).await;
+        }
         log.close().await;
         info!("Event log closed.");
         result.map_err(ServerError::Serve)
@@ -327,6 +343,7 @@ fn spawn_log_watch(state: AppState) {
                 source: "log".into(),
                 state: if up { StatusState::Up } else { StatusState::Down },
                 detail,
+                node: None,
             };
             let frame: bytes::Bytes = encode(&msg).into();
             for c in s.connections.all() {

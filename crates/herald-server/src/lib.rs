@@ -9,6 +9,7 @@ mod admission;
 mod app;
 mod auth;
 mod client_addr;
+mod cluster;
 pub mod config;
 mod connections;
 mod error;

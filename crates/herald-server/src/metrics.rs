@@ -65,9 +65,19 @@ pub(crate) struct Metrics {
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
 }
 
+/// A registry whose every metric carries `node="<name>"` in a cluster.
+pub(crate) fn registry(prefix: Option<&str>, node: Option<&str>) -> Registry {
+    let labels = node.map(|n| (std::borrow::Cow::Borrowed("node"), std::borrow::Cow::Owned(n.to_string())));
+    match prefix {
+        Some(p) => Registry::with_prefix_and_labels(p, labels.into_iter()),
+        None => Registry::with_labels(labels.into_iter()),
+    }
+}
+
 impl Metrics {
-    pub(crate) fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("herald");
+    /// The metrics, labelled with `node` in a cluster.
+    pub(crate) fn new(node: Option<&str>) -> Metrics {
+        let mut registry = registry(Some("herald"), node);
         let deliver_latency =
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
         registry.register(

@@ -24,8 +24,21 @@ pub(crate) struct PeerRuntime {
     pub(crate) health: Mutex<(bool, String)>,
     /// Bindings clients may add on demand.
     pub(crate) dynamic: Option<Arc<DynamicBindings>>,
+    /// A PostgreSQL source's settings (to start it again on a new term as leader).
+    pub(crate) postgres: Option<herald_connectors::postgres::PostgresConfig>,
     /// Run, pause or drain.
     pub(crate) control: watch::Sender<Control>,
+    /// What this node does with it: `running`, or in a cluster for a peer
+    /// that runs on one node at a time, `leader` or `standby`.
+    pub(crate) role: Mutex<&'static str>,
+}
+
+impl PeerRuntime {
+    /// Whether the peer runs on one node of a cluster at a time (it reads
+    /// one position upstream: a PostgreSQL table).
+    pub(crate) fn single_leader(&self) -> bool {
+        self.kind == "postgres"
+    }
 }
 
 /// Take dynamic upstream bindings for a subscription's bindings that no
@@ -99,7 +112,12 @@ pub(crate) fn build(
             exchanges,
             health: Mutex::new((false, "starting".into())),
             dynamic,
+            postgres: match &p.kind {
+                PeerKind::Postgres(cfg) => Some(cfg.clone()),
+                _ => None,
+            },
             control: watch::channel(Control::Run).0,
+            role: Mutex::new("running"),
         };
         out.push((p.id.clone(), connector, Arc::new(rt)));
     }
@@ -114,6 +132,29 @@ pub(crate) struct GatewayHost {
     pub(crate) peers: Arc<Peers>,
     /// Shared with the other publish paths.
     pub(crate) idempotency: Arc<herald_core::IdempotencyWindow>,
+    /// In a cluster: this node's name, said in `status` messages.
+    pub(crate) node: Option<String>,
+    /// In a cluster: tells the other nodes of a peer's change of state.
+    pub(crate) relay: std::sync::OnceLock<StatusRelay>,
+}
+
+/// Passes a peer's change of state (peer, up, detail, exchanges) to the other nodes.
+pub(crate) type StatusRelay = Box<dyn Fn(&str, bool, &str, &[String]) + Send + Sync>;
+
+impl GatewayHost {
+    /// Send `status` to this node's subscribers of `exchanges`.
+    pub(crate) fn deliver_status(&self, peer: &str, up: bool, detail: &str, node: Option<&str>, exchanges: &[String]) {
+        let msg = ServerMessage::Status {
+            source: peer.to_string(),
+            state: if up { StatusState::Up } else { StatusState::Down },
+            detail: detail.to_string(),
+            node: node.map(str::to_string),
+        };
+        let frame: bytes::Bytes = encode(&msg).into();
+        for outbox in self.fanout.outboxes_for(exchanges) {
+            let _ = outbox.push(Frame::Text(frame.clone()));
+        }
+    }
 }
 
 impl Host for GatewayHost {
@@ -152,30 +193,35 @@ impl Host for GatewayHost {
     fn status(&self, peer: &str, up: bool, detail: &str) {
         let Some(rt) = self.peers.get(peer) else { return };
         *rt.health.lock() = (up, detail.to_string());
-        let msg = ServerMessage::Status {
-            source: peer.to_string(),
-            state: if up { StatusState::Up } else { StatusState::Down },
-            detail: detail.to_string(),
-        };
-        let frame: bytes::Bytes = encode(&msg).into();
-        for outbox in self.fanout.outboxes_for(&rt.exchanges) {
-            let _ = outbox.push(Frame::Text(frame.clone()));
+        self.deliver_status(peer, up, detail, self.node.as_deref(), &rt.exchanges);
+        if let Some(relay) = self.relay.get() {
+            relay(peer, up, detail, &rt.exchanges);
         }
     }
 }
 
-/// Start every peer; they drain when the gateway starts draining.
+/// Start every peer; they drain when the gateway starts draining. In a
+/// cluster, a peer that runs on one node at a time runs only while this
+/// node holds its lease.
 pub(crate) fn start(
     host: Arc<GatewayHost>,
     connectors: Vec<(String, Box<dyn Connector>)>,
     mut draining: watch::Receiver<bool>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 ) {
     let peers = host.peers.clone();
     let host: Arc<dyn Host> = host;
     for (id, connector) in connectors {
         let Some(rt) = peers.get(&id) else { continue };
-        let control = rt.control.subscribe();
-        tokio::spawn(herald_connectors::supervise(id, connector, host.clone(), rt.stats.clone(), control));
+        match &cluster {
+            Some(c) if rt.single_leader() => {
+                tokio::spawn(lead_and_run(c.clone(), id, connector, host.clone(), rt.clone(), draining.clone()));
+            }
+            _ => {
+                let control = rt.control.subscribe();
+                tokio::spawn(herald_connectors::supervise(id, connector, host.clone(), rt.stats.clone(), control));
+            }
+        }
     }
     tokio::spawn(async move {
         let _ = draining.wait_for(|d| *d).await;
@@ -200,4 +246,71 @@ pub(crate) fn set_paused(host: &GatewayHost, id: &str, paused: bool) -> bool {
         host.status(id, true, "resumed");
     }
     true
+}
+
+/// Run a single-leader peer whenever this node holds its lease: standby
+/// until then; when the lease is lost, drain the connector and wait again.
+/// Each term starts with a fresh connector, which reads its position from
+/// the log (where the previous leader left it).
+async fn lead_and_run(
+    cluster: Arc<crate::cluster::Cluster>,
+    id: String,
+    first: Box<dyn Connector>,
+    host: Arc<dyn Host>,
+    rt: Arc<PeerRuntime>,
+    draining: watch::Receiver<bool>,
+) {
+    use crate::cluster::lease::Leadership;
+    let (role_tx, mut role) = watch::channel(Leadership::Unknown);
+    tokio::spawn(crate::cluster::lease::run(cluster, id.clone(), role_tx, draining));
+    let mut next = Some(first);
+    loop {
+        *rt.role.lock() = "standby";
+        let who = match &*role.borrow() {
+            Leadership::Standby(n) if !n.is_empty() => format!("node {n}"),
+            _ => "another node".to_string(),
+        };
+        *rt.health.lock() = (true, format!("standby: {who} runs this peer"));
+        if role.wait_for(|r| *r == Leadership::Leader).await.is_err() {
+            return;
+        }
+        if *rt.control.borrow() == Control::Drain {
+            return;
+        }
+        *rt.role.lock() = "leader";
+        let connector = match next.take() {
+            Some(c) => c,
+            None => match rebuild(&id, &rt) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let (tx, rx) = watch::channel(*rt.control.borrow());
+        let mut outer = rt.control.subscribe();
+        let run = herald_connectors::supervise(id.clone(), connector, host.clone(), rt.stats.clone(), rx);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                _ = &mut run => break,
+                changed = outer.changed() => {
+                    let c = if changed.is_err() { Control::Drain } else { *outer.borrow() };
+                    let _ = tx.send(c);
+                }
+                changed = role.changed() => {
+                    if changed.is_err() || *role.borrow() != Leadership::Leader {
+                        let _ = tx.send(Control::Drain);
+                    }
+                }
+            }
+        }
+        if *rt.control.borrow() == Control::Drain {
+            return;
+        }
+    }
+}
+
+/// A fresh connector for a new term of a single-leader peer.
+fn rebuild(id: &str, rt: &Arc<PeerRuntime>) -> Option<Box<dyn Connector>> {
+    let config = rt.postgres.as_ref()?;
+    Some(Box::new(PostgresSource::new(id.to_string(), config.clone(), rt.stats.clone())))
 }

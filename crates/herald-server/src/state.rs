@@ -41,9 +41,18 @@ pub(crate) struct Inner {
     pub(crate) connections: Connections,
     /// Request/response rendezvous, shared by every transport.
     pub(crate) broker: Arc<herald_core::Broker>,
+    /// Cluster mode: the other nodes, and rendezvous across them.
+    pub(crate) cluster: Option<ClusterParts>,
     pub(crate) started: Instant,
     /// Flips to true when the server starts draining.
     pub(crate) draining: watch::Receiver<bool>,
+}
+
+/// This node's handles on the cluster (cluster mode).
+#[derive(Clone)]
+pub(crate) struct ClusterParts {
+    pub(crate) cluster: Arc<crate::cluster::Cluster>,
+    pub(crate) rendezvous: Arc<crate::cluster::rendezvous::ClusterRendezvous>,
 }
 
 /// What a server is built from: each part is made on its own (in
@@ -59,11 +68,12 @@ pub(crate) struct Parts {
     /// What connectors see of the gateway (operators pause peers through it).
     pub(crate) host: Arc<crate::peers::GatewayHost>,
     pub(crate) draining: watch::Receiver<bool>,
+    pub(crate) cluster: Option<ClusterParts>,
 }
 
 impl AppState {
     pub(crate) fn new(parts: Parts) -> AppState {
-        let Parts { config, auth, peers, log, fanout, broker, store, host, draining } = parts;
+        let Parts { config, auth, peers, log, fanout, broker, store, host, draining, cluster } = parts;
         let l = &config.limits;
         let budgets = herald_core::Budgets {
             sessions_per_owner: l.max_sessions_per_user,
@@ -89,12 +99,13 @@ impl AppState {
         ));
         let trusted_proxies = crate::client_addr::parse_trusted(&config.server.trusted_proxies);
         let publish_rate = crate::admission::RateTable::new(config.limits.http_publishes_per_second);
+        let metrics = crate::metrics::Metrics::new(config.cluster.as_ref().map(|c| c.node.as_str()));
         AppState {
             inner: Arc::new(Inner {
                 config,
                 auth,
                 admission,
-                metrics: crate::metrics::Metrics::new(),
+                metrics,
                 peers,
                 log,
                 fanout,
@@ -107,6 +118,7 @@ impl AppState {
                 host,
                 connections: Connections::default(),
                 broker,
+                cluster,
                 started: Instant::now(),
                 draining,
             }),

@@ -32,6 +32,9 @@ pub struct AmqpSource {
     /// Bindings clients asked for, and those in place on the current channel.
     dynamic: Arc<DynamicBindings>,
     applied: BTreeSet<(String, String)>,
+    /// Applied bindings nobody wants any more, and since when (unbound
+    /// after the grace).
+    unwanted: std::collections::HashMap<(String, String), tokio::time::Instant>,
 }
 
 impl AmqpSource {
@@ -44,7 +47,17 @@ impl AmqpSource {
         stats: Arc<PeerStats>,
     ) -> AmqpSource {
         let dynamic = Arc::new(DynamicBindings::new(config.dynamic_exchanges.clone(), config.max_dynamic_bindings));
-        AmqpSource { peer, config, codec, interceptors, stats, session: None, dynamic, applied: BTreeSet::new() }
+        AmqpSource {
+            peer,
+            config,
+            codec,
+            interceptors,
+            stats,
+            session: None,
+            dynamic,
+            applied: BTreeSet::new(),
+            unwanted: std::collections::HashMap::new(),
+        }
     }
 
     /// The dynamic bindings, shared with the gateway.
@@ -87,7 +100,20 @@ impl AmqpSource {
             PeerStats::add(&self.stats.send, 1);
             self.applied.insert((x.clone(), p.clone()));
         }
-        for (x, p) in self.applied.clone().difference(&wanted) {
+        // Unbind only what nobody has wanted for the grace (in a cluster,
+        // another node's new want may still be on its way).
+        let grace = self.dynamic.unbind_grace();
+        let now = tokio::time::Instant::now();
+        self.unwanted.retain(|k, _| !wanted.contains(k));
+        let mut due = Vec::new();
+        for k in self.applied.difference(&wanted) {
+            let since = *self.unwanted.entry(k.clone()).or_insert(now);
+            if now.duration_since(since) >= grace {
+                due.push(k.clone());
+            }
+        }
+        for (x, p) in due {
+            self.unwanted.remove(&(x.clone(), p.clone()));
             ch.queue_unbind(queue.into(), x.as_str().into(), p.as_str().into(), FieldTable::default())
                 .await
                 .with_context(|| format!("unbinding {x} {p}"))?;
@@ -246,6 +272,11 @@ impl Connector for AmqpSource {
             self.reconcile(&conn, &ch).await?;
             let max_batch = usize::from(self.config.prefetch);
             loop {
+                // A busy queue must not keep an unwanted binding forever.
+                let grace = self.dynamic.unbind_grace();
+                if self.unwanted.values().any(|since| since.elapsed() >= grace) {
+                    self.reconcile(&conn, &ch).await?;
+                }
                 // Paused: stop taking deliveries; RabbitMQ holds the rest (prefetch bounds what is in flight).
                 if !crate::runnable(&mut control).await {
                     let _ = conn.close(200, "herald draining".into()).await;
@@ -259,6 +290,11 @@ impl Connector for AmqpSource {
                         continue;
                     }
                     _ = self.dynamic.changed() => {
+                        self.reconcile(&conn, &ch).await?;
+                        continue;
+                    }
+                    // An unwanted binding's grace ran out.
+                    _ = tokio::time::sleep(self.dynamic.unbind_grace()), if !self.unwanted.is_empty() => {
                         self.reconcile(&conn, &ch).await?;
                         continue;
                     }

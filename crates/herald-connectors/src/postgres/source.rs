@@ -77,7 +77,10 @@ impl PostgresSource {
             acl: (!acl.is_empty()).then_some(acl),
             headers: None,
             origin: Some(Origin { peer: self.peer.clone(), stream: 0, seq: id as u64 }),
-            idempotency_key: None,
+            // A row is stored once even when two nodes briefly both read it
+            // (a cluster leader that lost its lease with a batch in hand):
+            // the log drops the repeat (JetStream's `Nats-Msg-Id`).
+            idempotency_key: Some(row_key(&self.peer, id)),
         };
         Ok((id, event))
     }
@@ -113,6 +116,17 @@ impl PostgresSource {
                 return Ok(());
             }
         }
+    }
+}
+
+/// The idempotency key of row `id` of peer `peer`: `pg:<peer>:<id>`, the
+/// peer hashed when the key would be longer than 128 bytes.
+fn row_key(peer: &str, id: i64) -> String {
+    let key = format!("pg:{peer}:{id}");
+    if key.len() <= 128 {
+        key
+    } else {
+        format!("pg:sha256:{}:{id}", &herald_core::session::hash_secret(peer)[..32])
     }
 }
 
@@ -159,5 +173,19 @@ impl Connector for PostgresSource {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_key;
+
+    #[test]
+    fn row_keys_are_per_peer_and_short() {
+        assert_eq!(row_key("pg", 7), "pg:pg:7");
+        assert_ne!(row_key("a", 7), row_key("b", 7));
+        let long = "p".repeat(200);
+        assert!(row_key(&long, i64::MAX).len() <= 128);
+        assert_ne!(row_key(&long, 1), row_key(&"q".repeat(200), 1));
     }
 }

@@ -41,6 +41,16 @@ pub struct ClusterConfig {
     /// drop a repeated publish cluster-wide.
     #[serde(default = "default_duplicate_window", with = "crate::config::duration")]
     pub duplicate_window: Duration,
+    /// How long a node may go unheard (no heartbeat) before the others
+    /// count it lost: its responders' requests fail, its requesters'
+    /// answers are refused. Nodes send a heartbeat every third of this.
+    #[serde(default = "default_node_timeout", with = "crate::config::duration")]
+    pub node_timeout: Duration,
+    /// How long a connector's leadership lasts without renewal (PostgreSQL
+    /// sources run on one node at a time): the longest a source pauses when
+    /// its node dies. Whole seconds, at least 2.
+    #[serde(default = "default_lease_ttl", with = "crate::config::duration")]
+    pub lease_ttl: Duration,
     /// A NATS credentials file (JWT and seed).
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
@@ -76,6 +86,14 @@ fn default_duplicate_window() -> Duration {
     Duration::from_secs(120)
 }
 
+fn default_node_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
 impl ClusterConfig {
     /// Every problem with the section.
     pub fn validate(&self) -> Vec<String> {
@@ -98,6 +116,12 @@ impl ClusterConfig {
         }
         if ![1, 3, 5].contains(&self.replicas) {
             p.push("cluster.replicas must be 1, 3 or 5".into());
+        }
+        if self.node_timeout < Duration::from_millis(300) {
+            p.push("cluster.node_timeout must be at least 300ms".into());
+        }
+        if self.lease_ttl < Duration::from_secs(2) || self.lease_ttl.subsec_nanos() != 0 {
+            p.push("cluster.lease_ttl must be whole seconds, at least 2s".into());
         }
         if self.user.is_some() != self.password.is_some() {
             p.push("cluster.user and cluster.password go together".into());

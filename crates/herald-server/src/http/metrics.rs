@@ -142,7 +142,8 @@ pub(crate) async fn metrics(
         ],
     };
     let mut out = String::new();
-    let mut scrape = Registry::default();
+    let node = s.config.cluster.as_ref().map(|c| c.node.as_str());
+    let mut scrape = crate::metrics::registry(None, node);
     scrape.register_collector(Box::new(snapshot));
     let per_peer = |name: &str, help: &str, read: &dyn Fn(&PeerStats) -> u64, scrape: &mut Registry| {
         let family = Family::<PeerLabel, Counter>::default();

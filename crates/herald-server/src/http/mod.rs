@@ -1,5 +1,6 @@
 //! HTTP endpoints: publish, SSE, history, peers, health and the inspector.
 
+pub(crate) mod cluster;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod inspector;

@@ -35,7 +35,7 @@ pub(crate) async fn list(
         out.insert(
             id.clone(),
             json!({
-                "type": rt.kind, "up": up, "detail": detail, "control": control,
+                "type": rt.kind, "up": up, "detail": detail, "control": control, "role": *rt.role.lock(),
                 "in": st.r#in.load(Ordering::Relaxed), "out": st.out.load(Ordering::Relaxed),
                 "err": st.err.load(Ordering::Relaxed), "send": st.send.load(Ordering::Relaxed),
                 "recv": st.recv.load(Ordering::Relaxed),

@@ -163,9 +163,13 @@ pub(crate) async fn answer(
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref())?;
     let body = body_value(&headers, &bytes, s.config.rendezvous.max_body_bytes)?;
-    s.broker
-        .answer(&request, body, |service| principal.may_serve(service))
-        .map_err(|e| ClientError::new(e.code(), e.to_string()))?;
+    // In a cluster, a request taken by another node is answered there.
+    let elsewhere = s.cluster.as_ref().and_then(|c| c.rendezvous.holder_elsewhere(&request).map(|n| (c, n)));
+    match elsewhere {
+        Some((c, node)) => c.rendezvous.answer_elsewhere(node, &request, body, |svc| principal.may_serve(svc)).await,
+        None => s.broker.answer(&request, body, |service| principal.may_serve(service)),
+    }
+    .map_err(|e| ClientError::new(e.code(), e.to_string()))?;
     let out = serde_json::json!({"request": request, "delivered": true});
     Ok(json_response(StatusCode::OK, out.to_string()))
 }

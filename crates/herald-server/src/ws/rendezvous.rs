@@ -104,6 +104,27 @@ impl Connection {
             return self.error(m.reference, None, ErrorCode::LimitExceeded, msg);
         }
         let principal = self.principal.clone();
+        // In a cluster, a request taken by another node is answered there.
+        let elsewhere = s.cluster.as_ref().and_then(|c| {
+            c.rendezvous.holder_elsewhere(&m.request).map(|node| (c.rendezvous.clone(), node.to_string()))
+        });
+        if let Some((rdv, node)) = elsewhere {
+            let outbox = self.outbox.clone();
+            self.requests.spawn(async move {
+                let reply = match rdv.answer_elsewhere(&node, &m.request, m.body, |svc| principal.may_serve(svc)).await
+                {
+                    Ok(()) => ServerMessage::Answered { reference: m.reference, request: m.request },
+                    Err(e) => ServerMessage::Error {
+                        reference: m.reference,
+                        sub: None,
+                        code: e.code(),
+                        message: e.to_string(),
+                    },
+                };
+                let _ = outbox.push(Frame::Text(encode(&reply).into()));
+            });
+            return;
+        }
         match s.broker.answer(&m.request, m.body, |service| principal.may_serve(service)) {
             Ok(()) => self.send(&ServerMessage::Answered { reference: m.reference, request: m.request }),
             Err(e) => self.error(m.reference, None, e.code(), e.to_string()),

@@ -1,0 +1,151 @@
+//! Which nodes are alive: every node publishes a heartbeat (its
+//! [`NodeInfo`]) on `<prefix>.node` every third of `cluster.node_timeout`,
+//! and every node keeps what it hears. A node unheard for the timeout is
+//! lost; one that says `left` (an orderly shutdown) is gone at once.
+
+use super::Cluster;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// What a node says of itself in each heartbeat (and `GET /v1/cluster` shows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NodeInfo {
+    /// `cluster.node`.
+    pub(crate) node: String,
+    /// `up`, `draining`, or `left` (its last heartbeat, at shutdown).
+    pub(crate) state: String,
+    /// When it started (Unix ms).
+    pub(crate) started_ms: u64,
+    /// When it sent this (Unix ms, its own clock).
+    pub(crate) heartbeat_ms: u64,
+    /// Open client connections (WebSocket and SSE).
+    pub(crate) connections: usize,
+    /// Sessions it holds (attached or detached).
+    pub(crate) sessions: usize,
+    /// Rendezvous responders registered on it.
+    pub(crate) responders: usize,
+    /// Its peers, and what each does there.
+    pub(crate) peers: Vec<PeerRole>,
+}
+
+/// A peer as one node runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PeerRole {
+    /// The peer's id.
+    pub(crate) id: String,
+    /// Its type (`amqp`, `postgres`, `sqs`).
+    pub(crate) kind: String,
+    /// `running` (every node runs it), `leader` or `standby` (one node at a
+    /// time), or `paused`.
+    pub(crate) role: String,
+    /// Connected upstream.
+    pub(crate) up: bool,
+}
+
+struct Seen {
+    info: NodeInfo,
+    at: Instant,
+}
+
+/// Nodes heard from.
+pub(crate) struct Registry {
+    me: String,
+    timeout: Duration,
+    nodes: Mutex<HashMap<String, Seen>>,
+}
+
+impl Registry {
+    pub(crate) fn new(me: String, timeout: Duration) -> Registry {
+        Registry { me, timeout, nodes: Mutex::new(HashMap::new()) }
+    }
+
+    fn note(&self, info: NodeInfo) {
+        let mut nodes = self.nodes.lock();
+        let fresh = !nodes.contains_key(&info.node);
+        if fresh && info.node != self.me {
+            info!(node = %info.node, "A cluster node joined (first heartbeat).");
+        }
+        if info.state == "left" {
+            info!(node = %info.node, "A cluster node left.");
+        }
+        nodes.insert(info.node.clone(), Seen { info, at: Instant::now() });
+    }
+
+    /// Whether `node` is lost: it said it left, or nothing was heard of it
+    /// for the timeout, counting from `since` when that is later (a node
+    /// that just answered is not lost because its first heartbeat is due).
+    pub(crate) fn lost(&self, node: &str, since: Instant) -> bool {
+        if node == self.me {
+            return false;
+        }
+        let nodes = self.nodes.lock();
+        let (last, left) = match nodes.get(node) {
+            Some(seen) => (seen.at.max(since), seen.info.state == "left"),
+            None => (since, false),
+        };
+        left || last.elapsed() > self.timeout
+    }
+
+    /// Every node heard from in the last minute, this one first, each with
+    /// how long ago it was heard and whether it is lost.
+    pub(crate) fn list(&self) -> Vec<(NodeInfo, Duration, bool)> {
+        let nodes = self.nodes.lock();
+        let mut out: Vec<(NodeInfo, Duration, bool)> = nodes
+            .values()
+            .filter(|s| s.at.elapsed() < Duration::from_secs(60))
+            .map(|s| {
+                let ago = s.at.elapsed();
+                let lost = s.info.node != self.me && (s.info.state == "left" || ago > self.timeout);
+                (s.info.clone(), ago, lost)
+            })
+            .collect();
+        out.sort_by(|a, b| (a.0.node != self.me, &a.0.node).cmp(&(b.0.node != self.me, &b.0.node)));
+        out
+    }
+}
+
+/// Send this node's heartbeat every third of the timeout (what `info`
+/// returns), and listen to everyone's.
+pub(crate) async fn start(
+    cluster: &Arc<Cluster>,
+    info: impl Fn() -> NodeInfo + Send + Sync + 'static,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut sub = cluster.client.subscribe(cluster.subject("node")).await?;
+    let listener = cluster.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            match serde_json::from_slice::<NodeInfo>(&msg.payload) {
+                Ok(info) => listener.nodes.note(info),
+                Err(e) => debug!(error = %e, "A heartbeat that is not a node's; ignored."),
+            }
+        }
+    });
+    let sender = cluster.clone();
+    let info = Arc::new(info);
+    let every = cluster.nodes.timeout / 3;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = info();
+            sender.nodes.note(me.clone());
+            if let Err(e) = publish(&sender, &me).await {
+                warn!(error = %e, "Could not send this node's heartbeat.");
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Publish one heartbeat now (also the last one, `left`, at shutdown).
+pub(crate) async fn publish(cluster: &Cluster, info: &NodeInfo) -> Result<(), async_nats::PublishError> {
+    let json = serde_json::to_vec(info).unwrap_or_default();
+    cluster.client.publish(cluster.subject("node"), json.into()).await
+}
