@@ -182,6 +182,10 @@ pub struct Forwarded {
     pub reply: Reply,
 }
 
+/// Told the service's name when one of its responders gets a free slot
+/// (see [`Broker::on_slot_freed`]).
+pub type SlotFreed = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Takes requests the broker forwards (see [`Broker::set_forwarder`]).
 pub trait Forwarder: Send + Sync + 'static {
     /// Carry `request` to a responder; every request must end, by an answer
@@ -260,6 +264,8 @@ pub struct Broker {
     limits: BrokerLimits,
     /// Set in cluster mode: requests go to the cluster.
     forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// Set in cluster mode: told when a responder gets a free slot.
+    slot_freed: std::sync::OnceLock<SlotFreed>,
     /// Counters, for metrics.
     pub counters: BrokerCounters,
 }
@@ -296,7 +302,13 @@ impl Pending {
 impl Broker {
     /// A broker with these limits.
     pub fn new(limits: BrokerLimits) -> Broker {
-        Broker { state: Mutex::default(), limits, forwarder: std::sync::OnceLock::new(), counters: BrokerCounters::default() }
+        Broker {
+            state: Mutex::default(),
+            limits,
+            forwarder: std::sync::OnceLock::new(),
+            slot_freed: std::sync::OnceLock::new(),
+            counters: BrokerCounters::default(),
+        }
     }
 
     /// From now on, hand every request to `forwarder` rather than to this
@@ -322,6 +334,8 @@ impl Broker {
         st.responders.insert(id, Responder { service: service.clone(), concurrency, busy: 0, sink: Some(sink) });
         st.services.entry(service.clone()).or_default().rotation.push_back(id);
         self.dispatch(&mut st, &service);
+        drop(st);
+        self.slot_freed(&service);
         id
     }
 
@@ -381,30 +395,34 @@ impl Broker {
     }
 
     /// A request from another node (cluster mode), with the id its
-    /// responder will quote. Without `queue`, it is taken only if a
-    /// responder has a free slot now (else the body comes back); with it,
-    /// it waits in line up to `match_deadline` like a local request.
-    pub fn offer(
-        &self,
-        id: String,
-        service: &str,
-        body: Body,
-        match_deadline: Instant,
-        overall: Option<Instant>,
-        queue: bool,
-    ) -> Result<Pending, Body> {
+    /// responder will quote: taken only if a responder has a free slot now
+    /// (it never waits here; the body comes back otherwise). It then runs
+    /// like a local request: answer deadline, responder gone.
+    pub fn offer(&self, id: String, service: &str, body: Body, overall: Option<Instant>) -> Result<Pending, Body> {
         let mut st = self.state.lock();
-        if !queue {
-            let free = st.services.get(service).is_some_and(|svc| {
-                svc.rotation.iter().any(|r| st.responders.get(r).is_some_and(|r| r.busy < r.concurrency))
-            });
-            if !free {
-                return Err(body);
-            }
+        let free = st.services.get(service).is_some_and(|svc| {
+            svc.rotation.iter().any(|r| st.responders.get(r).is_some_and(|r| r.busy < r.concurrency))
+        });
+        if !free {
+            return Err(body);
         }
         let (tx, pending) = Pending::channel(id);
-        self.enqueue(&mut st, service, pending.id.clone(), body, tx, match_deadline, overall);
+        let now = Instant::now();
+        self.enqueue(&mut st, service, pending.id.clone(), body, tx, now + self.limits.match_timeout, overall);
         Ok(pending)
+    }
+
+    /// Call `hook` with the service's name whenever one of its responders
+    /// here gets a free slot (it registers, answers, or times out), so that
+    /// requests waiting on other nodes can try again at once. Set once.
+    pub fn on_slot_freed(&self, hook: SlotFreed) {
+        let _ = self.slot_freed.set(hook);
+    }
+
+    fn slot_freed(&self, service: &str) {
+        if let Some(hook) = self.slot_freed.get() {
+            hook(service);
+        }
     }
 
     /// Put a request in its service's line (refused when the line is full)
@@ -479,6 +497,7 @@ impl Broker {
         // The freed slot may take a waiting request.
         self.dispatch(&mut st, &f.service);
         drop(st);
+        self.slot_freed(&f.service);
         if f.reply.send(Ok(body)).is_err() {
             self.counters.requester_gone.fetch_add(1, Ordering::Relaxed);
             return Err(AnswerError::RequesterGone(request.to_string()));
@@ -539,13 +558,17 @@ impl Broker {
                 freed.push(f.service);
             }
         }
-        for service in freed {
-            self.dispatch(&mut st, &service);
+        for service in &freed {
+            self.dispatch(&mut st, service);
         }
         for f in st.in_flight.values() {
             earliest(f.deadline);
         }
         st.earliest = next;
+        drop(st);
+        for service in &freed {
+            self.slot_freed(service);
+        }
         next
     }
 
@@ -791,6 +814,47 @@ mod tests {
         let got = rx.await.expect("the live poller got it");
         assert_eq!(got.body.get(), "7");
         assert_eq!(b.gauges(), BrokerGauges { responders: 0, waiting: 0, in_flight: 1 });
+    }
+
+    #[tokio::test]
+    async fn offers_from_other_nodes_are_taken_only_by_a_free_slot_and_capacity_says_so() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let freed = Arc::new(Mutex::new(Vec::<String>::new()));
+        let f = freed.clone();
+        b.on_slot_freed(Arc::new(move |s: &str| f.lock().push(s.to_string())));
+        assert!(b.offer("x.n1".into(), "s", body("1"), None).is_err(), "no responder: refused, not queued");
+        let (sink, got) = collector();
+        b.serve("s", 1, sink);
+        assert_eq!(b.capacity(), vec![ServiceCapacity { service: "s".into(), responders: 1, free: 1 }]);
+        let p = b.offer("r1.n1".into(), "s", body("2"), None).expect("taken");
+        assert_eq!(got.lock()[0].request, "r1.n1", "the responder quotes the offered id");
+        assert_eq!(b.capacity()[0].free, 0);
+        assert!(b.offer("r2.n1".into(), "s", body("3"), None).is_err(), "busy: the body comes back");
+        assert_eq!(b.service_of("r1.n1").as_deref(), Some("s"));
+        b.answer("r1.n1", body("4"), |_| true).expect("answered");
+        assert_eq!(p.answer().await.expect("answer").get(), "4");
+        assert_eq!(*freed.lock(), vec!["s".to_string(), "s".to_string()], "registered, then answered");
+    }
+
+    #[tokio::test]
+    async fn a_forwarder_takes_every_request() {
+        struct Keep(Mutex<Vec<Forwarded>>);
+        impl Forwarder for Keep {
+            fn forward(&self, request: Forwarded) {
+                self.0.lock().push(request);
+            }
+        }
+        let b = Broker::new(limits(10_000, 10_000));
+        let keep = Arc::new(Keep(Mutex::new(Vec::new())));
+        b.set_forwarder(keep.clone());
+        let (sink, got) = collector();
+        b.serve("s", 1, sink);
+        let p = b.request("s", body("1"), Some(Duration::from_secs(1)));
+        assert!(got.lock().is_empty(), "not matched here: forwarded");
+        let f = keep.0.lock().pop().expect("forwarded");
+        assert_eq!((f.service.as_str(), f.timeout), ("s", Some(Duration::from_secs(1))));
+        let _ = f.reply.send(Ok(body("9")));
+        assert_eq!(p.answer().await.expect("answer").get(), "9");
     }
 
     #[tokio::test]

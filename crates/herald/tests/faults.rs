@@ -6,10 +6,13 @@
 
 #[path = "e2e/common.rs"]
 mod common;
+#[path = "support/pg.rs"]
+mod pg;
 
 use common::*;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use pg::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -177,52 +180,6 @@ async fn rabbitmq_restart_mid_stream_loses_and_duplicates_nothing() {
     assert_exactly_once_in_order(&g, &exchange, n).await;
     drop(g);
     cleanup(&exchange, &queue).await;
-}
-
-const PG: &str = "host=127.0.0.1 user=postgres";
-
-async fn pg(dbname: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&format!("{PG} dbname={dbname}"), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL must be running");
-    tokio::spawn(connection);
-    client
-}
-
-async fn pg_setup(tag: &str) -> (String, tokio_postgres::Client) {
-    let db = format!("herald_test_{tag}_{}", std::process::id());
-    let admin = pg("postgres").await;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop old db");
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.expect("create db");
-    let client = pg(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE logs (id bigserial PRIMARY KEY, kind text NOT NULL, owner text, body jsonb NOT NULL)",
-        )
-        .await
-        .expect("create table");
-    (db, client)
-}
-
-async fn pg_cleanup(db: &str) {
-    let admin = pg("postgres").await;
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.expect("drop db");
-}
-
-fn pg_config(db: &str) -> String {
-    format!(
-        "[[peer]]\nid = \"pg\"\ntype = \"postgres\"\n[peer.config]\nurl = \"{PG} dbname={db} application_name=herald-pg\"\nchannel = \"logs_changed\"\nquery = \"SELECT id, body AS payload, kind AS routing_key, owner AS acl_user FROM logs WHERE id > $1 ORDER BY id LIMIT $2\"\nexchange = \"pg.logs\"\nbatch = 100\npoll_interval_s = 600\n"
-    )
-}
-
-async fn insert(client: &tokio_postgres::Client, i: u64, owner: Option<&str>, body: serde_json::Value) {
-    client
-        .execute(
-            "WITH r AS (INSERT INTO logs (kind, owner, body) VALUES ($1, $2, $3) RETURNING id) SELECT pg_notify('logs_changed', id::text) FROM r",
-            &[&format!("k.{}", i % 3), &owner, &body],
-        )
-        .await
-        .expect("insert");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,7 +80,11 @@ pub(crate) async fn start(
     let key = format!("{prefix}.{}", cluster.node);
     tokio::spawn(async move {
         loop {
-            let wants = Wants { node: writer.node.clone(), written_ms: now_ms(), bindings: dynamic.local().into_iter().collect() };
+            let wants = Wants {
+                node: writer.node.clone(),
+                written_ms: now_ms(),
+                bindings: dynamic.local().into_iter().collect(),
+            };
             let json = serde_json::to_vec(&wants).unwrap_or_default();
             if let Err(e) = writer.put_with_ttl(&key, json.into(), ttl).await {
                 warn!(error = %e, "Could not share this node's dynamic bindings with the cluster.");

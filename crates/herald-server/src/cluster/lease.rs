@@ -112,4 +112,3 @@ pub(crate) async fn run(
         }
     }
 }
-

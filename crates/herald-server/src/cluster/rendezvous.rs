@@ -1,14 +1,16 @@
 //! Rendezvous across nodes, over core NATS.
 //!
 //! Every request goes to the cluster (the broker's [`Forwarder`]), even
-//! when the requester's own node has responders: a node with responders
-//! of a service subscribes, in the queue group `rdv`, to
-//! `<prefix>.rdv.any.<service>` while it has any, and to
-//! `<prefix>.rdv.free.<service>` while one of them has a free slot. The
-//! requester's node asks `free` first (NATS hands the request to one of the
-//! nodes with a free responder, at random), then `any` (a node whose
-//! responders are all busy puts it in its waiting line), and while no node
-//! has a responder, asks again with a backoff until the match timeout.
+//! when the requester's own node has responders: a node subscribes, in the
+//! queue group `rdv`, to `<prefix>.rdv.free.<service>` while one of its
+//! responders of that service has a free slot, and NATS hands each request
+//! to one such node at random. A node that took it hands it to its
+//! broker, which picks the next free responder in rotation; one whose slot
+//! went in the meantime answers `busy`. While no node has a free
+//! responder, the request waits on the requester's node, and tries again
+//! when any node says a slot came free (`<prefix>.rdv.freed.<service>`,
+//! published as responders register or answer), and otherwise every
+//! quarter second, until the match timeout.
 //!
 //! The node that takes a request gives it an id of its own, `<id>.<node>`,
 //! and hands it to its broker like a local one: rotation among its
@@ -25,7 +27,7 @@ use super::token;
 use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_core::rendezvous::{new_request_id, AnswerError, Body, Forwarded, Forwarder, Reply, RendezvousError};
+use herald_core::rendezvous::{new_request_id, AnswerError, Body, Forwarded, Forwarder, RendezvousError, Reply};
 use herald_core::{Broker, BrokerLimits, Pending};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -39,7 +41,6 @@ use tracing::{debug, warn};
 
 const H_NODE: &str = "Herald-Node";
 const H_REQUEST: &str = "Herald-Request";
-const H_MATCH_MS: &str = "Herald-Match-Ms";
 const H_TIMEOUT_MS: &str = "Herald-Timeout-Ms";
 const H_OUTCOME: &str = "Herald-Outcome";
 
@@ -73,6 +74,27 @@ pub(crate) struct ClusterRendezvous {
     limits: BrokerLimits,
     asked: Mutex<HashMap<String, Asked>>,
     held: Mutex<HashMap<String, Held>>,
+    /// Requests waiting here for a free slot, by service: woken one at a
+    /// time when a node says a slot came free.
+    waiting: Mutex<HashMap<String, (Arc<tokio::sync::Notify>, usize)>>,
+}
+
+/// Counts a request waiting for a free slot of its service, while it waits.
+struct WaiterGuard<'a> {
+    rdv: &'a ClusterRendezvous,
+    service: &'a str,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.rdv.waiting.lock();
+        if let Some(entry) = waiting.get_mut(self.service) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                waiting.remove(self.service);
+            }
+        }
+    }
 }
 
 /// The broker's forwarder: each request is asked of the cluster by a task.
@@ -102,8 +124,17 @@ impl ClusterRendezvous {
         broker: Arc<Broker>,
     ) -> Result<Arc<ClusterRendezvous>, async_nats::SubscribeError> {
         let limits = broker.limits().clone();
-        let rdv =
-            Arc::new(ClusterRendezvous { client, me, prefix, nodes, broker, limits, asked: Mutex::default(), held: Mutex::default() });
+        let rdv = Arc::new(ClusterRendezvous {
+            client,
+            me,
+            prefix,
+            nodes,
+            broker,
+            limits,
+            asked: Mutex::default(),
+            held: Mutex::default(),
+            waiting: Mutex::default(),
+        });
         for kind in ["res", "cancel", "peek", "answer"] {
             let mut sub = rdv.client.subscribe(rdv.subject(&format!("rdv.{kind}.{}", rdv.me))).await?;
             let r = rdv.clone();
@@ -118,8 +149,27 @@ impl ClusterRendezvous {
                 }
             });
         }
+        let mut freed = rdv.client.subscribe(rdv.subject("rdv.freed.*")).await?;
+        let r = rdv.clone();
+        tokio::spawn(async move {
+            while let Some(m) = freed.next().await {
+                let Some(service) = m.subject.rsplit('.').next().and_then(herald_log::subject::decode_token) else {
+                    continue;
+                };
+                if let Some((notify, _)) = r.waiting.lock().get(&service) {
+                    notify.notify_one();
+                }
+            }
+        });
+        // Slots coming free here are announced (by a task, off the broker's
+        // lock). Only a hint to wake waiting requests, which also retry on
+        // their own: when the channel is full, the hint is not needed.
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(1024);
+        rdv.broker.on_slot_freed(Arc::new(move |service: &str| {
+            let _ = tx.try_send(service.to_string());
+        }));
         rdv.broker.set_forwarder(Arc::new(Forward(rdv.clone())));
-        tokio::spawn(rdv.clone().advertise());
+        tokio::spawn(rdv.clone().advertise(rx));
         tokio::spawn(rdv.clone().sweep());
         Ok(rdv)
     }
@@ -147,12 +197,20 @@ impl ClusterRendezvous {
         let id = new_request_id();
         let start = Instant::now();
         let overall = timeout.map(|t| start + t);
-        let match_deadline = overall.map_or(start + self.limits.match_timeout, |o| o.min(start + self.limits.match_timeout));
+        let match_deadline =
+            overall.map_or(start + self.limits.match_timeout, |o| o.min(start + self.limits.match_timeout));
         self.asked.lock().insert(id.clone(), Asked { service: service.clone(), reply, holder: None, since: start });
         let payload = Bytes::from(body.get().to_string());
         drop(body);
-        let svc = token(&service);
-        let mut pause = Duration::from_millis(10);
+        let subject = self.subject(&format!("rdv.free.{}", token(&service)));
+        let notify = {
+            let mut waiting = self.waiting.lock();
+            let entry = waiting.entry(service.clone()).or_insert_with(|| (Arc::new(tokio::sync::Notify::new()), 0));
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        let _waiter = WaiterGuard { rdv: &self, service: &service };
+        let mut pause = Duration::from_millis(50);
         loop {
             {
                 let mut asked = self.asked.lock();
@@ -166,50 +224,46 @@ impl ClusterRendezvous {
                 }
             }
             let now = Instant::now();
-            if now >= match_deadline {
+            let left = match_deadline.saturating_duration_since(now);
+            if left.is_zero() {
                 if let Some(a) = self.asked.lock().remove(&id) {
                     self.broker.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                    let _ = a.reply.send(Err(RendezvousError::Unavailable(format!(
-                        "no responder available for `{service}`"
-                    ))));
+                    let _ = a
+                        .reply
+                        .send(Err(RendezvousError::Unavailable(format!("no responder available for `{service}`"))));
                 }
                 return;
             }
-            for (kind, took) in [("free", "taken"), ("any", "queued")] {
-                let now = Instant::now();
-                let left = match_deadline.saturating_duration_since(now);
-                if left.is_zero() {
-                    break;
-                }
-                let mut h = HeaderMap::new();
-                h.insert(H_NODE, self.me.as_str());
-                h.insert(H_REQUEST, id.as_str());
-                h.insert(H_MATCH_MS, ms(left).as_str());
-                if let Some(o) = overall {
-                    h.insert(H_TIMEOUT_MS, ms(o.saturating_duration_since(now)).as_str());
-                }
-                let req = async_nats::Request::new()
-                    .headers(h)
-                    .payload(payload.clone())
-                    .timeout(Some(left.min(Duration::from_secs(1))));
-                match self.client.send_request(self.subject(&format!("rdv.{kind}.{svc}")), req).await {
-                    Ok(m) if header(&m, H_OUTCOME) == Some(took) => {
-                        let holder = header(&m, H_NODE).unwrap_or_default().to_string();
-                        if let Some(a) = self.asked.lock().get_mut(&id) {
-                            a.holder = Some(holder);
-                            a.since = Instant::now();
-                        }
-                        return;
+            let mut h = HeaderMap::new();
+            h.insert(H_NODE, self.me.as_str());
+            h.insert(H_REQUEST, id.as_str());
+            if let Some(o) = overall {
+                h.insert(H_TIMEOUT_MS, ms(o.saturating_duration_since(now)).as_str());
+            }
+            let req = async_nats::Request::new()
+                .headers(h)
+                .payload(payload.clone())
+                .timeout(Some(left.min(Duration::from_secs(1))));
+            match self.client.send_request(subject.clone(), req).await {
+                Ok(m) if header(&m, H_OUTCOME) == Some("taken") => {
+                    let holder = header(&m, H_NODE).unwrap_or_default().to_string();
+                    if let Some(a) = self.asked.lock().get_mut(&id) {
+                        a.holder = Some(holder);
+                        a.since = Instant::now();
                     }
-                    // `busy` (its free slot went in the meantime), no node
-                    // subscribed, or no answer in time: the next way.
-                    Ok(_) => {}
-                    Err(e) => debug!(error = %e, %service, kind, "No node took the request this way."),
+                    return;
                 }
+                // `busy` (the free slot went in the meantime), no node with
+                // a free slot, or no answer in time: wait for a slot.
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, %service, "No node took the request yet."),
             }
             let left = match_deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(pause.min(left)) => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
     }
 
@@ -313,30 +367,22 @@ impl ClusterRendezvous {
     }
 
     /// Take a request another node (or this one) offers.
-    async fn take(self: &Arc<Self>, m: Message, service: &str, queue: bool) {
+    async fn take(self: &Arc<Self>, m: Message, service: &str) {
         let Some(reply) = m.reply.clone() else { return };
         let (Some(requester), Some(rid)) = (header(&m, H_NODE), header(&m, H_REQUEST)) else { return };
         let now = Instant::now();
-        let match_ms: u64 = header(&m, H_MATCH_MS).and_then(|v| v.parse().ok()).unwrap_or(0);
         let overall =
             header(&m, H_TIMEOUT_MS).and_then(|v| v.parse::<u64>().ok()).map(|t| now + Duration::from_millis(t));
         let body = std::str::from_utf8(&m.payload).ok().and_then(|s| RawValue::from_string(s.to_string()).ok());
         let local = format!("{rid}.{}", self.me);
         let outcome = match body {
-            Some(body) => {
-                match self.broker.offer(local.clone(), service, body, now + Duration::from_millis(match_ms), overall, queue)
-                {
-                    Ok(pending) => {
-                        self.hold(local, requester.to_string(), rid.to_string(), pending);
-                        if queue {
-                            "queued"
-                        } else {
-                            "taken"
-                        }
-                    }
-                    Err(_) => "busy",
+            Some(body) => match self.broker.offer(local.clone(), service, body, overall) {
+                Ok(pending) => {
+                    self.hold(local, requester.to_string(), rid.to_string(), pending);
+                    "taken"
                 }
-            }
+                Err(_) => "busy",
+            },
             None => "busy",
         };
         let mut h = HeaderMap::new();
@@ -373,50 +419,59 @@ impl ClusterRendezvous {
         held.insert(local, Held { requester, since: Instant::now(), task: task.abort_handle() });
     }
 
-    /// Subscribe to the services this node can serve, and only those: `any`
-    /// while it has responders, `free` while one has a free slot.
-    async fn advertise(self: Arc<Self>) {
-        let mut subscribed: HashMap<(bool, Arc<str>), AbortHandle> = HashMap::new();
+    /// Subscribe to the services this node has a free responder of, and
+    /// only those: at once when a slot comes free (then say so on
+    /// `rdv.freed`, after the subscription, so that a waiting request finds
+    /// it), and every 20 ms for slots taken (a request that comes after its
+    /// slot went is answered `busy`).
+    async fn advertise(self: Arc<Self>, mut freed: tokio::sync::mpsc::Receiver<String>) {
+        let mut subscribed: HashMap<Arc<str>, AbortHandle> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut announce = std::collections::BTreeSet::new();
         loop {
-            tick.tick().await;
-            let mut wanted = std::collections::HashSet::new();
-            for c in self.broker.capacity() {
-                if c.responders > 0 {
-                    wanted.insert((true, c.service.clone()));
-                }
-                if c.free > 0 {
-                    wanted.insert((false, c.service.clone()));
+            tokio::select! {
+                _ = tick.tick() => {}
+                service = freed.recv() => {
+                    let Some(service) = service else { return };
+                    announce.insert(service);
+                    while let Ok(more) = freed.try_recv() {
+                        announce.insert(more);
+                    }
                 }
             }
-            subscribed.retain(|k, task| {
-                let keep = wanted.contains(k);
+            let wanted: std::collections::HashSet<Arc<str>> =
+                self.broker.capacity().into_iter().filter(|c| c.free > 0).map(|c| c.service).collect();
+            subscribed.retain(|service, task| {
+                let keep = wanted.contains(service);
                 if !keep {
                     task.abort(); // dropping the subscriber unsubscribes
                 }
                 keep
             });
-            for (queue, service) in wanted {
-                if subscribed.contains_key(&(queue, service.clone())) {
+            for service in wanted {
+                if subscribed.contains_key(&service) {
                     continue;
                 }
-                let kind = if queue { "any" } else { "free" };
-                let subject = self.subject(&format!("rdv.{kind}.{}", token(&service)));
+                let subject = self.subject(&format!("rdv.free.{}", token(&service)));
                 match self.client.queue_subscribe(subject, QUEUE.to_string()).await {
                     Ok(sub) => {
-                        let task = tokio::spawn(self.clone().serve(sub, service.clone(), queue));
-                        subscribed.insert((queue, service), task.abort_handle());
+                        let task = tokio::spawn(self.clone().serve(sub, service.clone()));
+                        subscribed.insert(service, task.abort_handle());
                     }
                     Err(e) => warn!(error = %e, %service, "Could not offer this node's responders to the cluster."),
                 }
             }
+            for service in std::mem::take(&mut announce) {
+                let _ =
+                    self.client.publish(self.subject(&format!("rdv.freed.{}", token(&service))), Bytes::new()).await;
+            }
         }
     }
 
-    async fn serve(self: Arc<Self>, mut sub: Subscriber, service: Arc<str>, queue: bool) {
+    async fn serve(self: Arc<Self>, mut sub: Subscriber, service: Arc<str>) {
         while let Some(m) = sub.next().await {
-            self.take(m, &service, queue).await;
+            self.take(m, &service).await;
         }
     }
 

@@ -122,7 +122,12 @@ impl Connection {
                 for (id, rt) in s.peers.iter() {
                     let (up, detail) = rt.health.lock().clone();
                     if !up && rt.exchanges.iter().any(|x| exchanges.contains(x)) {
-                        self.send(&ServerMessage::Status { source: id.clone(), state: StatusState::Down, detail, node: None });
+                        self.send(&ServerMessage::Status {
+                            source: id.clone(),
+                            state: StatusState::Down,
+                            detail,
+                            node: None,
+                        });
                     }
                 }
             }

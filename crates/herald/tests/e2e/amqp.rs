@@ -1,5 +1,6 @@
 //! The RabbitMQ source against the real RabbitMQ on this machine.
 
+use crate::amqp_support::*;
 use crate::common::*;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -8,17 +9,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-fn names(tag: &str) -> (String, String) {
-    let n = format!("herald-test-{tag}-{}-{}", std::process::id(), rand_suffix());
-    (format!("{n}-x"), format!("{n}-q"))
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0)
-}
 
 fn peer_config(exchange: &str, queue: &str, url: &str) -> String {
     format!(
@@ -168,17 +158,6 @@ fn peer_configuration_is_checked() {
     assert!(err.contains("url must start") && err.contains("queue must be") && err.contains("bindings"), "{err}");
 }
 
-fn bound(queue: &str, exchange: &str, pattern: &str) -> bool {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_bindings", "-q", "source_name", "destination_name", "routing_key"])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-        let f: Vec<&str> = l.split('\t').collect();
-        f.len() == 3 && f[0] == exchange && f[1] == queue && f[2] == pattern
-    })
-}
-
 /// Messages ready (not handed to a consumer) in `queue`.
 async fn ready_count(ch: &lapin::Channel, queue: &str) -> u32 {
     let q = ch
@@ -186,21 +165,6 @@ async fn ready_count(ch: &lapin::Channel, queue: &str) -> u32 {
         .await
         .expect("queue exists");
     q.message_count()
-}
-
-/// A connection and channel to RabbitMQ, with the durable topic exchange `name` declared.
-async fn declare_topic(name: &str) -> (Connection, lapin::Channel) {
-    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ must be running");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.exchange_declare(
-        name.into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-    (conn, ch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,16 +380,6 @@ async fn cc_routing_keys_route_like_in_rabbitmq() {
 }
 
 /// Wait until `bound(..)` is `want` (rabbitmqctl is slow: up to ~10 s).
-async fn wait_bound(queue: &str, exchange: &str, pattern: &str, want: bool) -> bool {
-    for _ in 0..50 {
-        if bound(queue, exchange, pattern) == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 /// Regression: a session restored after a crash held no leases, so the
 /// dynamic binding it needed stayed on the durable queue for good once the
 /// client resumed and unsubscribed.

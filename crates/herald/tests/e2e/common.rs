@@ -122,11 +122,13 @@ impl Gateway {
         self.child = Self::spawn(&self.data, &config, &self.addr).0;
     }
 
-    /// The value of one metric line (`name{labels}`), 0 when absent.
+    /// The value of one metric line (`name{labels}`), 0 when absent. A
+    /// cluster node's `node` label is left out of the comparison.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = reqwest::get(format!("{}/metrics", self.base)).await.expect("metrics").text().await.expect("text");
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(without_node_label)
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(str::to_string))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
     }
@@ -390,6 +392,20 @@ impl Client {
     pub fn abort(self) {
         drop(self.ws.into_inner());
     }
+}
+
+/// A metric line without its `node="…"` label (cluster mode).
+fn without_node_label(line: &str) -> String {
+    let Some(start) = line.find("node=\"") else { return line.to_string() };
+    let Some(len) = line[start + 6..].find('"') else { return line.to_string() };
+    let (mut a, mut b) = (start, start + 6 + len + 1);
+    if line[b..].starts_with(',') {
+        b += 1;
+    } else if line[..a].ends_with(',') {
+        a -= 1;
+    }
+    let out = format!("{}{}", &line[..a], &line[b..]);
+    out.replace("{}", "")
 }
 
 pub fn ids(events: &[Value]) -> Vec<u64> {

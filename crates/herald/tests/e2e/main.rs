@@ -1,6 +1,8 @@
 //! End-to-end tests: a real `herald` process, real sockets.
 #![allow(missing_docs, unreachable_pub)]
 
+#[path = "../support/amqp.rs"]
+mod amqp_support;
 mod common;
 
 mod amqp;

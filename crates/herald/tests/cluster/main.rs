@@ -4,8 +4,18 @@
 //! and `sync_interval: always`, and never touches a NATS on 4222.
 #![allow(missing_docs, unreachable_pub)]
 
-#[path = "e2e/common.rs"]
+#[path = "../support/amqp.rs"]
+mod amqp;
+#[path = "../e2e/common.rs"]
 mod common;
+#[path = "../support/moto.rs"]
+mod moto;
+#[path = "../support/pg.rs"]
+mod pg;
+
+mod connectors;
+mod operations;
+mod rendezvous;
 
 use common::*;
 use serde_json::{json, Value};
