@@ -288,6 +288,74 @@ $('max').addEventListener('change', () => {
 });
 $('last').addEventListener('change', saveToUrl);
 
+// The nodes view: GET /v1/cluster with the token (an admin token), shown
+// as a table, refreshed every 2 s while the panel is open.
+let nodesTimer = null;
+
+async function refreshNodes() {
+  const token = $('token').value.trim();
+  const info = $('nodes-info');
+  let body;
+  try {
+    const res = await fetch('/v1/cluster', { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+    body = await res.json();
+    if (!res.ok) {
+      info.textContent = `${res.status}: ${body.message ?? body.code ?? 'refused'}`;
+      info.dataset.state = 'error';
+      return;
+    }
+  } catch (e) {
+    info.textContent = `cannot load the nodes: ${e.message}`;
+    info.dataset.state = 'error';
+    return;
+  }
+  info.dataset.state = 'ok';
+  info.textContent = body.mode === 'cluster'
+    ? `cluster, seen from node ${body.node}, ${body.nodes.filter((n) => !n.lost).length} of ${body.nodes.length} up`
+    : 'a single node (no [cluster] section)';
+  const rows = body.nodes.map((n) => {
+    const tr = document.createElement('tr');
+    tr.className = n.state;
+    tr.dataset.node = n.node;
+    const cells = [
+      n.node,
+      n.state,
+      `${(n.last_heartbeat_ms / 1000).toFixed(1)} s ago`,
+      String(n.connections),
+      String(n.sessions),
+      String(n.responders),
+    ];
+    for (const text of cells) {
+      const td = document.createElement('td');
+      td.textContent = text;
+      tr.append(td);
+    }
+    const peers = document.createElement('td');
+    for (const p of n.peers) {
+      const span = document.createElement('span');
+      span.className = `peer ${p.up ? 'up' : 'down'}`;
+      span.textContent = `${p.id} (${p.kind}): ${p.role}${p.up ? '' : ', down'}`;
+      peers.append(span);
+    }
+    tr.append(peers);
+    return tr;
+  });
+  $('nodes').tBodies[0].replaceChildren(...rows);
+}
+
+function scheduleNodes() {
+  clearInterval(nodesTimer);
+  nodesTimer = null;
+  if ($('nodes-panel').open) {
+    refreshNodes();
+    if ($('auto-nodes').checked) nodesTimer = setInterval(refreshNodes, 2000);
+  }
+}
+
+$('nodes-panel').addEventListener('toggle', scheduleNodes);
+$('auto-nodes').addEventListener('change', scheduleNodes);
+$('refresh-nodes').addEventListener('click', refreshNodes);
+
 loadFromUrl();
 renderBindings();
 setState('idle');

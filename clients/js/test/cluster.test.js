@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { HeraldClient } from '../herald.js';
 import { startHerald, startNatsCluster, mint, publish, until } from './helpers.js';
+import { launch, watchPage } from './browser.js';
 
 let nats;
 let nodes = [];
@@ -44,4 +45,32 @@ test('kill -9 of the node a client is on: it resumes on the next URL, every even
   assert.equal(client.url, new URL('/v1/ws', c.httpUrl.replace('http', 'ws')).href, 'now on node c');
   assert.equal(welcomes.at(-1).resumed, true, 'the session was resumed on another node');
   client.close();
+});
+
+test('the inspector shows the nodes, with the one killed (-9) as lost', async () => {
+  const [a] = nodes;
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    watchPage(page, errors);
+    await page.goto(`${a.httpUrl}/inspector/#token=${admin}`);
+    await page.waitForSelector('body[data-ready=true]');
+    await page.click('#nodes-panel summary');
+    await page.waitForSelector('#nodes tr[data-node=c]');
+    // Node b was killed by the test before: unheard for the node timeout, it is lost.
+    await page.waitForSelector('#nodes tr[data-node=b].lost', { timeout: 20000 });
+    const rows = await page.locator('#nodes tbody tr').evaluateAll((trs) => trs.map((tr) => [tr.dataset.node, tr.className]));
+    assert.deepEqual(rows, [['a', 'up'], ['b', 'lost'], ['c', 'up']], 'this node first, then the others by name');
+    assert.match(await page.textContent('#nodes-info'), /seen from node a, 2 of 3 up/);
+    // Without an admin token the view says why.
+    await page.fill('#token', mint('viewer', ['--subscribe', 'x=#']));
+    await page.click('#refresh-nodes');
+    await page.waitForSelector('#nodes-info[data-state=error]');
+    assert.match(await page.textContent('#nodes-info'), /^403/);
+    // (Chromium logs the refused request itself.)
+    assert.deepEqual(errors.filter((e) => !/status of 403/.test(e)), []);
+  } finally {
+    await browser.close();
+  }
 });
