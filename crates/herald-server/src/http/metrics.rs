@@ -62,7 +62,7 @@ pub(crate) async fn metrics(
     let fan = &s.fanout.stats;
     let rv = s.broker.gauges();
     let rc = &s.broker.counters;
-    let snapshot = Snapshot {
+    let mut snapshot = Snapshot {
         gauges: vec![
             ("herald_connections", "Open WebSocket and SSE connections", s.admission.total() as i64),
             ("herald_subscriptions", "Registered subscriptions", s.fanout.len() as i64),
@@ -141,6 +141,24 @@ pub(crate) async fn metrics(
             ),
         ],
     };
+    if let Some(c) = &s.cluster {
+        let (asked, held) = c.rendezvous.counts();
+        let nodes = c.cluster.nodes.list();
+        let up = nodes.iter().filter(|(_, _, lost)| !lost).count();
+        snapshot.gauges.extend([
+            ("herald_cluster_nodes_up", "Cluster nodes heard from within cluster.node_timeout (this one included)", up as i64),
+            (
+                "herald_cluster_rendezvous_asked",
+                "Rendezvous requests made on this node, waiting for an outcome from the cluster",
+                asked as i64,
+            ),
+            (
+                "herald_cluster_rendezvous_held",
+                "Rendezvous requests of other nodes' requesters held by this node's responders",
+                held as i64,
+            ),
+        ]);
+    }
     let mut out = String::new();
     let node = s.config.cluster.as_ref().map(|c| c.node.as_str());
     let mut scrape = crate::metrics::registry(None, node);
