@@ -146,7 +146,11 @@ pub(crate) async fn metrics(
         let nodes = c.cluster.nodes.list();
         let up = nodes.iter().filter(|(_, _, lost)| !lost).count();
         snapshot.gauges.extend([
-            ("herald_cluster_nodes_up", "Cluster nodes heard from within cluster.node_timeout (this one included)", up as i64),
+            (
+                "herald_cluster_nodes_up",
+                "Cluster nodes heard from within cluster.node_timeout (this one included)",
+                up as i64,
+            ),
             (
                 "herald_cluster_rendezvous_asked",
                 "Rendezvous requests made on this node, waiting for an outcome from the cluster",

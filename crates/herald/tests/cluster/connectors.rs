@@ -239,9 +239,11 @@ async fn the_postgres_leader_killed_mid_stream_loses_and_doubles_no_row() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let stored_at_kill = history(&survivor, "pg.logs").await.len();
     nodes[i].child.kill().expect("kill -9 the leader");
     let _ = nodes[i].child.wait();
     let killed_at = Instant::now();
+    assert!(stored_at_kill < total as usize, "killed mid-stream ({stored_at_kill} stored)");
     let client = writer.await.expect("writer");
     let events = wait_history(&survivor, "pg.logs", total as usize).await;
     let took = killed_at.elapsed();
