@@ -403,13 +403,24 @@ impl Broker {
         let free = st.services.get(service).is_some_and(|svc| {
             svc.rotation.iter().any(|r| st.responders.get(r).is_some_and(|r| r.busy < r.concurrency))
         });
-        if !free {
+        // An id already handed over is an offer made twice (its first
+        // answer was late): the request runs once.
+        if !free || st.in_flight.contains_key(&id) {
             return Err(body);
         }
-        let (tx, pending) = Pending::channel(id);
+        let (tx, pending) = Pending::channel(id.clone());
         let now = Instant::now();
-        self.enqueue(&mut st, service, pending.id.clone(), body, tx, now + self.limits.match_timeout, overall);
-        Ok(pending)
+        self.enqueue(&mut st, service, id.clone(), body, tx, now + self.limits.match_timeout, overall);
+        if st.in_flight.contains_key(&id) {
+            return Ok(pending);
+        }
+        // The free responder's sink failed (its connection is closing): the
+        // request must not wait in this node's line; it goes back.
+        let waiting = st.services.get_mut(service).map(|svc| &mut svc.waiting);
+        match waiting.and_then(|w| w.iter().position(|x| x.id == id).and_then(|i| w.remove(i))) {
+            Some(w) => Err(w.body),
+            None => Ok(pending), // refused (the line is full): `pending` says so
+        }
     }
 
     /// Call `hook` with the service's name whenever one of its responders
@@ -834,6 +845,21 @@ mod tests {
         b.answer("r1.n1", body("4"), |_| true).expect("answered");
         assert_eq!(p.answer().await.expect("answer").get(), "4");
         assert_eq!(*freed.lock(), vec!["s".to_string(), "s".to_string()], "registered, then answered");
+    }
+
+    #[tokio::test]
+    async fn an_offer_made_twice_runs_once_and_a_failing_sink_gives_it_back() {
+        let b = Broker::new(limits(10_000, 10_000));
+        let (sink, got) = collector();
+        b.serve("s", 2, sink);
+        let _p = b.offer("r1.n1".into(), "s", body("1"), None).expect("taken");
+        assert!(b.offer("r1.n1".into(), "s", body("1"), None).is_err(), "the same id again is not run twice");
+        assert_eq!(got.lock().len(), 1);
+        let b = Broker::new(limits(10_000, 10_000));
+        b.serve("t", 1, Sink::Stream(Arc::new(Err)));
+        let back = b.offer("r2.n1".into(), "t", body("2"), None).expect_err("the sink refused it");
+        assert_eq!(back.get(), "2");
+        assert_eq!(b.gauges().waiting, 0, "it does not wait in this node's line");
     }
 
     #[tokio::test]

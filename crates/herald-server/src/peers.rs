@@ -258,11 +258,15 @@ async fn lead_and_run(
     first: Box<dyn Connector>,
     host: Arc<dyn Host>,
     rt: Arc<PeerRuntime>,
-    draining: watch::Receiver<bool>,
+    mut draining: watch::Receiver<bool>,
 ) {
     use crate::cluster::lease::Leadership;
     let (role_tx, mut role) = watch::channel(Leadership::Unknown);
-    tokio::spawn(crate::cluster::lease::run(cluster, id.clone(), role_tx, draining));
+    // Set once this node no longer runs the peer (its source stopped, at
+    // shutdown): only then is the lease given up, so that no standby starts
+    // while this source still finishes its batch.
+    let (stop, stopped) = watch::channel(false);
+    let lease = tokio::spawn(crate::cluster::lease::run(cluster, id.clone(), role_tx, stopped));
     let mut next = Some(first);
     loop {
         *rt.role.lock() = "standby";
@@ -271,42 +275,49 @@ async fn lead_and_run(
             _ => "another node".to_string(),
         };
         *rt.health.lock() = (true, format!("standby: {who} runs this peer"));
-        if role.wait_for(|r| *r == Leadership::Leader).await.is_err() {
-            return;
-        }
-        if *rt.control.borrow() == Control::Drain {
-            return;
+        let leads = tokio::select! {
+            r = role.wait_for(|r| *r == Leadership::Leader) => r.is_ok(),
+            _ = draining.wait_for(|d| *d) => false,
+        };
+        if !leads || *rt.control.borrow() == Control::Drain {
+            break;
         }
         *rt.role.lock() = "leader";
         let connector = match next.take() {
             Some(c) => c,
             None => match rebuild(&id, &rt) {
                 Some(c) => c,
-                None => return,
+                None => break,
             },
         };
         let (tx, rx) = watch::channel(*rt.control.borrow());
         let mut outer = rt.control.subscribe();
         let run = herald_connectors::supervise(id.clone(), connector, host.clone(), rt.stats.clone(), rx);
         tokio::pin!(run);
+        // Once the lease is lost, the source drains whatever an operator
+        // does meanwhile (a pause or resume must not undo the drain).
+        let mut lost = false;
         loop {
             tokio::select! {
                 _ = &mut run => break,
                 changed = outer.changed() => {
-                    let c = if changed.is_err() { Control::Drain } else { *outer.borrow() };
+                    let c = if changed.is_err() || lost { Control::Drain } else { *outer.borrow() };
                     let _ = tx.send(c);
                 }
-                changed = role.changed() => {
+                changed = role.changed(), if !lost => {
                     if changed.is_err() || *role.borrow() != Leadership::Leader {
+                        lost = true;
                         let _ = tx.send(Control::Drain);
                     }
                 }
             }
         }
         if *rt.control.borrow() == Control::Drain {
-            return;
+            break;
         }
     }
+    let _ = stop.send(true);
+    let _ = lease.await;
 }
 
 /// A fresh connector for a new term of a single-leader peer.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long a binding nobody in the cluster wants stays bound: longer than
 /// another node's new want takes to arrive.
@@ -52,7 +52,15 @@ pub(crate) async fn start(
         loop {
             tokio::select! {
                 entry = watch.next() => {
-                    let Some(Ok(entry)) = entry else { break };
+                    let entry = match entry {
+                        Some(Ok(entry)) => entry,
+                        // A transient failure (NATS failing over): the watch carries on.
+                        Some(Err(e)) => {
+                            debug!(error = %e, "The watch of the cluster's dynamic bindings stumbled.");
+                            continue;
+                        }
+                        None => break,
+                    };
                     let node = entry.key.rsplit('.').next().unwrap_or_default().to_string();
                     if node == me {
                         continue;

@@ -16,6 +16,7 @@
 use super::Cluster;
 use async_nats::jetstream::kv::Operation;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -31,23 +32,27 @@ pub(crate) enum Leadership {
     Standby(String),
 }
 
-/// Hold or wait for the lease of `peer` for as long as `draining` is
-/// false; `role` says where it stands. At drain the lease is given up.
+/// Hold or wait for the lease of `peer` until `stop` says this node no
+/// longer runs it (its source has stopped, at shutdown); `role` says where
+/// it stands. At stop, a lease held is given up.
 pub(crate) async fn run(
     cluster: Arc<Cluster>,
     peer: String,
     role: watch::Sender<Leadership>,
-    mut draining: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let key = format!("lease.{}", super::token(&peer));
     let ttl = cluster.lease_ttl;
     let every = ttl / 3;
     let me = bytes::Bytes::from(cluster.node.clone());
-    // Leading: the revision written and when. Standby: the revision seen and since when.
+    // Leading: the revision written, and when its write was sent (the
+    // leader's deadlines count from then: the revision was committed later,
+    // and a standby counts from when it saw it). Standby: the revision seen
+    // and since when.
     let mut held: Option<(u64, Instant)> = None;
     let mut seen: Option<(u64, Instant)> = None;
     loop {
-        if *draining.borrow() {
+        if *stop.borrow() {
             if let Some((rev, _)) = held {
                 let _ = role.send(Leadership::Unknown);
                 // Give it up so that a standby takes over at once.
@@ -56,19 +61,43 @@ pub(crate) async fn run(
             }
             return;
         }
+        let mut next_check = every;
         match held {
-            Some((rev, at)) => match cluster.kv.update(&key, me.clone(), rev).await {
-                Ok(next) => held = Some((next, Instant::now())),
-                Err(e) => {
-                    let conflict = matches!(e.kind(), async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision);
-                    if conflict || at.elapsed() >= ttl * 2 / 3 {
-                        warn!(%peer, error = %e, "Lost the lead of this peer; stopping it here.");
-                        held = None;
-                        seen = None;
-                        let _ = role.send(Leadership::Standby(String::new()));
+            Some((rev, sent_at)) => {
+                // Stop leading before any standby can take over: two thirds
+                // of the TTL after the last write that counted, whatever
+                // happens to this one.
+                let deadline = sent_at + ttl * 2 / 3;
+                let sent = Instant::now();
+                let lost = match tokio::time::timeout(
+                    deadline.saturating_duration_since(sent),
+                    cluster.kv.update(&key, me.clone(), rev),
+                )
+                .await
+                {
+                    Ok(Ok(next)) => {
+                        held = Some((next, sent));
+                        None
                     }
+                    Ok(Err(e)) if matches!(e.kind(), async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision) => {
+                        Some(e.to_string())
+                    }
+                    Ok(Err(e)) if Instant::now() >= deadline => Some(e.to_string()),
+                    Ok(Err(e)) => {
+                        // Try again soon, within the deadline.
+                        warn!(%peer, error = %e, "Could not renew the lead of this peer; retrying.");
+                        next_check = Duration::from_millis(200).min(every);
+                        None
+                    }
+                    Err(_) => Some("the renewal did not complete in time".to_string()),
+                };
+                if let Some(why) = lost {
+                    warn!(%peer, error = %why, "Lost the lead of this peer; stopping it here.");
+                    held = None;
+                    seen = None;
+                    let _ = role.send(Leadership::Standby(String::new()));
                 }
-            },
+            }
             None => match cluster.kv.entry(&key).await {
                 Ok(entry) => {
                     let (rev, leader) = match &entry {
@@ -87,9 +116,12 @@ pub(crate) async fn run(
                         seen = Some((rev, Instant::now()));
                     }
                     if expired {
-                        if let Ok(next) = cluster.kv.update(&key, me.clone(), rev).await {
+                        let sent = Instant::now();
+                        if let Ok(Ok(next)) =
+                            tokio::time::timeout(every, cluster.kv.update(&key, me.clone(), rev)).await
+                        {
                             info!(%peer, previous = ?leader, "This node leads the peer now.");
-                            held = Some((next, Instant::now()));
+                            held = Some((next, sent));
                             let _ = role.send(Leadership::Leader);
                         }
                     } else if let Some(l) = leader {
@@ -107,8 +139,8 @@ pub(crate) async fn run(
             },
         }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = draining.changed() => {}
+            _ = tokio::time::sleep(next_check) => {}
+            _ = stop.changed() => {}
         }
     }
 }

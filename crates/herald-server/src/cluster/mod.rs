@@ -145,6 +145,10 @@ pub(crate) async fn start(
     Ok(crate::state::ClusterParts { cluster, rendezvous })
 }
 
+/// When this process started (Unix ms), computed once: the others tell a
+/// restart under the same name by it.
+static STARTED_MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 /// What this node says of itself in its heartbeat.
 pub(crate) fn node_info(state: &crate::AppState, node: &str, leaving: bool) -> nodes::NodeInfo {
     let s = state.get();
@@ -172,7 +176,7 @@ pub(crate) fn node_info(state: &crate::AppState, node: &str, leaving: bool) -> n
             "up"
         }
         .into(),
-        started_ms: now.saturating_sub(s.started.elapsed().as_millis() as u64),
+        started_ms: *STARTED_MS.get_or_init(|| now.saturating_sub(s.started.elapsed().as_millis() as u64)),
         heartbeat_ms: now,
         connections: s.connections.len(),
         sessions: s.sessions.len(),

@@ -51,6 +51,9 @@ pub(crate) struct PeerRole {
 struct Seen {
     info: NodeInfo,
     at: Instant,
+    /// When a new run of the node (another `started_ms`) was first heard;
+    /// `None` for the first run heard.
+    run_since: Option<Instant>,
 }
 
 /// Nodes heard from.
@@ -74,22 +77,34 @@ impl Registry {
         if info.state == "left" {
             info!(node = %info.node, "A cluster node left.");
         }
-        nodes.insert(info.node.clone(), Seen { info, at: Instant::now() });
+        let now = Instant::now();
+        // A node that restarted under its name is a new run: what the old
+        // one held is gone as surely as if it had been unheard.
+        let run_since = match nodes.get(&info.node) {
+            Some(seen) if seen.info.started_ms == info.started_ms => seen.run_since,
+            Some(_) => {
+                info!(node = %info.node, "A cluster node restarted.");
+                Some(now)
+            }
+            None => None,
+        };
+        nodes.insert(info.node.clone(), Seen { info, at: now, run_since });
     }
 
-    /// Whether `node` is lost: it said it left, or nothing was heard of it
-    /// for the timeout, counting from `since` when that is later (a node
-    /// that just answered is not lost because its first heartbeat is due).
+    /// Whether `node` is lost for something it took at `since`: it said it
+    /// left, it restarted after `since`, or nothing was heard of it for the
+    /// timeout, counting from `since` when that is later (a node that just
+    /// answered is not lost because its first heartbeat is due).
     pub(crate) fn lost(&self, node: &str, since: Instant) -> bool {
         if node == self.me {
             return false;
         }
         let nodes = self.nodes.lock();
-        let (last, left) = match nodes.get(node) {
-            Some(seen) => (seen.at.max(since), seen.info.state == "left"),
+        let (last, gone) = match nodes.get(node) {
+            Some(seen) => (seen.at.max(since), seen.info.state == "left" || seen.run_since.is_some_and(|r| r > since)),
             None => (since, false),
         };
-        left || last.elapsed() > self.timeout
+        gone || last.elapsed() > self.timeout
     }
 
     /// Every node heard from in the last minute, this one first, each with
@@ -148,4 +163,44 @@ pub(crate) async fn start(
 pub(crate) async fn publish(cluster: &Cluster, info: &NodeInfo) -> Result<(), async_nats::PublishError> {
     let json = serde_json::to_vec(info).unwrap_or_default();
     cluster.client.publish(cluster.subject("node"), json.into()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(node: &str, started_ms: u64, state: &str) -> NodeInfo {
+        NodeInfo {
+            node: node.into(),
+            state: state.into(),
+            started_ms,
+            heartbeat_ms: 0,
+            connections: 0,
+            sessions: 0,
+            responders: 0,
+            peers: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_is_lost_when_unheard_when_it_left_or_when_it_restarted() {
+        let r = Registry::new("me".into(), Duration::from_millis(50));
+        let before = Instant::now();
+        r.note(info("b", 1, "up"));
+        assert!(!r.lost("b", before), "just heard");
+        assert!(!r.lost("me", before), "never this node");
+        assert!(!r.lost("c", Instant::now()), "not heard yet, but just answered");
+        let taken = Instant::now();
+        r.note(info("b", 1, "up"));
+        assert!(!r.lost("b", taken), "the same run");
+        r.note(info("b", 2, "up"));
+        assert!(r.lost("b", taken), "a new run does not hold what the old one took");
+        assert!(!r.lost("b", Instant::now()), "but holds what it takes now");
+        r.note(info("c", 5, "left"));
+        assert!(r.lost("c", Instant::now()), "left");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(r.lost("b", taken), "unheard for the timeout");
+        let listed: Vec<(String, bool)> = r.list().into_iter().map(|(i, _, lost)| (i.node, lost)).collect();
+        assert_eq!(listed, vec![("b".into(), true), ("c".into(), true)]);
+    }
 }

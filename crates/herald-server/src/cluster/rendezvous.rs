@@ -47,6 +47,13 @@ const H_OUTCOME: &str = "Herald-Outcome";
 /// The queue group every node's request subscriptions join.
 const QUEUE: &str = "rdv";
 
+/// How long an offer waits for the taking node's answer.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The holder of a request whose offer went unanswered in time: maybe
+/// taken, by a node not known.
+const UNKNOWN_HOLDER: &str = "?";
+
 /// A request made on this node, until its outcome comes back.
 struct Asked {
     service: String,
@@ -206,11 +213,25 @@ impl ClusterRendezvous {
         let notify = {
             let mut waiting = self.waiting.lock();
             let entry = waiting.entry(service.clone()).or_insert_with(|| (Arc::new(tokio::sync::Notify::new()), 0));
+            if entry.1 >= self.limits.max_waiting {
+                drop(waiting);
+                if let Some(a) = self.asked.lock().remove(&id) {
+                    self.broker.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                    let _ = a.reply.send(Err(RendezvousError::LimitExceeded(format!(
+                        "{} requests already wait for a responder of `{service}` on this node",
+                        self.limits.max_waiting
+                    ))));
+                }
+                return;
+            }
             entry.1 += 1;
             entry.0.clone()
         };
         let _waiter = WaiterGuard { rdv: &self, service: &service };
         let mut pause = Duration::from_millis(50);
+        // An offer that got no answer in time may have been taken all the
+        // same (its answer late): then the outcome may still come.
+        let mut uncertain = false;
         loop {
             {
                 let mut asked = self.asked.lock();
@@ -226,7 +247,13 @@ impl ClusterRendezvous {
             let now = Instant::now();
             let left = match_deadline.saturating_duration_since(now);
             if left.is_zero() {
-                if let Some(a) = self.asked.lock().remove(&id) {
+                let mut asked = self.asked.lock();
+                if uncertain {
+                    // Left to its outcome, or to the sweep after its slack.
+                    if let Some(a) = asked.get_mut(&id) {
+                        a.holder = Some(UNKNOWN_HOLDER.to_string());
+                    }
+                } else if let Some(a) = asked.remove(&id) {
                     self.broker.counters.unavailable.fetch_add(1, Ordering::Relaxed);
                     let _ = a
                         .reply
@@ -240,10 +267,10 @@ impl ClusterRendezvous {
             if let Some(o) = overall {
                 h.insert(H_TIMEOUT_MS, ms(o.saturating_duration_since(now)).as_str());
             }
-            let req = async_nats::Request::new()
-                .headers(h)
-                .payload(payload.clone())
-                .timeout(Some(left.min(Duration::from_secs(1))));
+            // A fixed bound, not what is left of the match timeout: a node
+            // that takes a request answers in a round trip, and one that
+            // answers late must not find the request already failed.
+            let req = async_nats::Request::new().headers(h).payload(payload.clone()).timeout(Some(OFFER_TIMEOUT));
             match self.client.send_request(subject.clone(), req).await {
                 Ok(m) if header(&m, H_OUTCOME) == Some("taken") => {
                     let holder = header(&m, H_NODE).unwrap_or_default().to_string();
@@ -253,10 +280,15 @@ impl ClusterRendezvous {
                     }
                     return;
                 }
-                // `busy` (the free slot went in the meantime), no node with
-                // a free slot, or no answer in time: wait for a slot.
+                // `busy` (the free slot went in the meantime) or no node with
+                // a free slot: wait for a slot.
                 Ok(_) => {}
-                Err(e) => debug!(error = %e, %service, "No node took the request yet."),
+                Err(e) => {
+                    if e.kind() == async_nats::client::RequestErrorKind::TimedOut {
+                        uncertain = true;
+                    }
+                    debug!(error = %e, %service, "No node took the request yet.");
+                }
             }
             let left = match_deadline.saturating_duration_since(Instant::now());
             tokio::select! {
@@ -279,9 +311,7 @@ impl ClusterRendezvous {
             "limit_exceeded" => Err(RendezvousError::LimitExceeded(text)),
             _ => Err(RendezvousError::Unavailable(text)),
         };
-        if result.is_ok() {
-            self.broker.counters.answered.fetch_add(1, Ordering::Relaxed);
-        }
+        // (Answers are counted by the holding node's broker.)
         if a.reply.send(result).is_err() {
             debug!(request = id, service = %a.service, "The requester left before its answer came.");
         }
@@ -375,7 +405,10 @@ impl ClusterRendezvous {
             header(&m, H_TIMEOUT_MS).and_then(|v| v.parse::<u64>().ok()).map(|t| now + Duration::from_millis(t));
         let body = std::str::from_utf8(&m.payload).ok().and_then(|s| RawValue::from_string(s.to_string()).ok());
         let local = format!("{rid}.{}", self.me);
+        // The same offer again (our first answer came too late): it is ours.
+        let again = self.held.lock().contains_key(&local);
         let outcome = match body {
+            _ if again => "taken",
             Some(body) => match self.broker.offer(local.clone(), service, body, overall) {
                 Ok(pending) => {
                     self.hold(local, requester.to_string(), rid.to_string(), pending);
@@ -425,7 +458,8 @@ impl ClusterRendezvous {
     /// it), and every 20 ms for slots taken (a request that comes after its
     /// slot went is answered `busy`).
     async fn advertise(self: Arc<Self>, mut freed: tokio::sync::mpsc::Receiver<String>) {
-        let mut subscribed: HashMap<Arc<str>, AbortHandle> = HashMap::new();
+        // Dropping a service's sender tells its task to unsubscribe.
+        let mut subscribed: HashMap<Arc<str>, tokio::sync::oneshot::Sender<()>> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut announce = std::collections::BTreeSet::new();
@@ -442,13 +476,7 @@ impl ClusterRendezvous {
             }
             let wanted: std::collections::HashSet<Arc<str>> =
                 self.broker.capacity().into_iter().filter(|c| c.free > 0).map(|c| c.service).collect();
-            subscribed.retain(|service, task| {
-                let keep = wanted.contains(service);
-                if !keep {
-                    task.abort(); // dropping the subscriber unsubscribes
-                }
-                keep
-            });
+            subscribed.retain(|service, _| wanted.contains(service));
             for service in wanted {
                 if subscribed.contains_key(&service) {
                     continue;
@@ -456,8 +484,9 @@ impl ClusterRendezvous {
                 let subject = self.subject(&format!("rdv.free.{}", token(&service)));
                 match self.client.queue_subscribe(subject, QUEUE.to_string()).await {
                     Ok(sub) => {
-                        let task = tokio::spawn(self.clone().serve(sub, service.clone()));
-                        subscribed.insert(service, task.abort_handle());
+                        let (stop, stopped) = tokio::sync::oneshot::channel();
+                        tokio::spawn(self.clone().serve(sub, service.clone(), stopped));
+                        subscribed.insert(service, stop);
                     }
                     Err(e) => warn!(error = %e, %service, "Could not offer this node's responders to the cluster."),
                 }
@@ -469,8 +498,26 @@ impl ClusterRendezvous {
         }
     }
 
-    async fn serve(self: Arc<Self>, mut sub: Subscriber, service: Arc<str>) {
-        while let Some(m) = sub.next().await {
+    /// Take the offers of one subscription until told to stop; then
+    /// unsubscribe and answer what was already on its way here (never
+    /// dropped unanswered, which would leave its requester waiting).
+    async fn serve(
+        self: Arc<Self>,
+        mut sub: Subscriber,
+        service: Arc<str>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        loop {
+            tokio::select! {
+                m = sub.next() => match m {
+                    Some(m) => self.take(m, &service).await,
+                    None => return,
+                },
+                _ = &mut stop => break,
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
             self.take(m, &service).await;
         }
     }
@@ -494,7 +541,9 @@ impl ClusterRendezvous {
                     .iter()
                     .filter(|(_, a)| {
                         a.holder.as_ref().is_some_and(|h| {
-                            a.reply.is_closed() || self.nodes.lost(h, a.since) || a.since.elapsed() > slack
+                            a.reply.is_closed()
+                                || (h != UNKNOWN_HOLDER && self.nodes.lost(h, a.since))
+                                || a.since.elapsed() > slack
                         })
                     })
                     .map(|(id, _)| id.clone())
@@ -503,14 +552,19 @@ impl ClusterRendezvous {
                     let Some(a) = asked.remove(&id) else { continue };
                     let holder = a.holder.clone().unwrap_or_default();
                     if a.reply.is_closed() {
-                        cancels.push((holder.clone(), format!("{id}.{holder}")));
+                        if holder != UNKNOWN_HOLDER {
+                            cancels.push((holder.clone(), format!("{id}.{holder}")));
+                        }
                     } else {
                         failed.push((a, holder));
                     }
                 }
             }
             for (a, holder) in failed {
-                let e = if self.nodes.lost(&holder, a.since) {
+                let e = if holder == UNKNOWN_HOLDER {
+                    self.broker.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                    RendezvousError::Unavailable(format!("no node confirmed taking the request for `{}`", a.service))
+                } else if self.nodes.lost(&holder, a.since) {
                     self.broker.counters.unavailable.fetch_add(1, Ordering::Relaxed);
                     RendezvousError::Unavailable(format!(
                         "node `{holder}`, where the responder of `{}` was, is gone; retry",

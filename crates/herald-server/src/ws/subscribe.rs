@@ -126,7 +126,7 @@ impl Connection {
                             source: id.clone(),
                             state: StatusState::Down,
                             detail,
-                            node: None,
+                            node: s.host.node.clone(),
                         });
                     }
                 }
