@@ -16,23 +16,23 @@ for component in rustfmt clippy; do
   fi
 done
 
-echo "== format and lints"
+echo "== format and lints (at ${SECONDS}s)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== tests"
+echo "== tests (at ${SECONDS}s)"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --all-targets --locked 2>&1 | tee "$results"
 
-echo "== JavaScript client and inspector (Node and headless Chromium)"
+echo "== JavaScript client and inspector (Node and headless Chromium; at ${SECONDS}s)"
 # The binary the Rust tests just built (building it again outside `cargo
 # test` would recompile half the workspace: dev-dependency features differ).
 export HERALD_BIN="$PWD/target/debug/herald"
 [ -x "$HERALD_BIN" ] || cargo build -p herald --locked
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$results"
 
-echo "== fuzz (bounded)"
+echo "== fuzz (bounded; at ${SECONDS}s)"
 scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-20}"
 
 # One closing line with the totals of every test binary.
@@ -40,3 +40,4 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(
      /^# pass [0-9]+$/ { p += $3 }
      /^# fail [0-9]+$/ { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+echo "== done in ${SECONDS}s"
