@@ -398,7 +398,9 @@ export class HeraldClient extends Emitter {
       }
     }, this.connectTimeoutMs);
     ws.onopen = () => {
-      const hello = { type: 'hello', client: this.clientInfo };
+      // `batch`: the server may put several messages in one frame, one per
+      // line (fewer frames to parse when events come fast).
+      const hello = { type: 'hello', client: this.clientInfo, batch: true };
       if (token) hello.token = token;
       if (this.session) hello.session = this.session;
       ws.send(JSON.stringify(hello));
@@ -421,9 +423,19 @@ export class HeraldClient extends Emitter {
   }
 
   _onMessage(ws, data) {
+    const text = typeof data === 'string' ? data : new TextDecoder().decode(data);
+    // A batched frame holds one message per line (JSON never contains a raw newline).
+    if (text.includes('\n')) {
+      for (const line of text.split('\n')) if (line) this._onOne(ws, line);
+      return;
+    }
+    this._onOne(ws, text);
+  }
+
+  _onOne(ws, text) {
     let msg;
     try {
-      msg = JSON.parse(typeof data === 'string' ? data : new TextDecoder().decode(data));
+      msg = JSON.parse(text);
     } catch {
       this._emit('error', new HeraldError('bad_message', 'the server sent something that is not JSON'));
       return;
