@@ -75,10 +75,15 @@ impl AppState {
     pub(crate) fn new(parts: Parts) -> AppState {
         let Parts { config, auth, peers, log, fanout, broker, store, host, draining, cluster } = parts;
         let l = &config.limits;
+        // A user allowed any number of connections (max_connections_per_user
+        // = 0) may hold a session and subscriptions on each: per-user budgets
+        // below that would refuse what the connection limit admits. The
+        // per-node budget still holds.
+        let per_user = |budget: usize| if l.max_connections_per_user == 0 { 0 } else { budget };
         let budgets = herald_core::Budgets {
-            sessions_per_owner: l.max_sessions_per_user,
-            subscriptions_per_owner: l.max_subscriptions_per_user,
-            bindings_per_owner: l.max_bindings_per_user,
+            sessions_per_owner: per_user(l.max_sessions_per_user),
+            subscriptions_per_owner: per_user(l.max_subscriptions_per_user),
+            bindings_per_owner: per_user(l.max_bindings_per_user),
             subscription_bytes: l.max_subscription_bytes_per_node,
             // As many anonymous sessions behind one address as connections
             // the per-address limit admits, and the other budgets alike; no

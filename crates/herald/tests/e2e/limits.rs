@@ -84,3 +84,30 @@ async fn command_rate_is_limited_then_enforced() {
     }
     assert_eq!(c.expect_close().await, 4429);
 }
+
+/// The per-user session budget holds while connections per user are
+/// limited; with `max_connections_per_user = 0` it does not apply (each of
+/// the user's connections needs a session).
+#[tokio::test]
+async fn per_user_budgets_follow_the_per_user_connection_limit() {
+    let secret = "limits-budget-secret-0123456789ab";
+    for (per_user, admitted) in [(10, 2), (0, 4)] {
+        let g = Gateway::start_with(&format!(
+            "[auth]\njwt_secret = \"{secret}\"\n[limits]\nmax_connections_per_user = {per_user}\nmax_sessions_per_user = 2\n"
+        ));
+        let token = g.admin_token.clone().expect("token");
+        let mut held = Vec::new();
+        let mut welcomed = 0;
+        for _ in 0..4 {
+            let mut c = g.client().await;
+            let w = c.request(json!({"type": "hello", "token": token})).await;
+            if w["type"] == "welcome" {
+                welcomed += 1;
+            } else {
+                assert_eq!(w["code"], "limit_exceeded", "{w}");
+            }
+            held.push(c);
+        }
+        assert_eq!(welcomed, admitted, "max_connections_per_user = {per_user}");
+    }
+}
