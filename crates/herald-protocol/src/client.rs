@@ -47,6 +47,11 @@ pub struct Hello {
     /// Free-form client identification (name and version), for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<Value>,
+    /// The client reads several messages from one text frame, one per line
+    /// (`\n`-separated JSON objects): the server may then batch what it has
+    /// to send. Without it, one message per frame.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 /// The starting point of a subscription. Exactly one field is set.

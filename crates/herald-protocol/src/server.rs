@@ -99,6 +99,10 @@ pub enum ServerMessage {
         limits: Limits,
         /// Server identification.
         server: ServerInfo,
+        /// The server batches messages in frames, one per line (the
+        /// client asked with `hello.batch`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batch: bool,
     },
     /// Answer to `subscribe`; also sent without `ref` for each subscription
     /// restored by a session resume.

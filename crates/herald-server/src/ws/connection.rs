@@ -63,6 +63,9 @@ pub(super) struct Connection {
     /// (the connection ends) drops them, so a late answer learns the
     /// requester is gone.
     pub(super) requests: tokio::task::JoinSet<()>,
+    /// The client reads several messages per frame (`hello.batch`); the
+    /// writer task packs frames while it is set.
+    pub(super) batch: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Serve one connection until it ends. `sink` and `stream` are the two
@@ -91,7 +94,8 @@ where
     ));
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), false);
     debug!(conn = conn_id, %peer, "WebSocket connected.");
-    let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone()));
+    let batch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone(), batch.clone()));
     let owner = herald_core::owner_key(None, Some(peer.ip()));
     let mut conn = Connection {
         peer,
@@ -109,6 +113,7 @@ where
         publish_seq: 0,
         serving: HashMap::new(),
         requests: tokio::task::JoinSet::new(),
+        batch,
     };
     if s.is_draining() {
         let closing = encode(&ServerMessage::Closing { reason: "server shutting down".into(), retry_after_ms: 1000 });

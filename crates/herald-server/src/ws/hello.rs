@@ -41,6 +41,8 @@ impl Connection {
                 return self.fatal(h.reference, e.code, &e.message, CloseCode::Unauthorized);
             }
         }
+        // From the welcome on, messages may share frames.
+        self.batch.store(h.batch, Ordering::Relaxed);
         let user = self.principal.user.clone();
         if let Some(creds) = h.session {
             let mut found = s.sessions.find(&creds.id, &creds.secret, user.as_deref());
@@ -113,6 +115,7 @@ impl Connection {
             heartbeat_ms: s.config.heartbeat.as_millis() as u64,
             limits: s.limits(),
             server: crate::state::SERVER_INFO,
+            batch: self.batch.load(Ordering::Relaxed),
         });
     }
 

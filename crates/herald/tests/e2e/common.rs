@@ -225,6 +225,10 @@ pub struct Client {
     next_ref: u64,
     /// Messages received while waiting for a reply, returned by later `recv`s.
     pending: std::collections::VecDeque<Value>,
+    /// Text frames received, and how many of them held several messages
+    /// (`hello.batch`).
+    pub frames: usize,
+    pub batched_frames: usize,
 }
 
 impl Client {
@@ -236,17 +240,17 @@ impl Client {
         let stream = sock.connect(addr.parse().expect("addr")).await.expect("tcp connect");
         let url = format!("ws://{addr}/v1/ws");
         let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("ws handshake");
-        Client { ws, next_ref: 0, pending: Default::default() }
+        Client { ws, next_ref: 0, pending: Default::default(), frames: 0, batched_frames: 0 }
     }
 
     /// A client on an already open WebSocket.
     pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
-        Client { ws, next_ref: 0, pending: Default::default() }
+        Client { ws, next_ref: 0, pending: Default::default(), frames: 0, batched_frames: 0 }
     }
 
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-        Client { ws, next_ref: 0, pending: Default::default() }
+        Client { ws, next_ref: 0, pending: Default::default(), frames: 0, batched_frames: 0 }
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -273,7 +277,22 @@ impl Client {
         loop {
             let msg = tokio::time::timeout(wait, self.ws.next()).await.map_err(|_| "timeout".to_string())?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).expect("server sent JSON")),
+                Some(Ok(Message::Text(t))) => {
+                    // A batched frame: one message per line.
+                    self.frames += 1;
+                    let mut lines = t.as_str().split('\n');
+                    let first: Value =
+                        serde_json::from_str(lines.next().unwrap_or_default()).expect("server sent JSON");
+                    let mut more = 0;
+                    for line in lines {
+                        self.pending.push_back(serde_json::from_str(line).expect("server sent JSON lines"));
+                        more += 1;
+                    }
+                    if more > 0 {
+                        self.batched_frames += 1;
+                    }
+                    return Ok(first);
+                }
                 Some(Ok(Message::Close(f))) => {
                     return Err(format!("closed {:?}", f.map(|f| (u16::from(f.code), f.reason.to_string()))))
                 }

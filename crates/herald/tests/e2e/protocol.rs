@@ -16,6 +16,35 @@ async fn welcome_carries_session_limits_and_server() {
     assert_eq!(w["server"]["name"], "herald");
 }
 
+/// `hello.batch`: events that come faster than the client reads share
+/// frames, one JSON message per line, in order, none lost; without it,
+/// every frame holds exactly one message.
+#[tokio::test]
+async fn a_client_that_asks_for_batches_gets_several_messages_per_frame() {
+    let g = Gateway::start();
+    let mut batched = g.client().await;
+    let w = batched.request(json!({"type": "hello", "batch": true})).await;
+    assert_eq!(w["batch"], true, "the welcome confirms it: {w}");
+    let (mut plain, w) = g.hello().await;
+    assert!(w.get("batch").is_none(), "not asked, not said: {w}");
+    for c in [&mut batched, &mut plain] {
+        assert_eq!(c.subscribe("s", binding("b", "#"), json!({})).await["type"], "subscribed");
+    }
+    let mut published = Vec::new();
+    for _ in 0..4 {
+        let batch: Vec<serde_json::Value> =
+            (0..250).map(|i| json!({"exchange": "b", "routing_key": "k", "payload": {"i": i}})).collect();
+        published.extend(g.publish(batch.into()).await);
+    }
+    for c in [&mut batched, &mut plain] {
+        let got = c.events(published.len()).await;
+        assert_eq!(ids(&got), published, "every event once, in order");
+    }
+    assert!(batched.batched_frames > 0, "some frames held several events ({} frames)", batched.frames);
+    assert!(batched.frames < published.len(), "fewer frames than events: {}", batched.frames);
+    assert_eq!(plain.batched_frames, 0, "one message per frame without `batch`");
+}
+
 #[tokio::test]
 async fn ping_pong_echoes_ref() {
     let g = Gateway::start();
