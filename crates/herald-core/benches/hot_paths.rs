@@ -57,42 +57,60 @@ fn index(c: &mut Criterion) {
     });
 }
 
+/// A live subscriber of `pattern` on the task-completed exchange, with an outbox of its own.
+fn register(fan: &FanOut, pattern: &str) -> Arc<Outbox> {
+    let o = Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, String::new())));
+    let reg = Registration {
+        sub: "s".into(),
+        spec: Arc::new(SubSpec {
+            bindings: vec![(
+                "exchanges/taskcluster-queue/v1/task-completed".into(),
+                Pattern::parse(pattern).expect("p"),
+            )],
+            filters: vec![],
+        }),
+        principal: Arc::new(Principal::open()),
+        outbox: o.clone(),
+        format: FrameFormat::WebSocket,
+        replay: herald_core::ReplayPermits::unlimited(),
+    };
+    fan.register(reg, Start::Live, |_| {});
+    o
+}
+
+/// Dispatch one event and drain what it queued.
+fn dispatch_once(fan: &FanOut, id: &mut u64, outboxes: &[Arc<Outbox>], drained: &mut Vec<herald_core::Frame>) {
+    *id += 1;
+    fan.dispatch(&[event(*id, "primary.a.b")]);
+    for o in outboxes {
+        drained.clear();
+        o.take(drained);
+        o.written(drained);
+    }
+}
+
 fn dispatch(c: &mut Criterion) {
     // One event to 1,000 live subscribers with the same subscription id:
     // encoded once, shared by all.
     let fan = FanOut::new(0);
-    let outboxes: Vec<Arc<Outbox>> =
-        (0..1000).map(|_| Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, String::new())))).collect();
-    for o in &outboxes {
-        let reg = Registration {
-            sub: "s".into(),
-            spec: Arc::new(SubSpec {
-                bindings: vec![(
-                    "exchanges/taskcluster-queue/v1/task-completed".into(),
-                    Pattern::parse("#").expect("p"),
-                )],
-                filters: vec![],
-            }),
-            principal: Arc::new(Principal::open()),
-            outbox: o.clone(),
-            format: FrameFormat::WebSocket,
-            replay: herald_core::ReplayPermits::unlimited(),
-        };
-        fan.register(reg, Start::Live, |_| {});
-    }
-    let mut id = 0;
-    let mut drained = Vec::new();
+    let outboxes: Vec<Arc<Outbox>> = (0..1000).map(|_| register(&fan, "#")).collect();
+    let (mut id, mut drained) = (0, Vec::new());
     c.bench_function("dispatch/1-event-to-1000-subscribers", |b| {
-        b.iter(|| {
-            id += 1;
-            fan.dispatch(&[event(id, "primary.a.b")]);
-            for o in &outboxes {
-                drained.clear();
-                o.take(&mut drained);
-                o.written(&drained);
-            }
-        })
+        b.iter(|| dispatch_once(&fan, &mut id, &outboxes, &mut drained))
     });
+    // Subscriptions that cannot match must cost nothing: the same event to
+    // 100 subscribers, beside none or 100,000 others on distinct patterns
+    // that do not match it (issue 14: within 1.2 x).
+    for others in [0u32, 100_000] {
+        let fan = FanOut::new(0);
+        let outboxes: Vec<Arc<Outbox>> = (0..100).map(|_| register(&fan, "primary.#")).collect();
+        let idle: Vec<Arc<Outbox>> = (0..others).map(|i| register(&fan, &format!("secondary.{i}.*.#"))).collect();
+        let (mut id, mut drained) = (0, Vec::new());
+        c.bench_function(&format!("dispatch/1-event-to-100-of-{}-subscriptions", 100 + others), |b| {
+            b.iter(|| dispatch_once(&fan, &mut id, &outboxes, &mut drained))
+        });
+        drop(idle);
+    }
 }
 
 /// One rendezvous round trip through the broker: request, hand-over to one
