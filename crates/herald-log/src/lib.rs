@@ -78,7 +78,9 @@ pub use config::{duration, opt_duration, LogConfig};
 pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
 pub use io::{FaultyIo, LogIo, RealIo};
-pub use nats::{connect as connect_nats, subject, ClusterConfig, JetStreamLog, KvSessionStore, MIN_SERVER};
+pub use nats::{
+    connect as connect_nats, open_bucket, subject, ClusterConfig, JetStreamLog, KvSessionStore, MIN_SERVER,
+};
 pub use sessions::{DiskSessionStore, SESSIONS_FILE};
 
 /// What one record at the start of `buf` holds, as the log's start-up scan

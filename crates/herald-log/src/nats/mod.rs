@@ -204,6 +204,44 @@ pub async fn connect(
     }
 }
 
+/// Open the key-value bucket `bucket`, creating it (file storage, one
+/// value per key, `replicas` copies, per-message TTLs allowed) if missing;
+/// retried for up to 30 s while JetStream is not ready. `what` names its
+/// contents in logs and errors.
+pub async fn open_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    what: &str,
+) -> Result<async_nats::jetstream::kv::Store, LogError> {
+    use async_nats::jetstream::{self, kv};
+    let config = kv::Config {
+        bucket: bucket.to_string(),
+        history: 1,
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        // Allows per-message TTLs (and says how long the markers of
+        // expired keys are kept).
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = match js.get_key_value(bucket).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => js.create_key_value(config.clone()).await.map_err(|e| e.to_string()),
+        };
+        match made {
+            Ok(kv) => return Ok(kv),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, %bucket, "JetStream is not ready to hold {what} yet; retrying.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(LogError::Unavailable(format!("cannot create the bucket {bucket} for {what}: {e}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

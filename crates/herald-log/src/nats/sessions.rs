@@ -26,7 +26,6 @@ use futures_util::StreamExt;
 use herald_core::session::{merge_acks, SessionStore, StoreError, StoreOp, StoredSession};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tracing::warn;
 
 /// Sessions in a JetStream key-value bucket.
 pub struct KvSessionStore {
@@ -53,33 +52,7 @@ impl KvSessionStore {
         let client = super::connect(c, |_| {}).await?;
         let js = jetstream::new(client);
         let bucket = format!("{}_SESSIONS", c.stream);
-        let config = kv::Config {
-            bucket: bucket.clone(),
-            history: 1,
-            num_replicas: c.replicas,
-            storage: jetstream::stream::StorageType::File,
-            // Allows per-message TTLs (and says how long the markers of
-            // expired keys are kept).
-            limit_markers: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let kv = loop {
-            let made = match js.get_key_value(&bucket).await {
-                Ok(kv) => Ok(kv),
-                Err(_) => js.create_key_value(config.clone()).await.map_err(|e| e.to_string()),
-            };
-            match made {
-                Ok(kv) => break kv,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    warn!(error = %e, %bucket, "JetStream is not ready to hold the sessions yet; retrying.");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => {
-                    return Err(LogError::Unavailable(format!("cannot create the sessions bucket {bucket}: {e}")))
-                }
-            }
-        };
+        let kv = super::open_bucket(&js, &bucket, c.replicas, "the sessions").await?;
         Ok(KvSessionStore { js, kv, bucket, node: c.node.clone(), ttl })
     }
 

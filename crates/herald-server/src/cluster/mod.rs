@@ -50,34 +50,8 @@ impl Cluster {
         let client = herald_log::connect_nats(c, |_| {}).await?;
         let js = jetstream::new(client.clone());
         let bucket = format!("{}_CLUSTER", c.stream);
-        let config = kv::Config {
-            bucket: bucket.clone(),
-            history: 1,
-            num_replicas: c.replicas,
-            storage: jetstream::stream::StorageType::File,
-            // Per-message TTLs: a lease or a node's bindings vanish with the node.
-            limit_markers: Some(Duration::from_secs(60)),
-            ..Default::default()
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let kv = loop {
-            let made = match js.get_key_value(&bucket).await {
-                Ok(kv) => Ok(kv),
-                Err(_) => js.create_key_value(config.clone()).await.map_err(|e| e.to_string()),
-            };
-            match made {
-                Ok(kv) => break kv,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    warn!(error = %e, %bucket, "JetStream is not ready to hold the cluster bucket yet; retrying.");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => {
-                    return Err(herald_log::LogError::Unavailable(format!(
-                        "cannot create the cluster bucket {bucket}: {e}"
-                    )))
-                }
-            }
-        };
+        // Per-message TTLs: a lease or a node's bindings vanish with the node.
+        let kv = herald_log::open_bucket(&js, &bucket, c.replicas, "the cluster's leases and bindings").await?;
         let nodes = Arc::new(nodes::Registry::new(c.node.clone(), c.node_timeout));
         Ok(Arc::new(Cluster {
             client,
