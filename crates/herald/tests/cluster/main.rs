@@ -331,6 +331,10 @@ fn a_nats_server_too_old_is_refused_with_the_version_needed() {
     assert!(err.contains("too old") && err.contains("2.11.0"), "{err}");
 }
 
+/// The four publishers below outrun the default HTTP publish rate of one
+/// (anonymous) user when NATS is quick; these tests are about durability.
+const UNLIMITED_HTTP: &str = "[limits]\nhttp_publishes_per_second = 0\n";
+
 /// Acknowledged publishes as (id, publisher, n), and how many were refused.
 type Published = (Vec<(u64, u64, u64)>, u64);
 
@@ -415,7 +419,7 @@ fn check_acknowledged(acked: &[(u64, u64, u64)], log: &[(u64, u64, u64)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_nats_node_killed_during_publishing_loses_nothing_acknowledged() {
     let mut nats = NatsCluster::start();
-    let a = Gateway::start_with(&nats.herald_config("a", ""));
+    let a = Gateway::start_with(&nats.herald_config("a", UNLIMITED_HTTP));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = publishers(&a.base, stop.clone());
     a.wait_metric("herald_events_in_total", 200.0).await;
@@ -439,7 +443,7 @@ async fn one_nats_node_killed_during_publishing_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_nats_nodes_killed_and_restarted_lose_nothing_acknowledged() {
     let mut nats = NatsCluster::start();
-    let a = Gateway::start_with(&nats.herald_config("a", ""));
+    let a = Gateway::start_with(&nats.herald_config("a", UNLIMITED_HTTP));
     let (mut watcher, _) = a.hello().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = publishers(&a.base, stop.clone());
