@@ -33,6 +33,8 @@ pub enum Frame {
     Event(Bytes, u64),
     /// A WebSocket ping (heartbeat).
     Ping,
+    /// A WebSocket pong answering the client's ping, with its body.
+    Pong(Bytes),
     /// Close the connection with this code and reason after the frames before it.
     Close(u16, String),
 }
@@ -40,7 +42,7 @@ pub enum Frame {
 impl Frame {
     fn cost(&self) -> usize {
         match self {
-            Frame::Text(b) | Frame::Event(b, _) => b.len(),
+            Frame::Text(b) | Frame::Event(b, _) | Frame::Pong(b) => b.len(),
             Frame::Ping => 0,
             Frame::Close(_, r) => r.len(),
         }

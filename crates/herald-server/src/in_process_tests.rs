@@ -1,6 +1,7 @@
 //! The in-process test tier: a real [`Server`] (log, fan-out, sessions,
-//! broker and every background task) with WebSocket connections driven over
-//! channels instead of sockets, under tokio's paused clock. Timeouts of
+//! broker and every background task) with WebSocket connections over
+//! in-memory pipes instead of sockets (a WebSocket library as the client),
+//! under tokio's paused clock. Timeouts of
 //! minutes (session TTL, heartbeats, slow consumers, rendezvous deadlines)
 //! are tested to the second without waiting for them: when every task is
 //! idle, the clock jumps to the next timer.
@@ -11,17 +12,17 @@ use crate::config::{Config, SessionStoreKind};
 use crate::state::AppState;
 use crate::ws::connection;
 use crate::Server;
-use axum::extract::ws::Message;
 use futures_util::future::BoxFuture;
-use futures_util::{sink, stream};
 use herald_core::{MemoryStore, NewEvent, SessionStore, StoreError, StoreOp, StoredSession};
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A started server and its data directory.
 struct Harness {
@@ -52,28 +53,100 @@ enum Got {
     Close(u16),
 }
 
-/// One WebSocket connection over channels.
+/// One WebSocket connection over an in-memory pipe, seen through channels.
 struct TestConn {
     tx: Option<mpsc::Sender<Message>>,
     rx: mpsc::Receiver<Message>,
     next_ref: u64,
 }
 
-/// Connect to the server with an outbound channel of `capacity` messages
-/// (a small one stands for a client that reads slowly).
+/// Connect to the server with room for `capacity` received messages
+/// (a small one, with a small pipe, stands for a client that reads slowly).
 fn connect_with(h: &Harness, capacity: usize) -> TestConn {
-    let (in_tx, in_rx) = mpsc::channel::<Message>(64);
+    let (in_tx, mut in_rx) = mpsc::channel::<Message>(64);
     let (out_tx, out_rx) = mpsc::channel::<Message>(capacity);
-    let sink = Box::pin(sink::unfold(out_tx, |tx, m: Message| async move {
-        tx.send(m).await.map_err(|_| "the test client is gone")?;
-        Ok::<_, &'static str>(tx)
-    }));
-    let stream =
-        Box::pin(stream::unfold(in_rx, |mut rx| async move { rx.recv().await.map(|m| (Ok::<_, Infallible>(m), rx)) }));
+    let pipe = if capacity < 64 { 1024 } else { 1 << 20 };
+    let (server, client) = tokio::io::duplex(pipe);
+    let (read, write) = tokio::io::split(server);
     let peer = "127.0.0.1:1".parse().expect("addr");
     let slot = h.state.get().admission.admit(std::net::IpAddr::from([127, 0, 0, 1])).expect("admitted");
-    tokio::spawn(connection::run(sink, stream, h.state.clone(), peer, slot));
+    let max = h.state.get().config.limits.max_frame_bytes * 4;
+    tokio::spawn(connection::run(write, crate::ws::wire::Reader::new(read, &[], max), h.state.clone(), peer, slot));
+    // The client: a bare framer (a WebSocket library would answer pings by
+    // itself, and some tests are about clients that do not). Dropping the
+    // sender drops the pipe without a close frame.
+    let (mut r, mut w) = tokio::io::split(client);
+    let reader = tokio::spawn(async move {
+        while let Ok(m) = read_server_frame(&mut r).await {
+            if out_tx.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(m) = in_rx.recv().await {
+            if w.write_all(&client_frame(&m)).await.is_err() {
+                break;
+            }
+        }
+        reader.abort();
+    });
     TestConn { tx: Some(in_tx), rx: out_rx, next_ref: 0 }
+}
+
+/// One server frame (unmasked, never fragmented by Herald).
+async fn read_server_frame(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Message> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await?;
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7F {
+        126 => u64::from(r.read_u16().await?),
+        127 => r.read_u64().await?,
+        n => u64::from(n),
+    };
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).await?;
+    Ok(match h[0] & 0x0F {
+        0x1 => Message::text(String::from_utf8(body).expect("UTF-8")),
+        0x8 if body.len() >= 2 => Message::Close(Some(CloseFrame {
+            code: u16::from_be_bytes([body[0], body[1]]).into(),
+            reason: String::from_utf8(body[2..].to_vec()).expect("UTF-8").into(),
+        })),
+        0x8 => Message::Close(None),
+        0x9 => Message::Ping(body.into()),
+        0xA => Message::Pong(body.into()),
+        op => panic!("unexpected opcode {op}"),
+    })
+}
+
+/// A masked client frame.
+fn client_frame(m: &Message) -> Vec<u8> {
+    let (op, body): (u8, Vec<u8>) = match m {
+        Message::Text(t) => (0x1, t.as_bytes().to_vec()),
+        Message::Binary(b) => (0x2, b.to_vec()),
+        Message::Ping(b) => (0x9, b.to_vec()),
+        Message::Pong(b) => (0xA, b.to_vec()),
+        Message::Close(None) => (0x8, Vec::new()),
+        Message::Close(Some(f)) => (0x8, [&u16::from(f.code).to_be_bytes()[..], f.reason.as_bytes()].concat()),
+        Message::Frame(_) => unreachable!("not sent by tests"),
+    };
+    let mask = [7u8, 1, 2, 3];
+    let mut out = vec![0x80 | op];
+    match body.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
 }
 
 fn connect(h: &Harness) -> TestConn {
@@ -92,7 +165,7 @@ impl TestConn {
         match m {
             Some(Message::Text(t)) => Got::Msg(serde_json::from_str(t.as_str()).expect("JSON")),
             Some(Message::Ping(_)) => Got::Ping,
-            Some(Message::Close(frame)) => Got::Close(frame.map_or(1005, |f| f.code)),
+            Some(Message::Close(frame)) => Got::Close(frame.map_or(1005, |f| f.code.into())),
             Some(other) => panic!("unexpected {other:?}"),
             None => Got::Close(1006),
         }
@@ -231,7 +304,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_slow_consumer_timeout()
         last = Some(m);
     }
     match last {
-        Some(Message::Close(Some(f))) => assert_eq!(f.code, 4408),
+        Some(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4408),
         other => panic!("expected a 4408 close, got {other:?}"),
     }
 }

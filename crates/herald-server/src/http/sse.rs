@@ -176,6 +176,8 @@ pub(crate) async fn sse(
                 match f {
                     Frame::Text(b) | Frame::Event(b, _) => buf.extend_from_slice(b),
                     Frame::Ping => buf.extend_from_slice(b": ping\n\n"),
+                    // A WebSocket-only frame; SSE clients never ping.
+                    Frame::Pong(_) => {}
                     Frame::Close(..) => {
                         closing = true;
                         break;

@@ -7,25 +7,23 @@
 //! events, so a reply is always ordered correctly against the events around
 //! it (for example `subscribed` precedes the subscription's first event).
 //!
-//! The loop is generic over a `Sink` and a `Stream` of messages, so tests
-//! drive a connection over channels without a socket
-//! (the in-process tests).
+//! The loop is generic over the socket's two halves, so tests drive a
+//! connection over an in-memory pipe (the in-process tests).
 
+use super::wire::{Inbound, Reader};
 use super::{publish::Publication, writer};
 use crate::admission::{RateLimit, Slot};
 use crate::connections::ConnHandle;
 use crate::error::ClientError;
 use crate::state::AppState;
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream, StreamExt};
 use herald_core::{Attachment, Frame, Outbox, Principal, ReplayPermits, Session, StoreOp};
 use herald_protocol::{decode_client, encode, ClientMessage, CloseCode, ErrorCode, Ref, ServerMessage};
 use std::collections::HashMap;
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -68,14 +66,12 @@ pub(super) struct Connection {
     pub(super) batch: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Serve one connection until it ends. `sink` and `stream` are the two
-/// halves of a WebSocket (or, in tests, of a pair of channels).
-pub(crate) async fn run<S, R, E>(sink: S, mut stream: R, state: AppState, peer: SocketAddr, slot: Slot)
+/// Serve one connection until it ends: messages from `stream`, frames
+/// written into `sink` (the two halves of the upgraded socket).
+pub(crate) async fn run<W, R>(sink: W, mut stream: Reader<R>, state: AppState, peer: SocketAddr, slot: Slot)
 where
-    S: Sink<Message> + Unpin + Send + 'static,
-    S::Error: Display,
-    R: Stream<Item = Result<Message, E>> + Unpin,
-    E: Display,
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin,
 {
     let s = state.get();
     let slow = encode(&ServerMessage::Error {
@@ -120,14 +116,17 @@ where
         outbox.close_with(Some(closing.into()), CloseCode::Draining.code(), "server shutting down");
     }
     let mut orderly = false;
+    let mut client_close = None;
     let mut busy_since = std::time::Instant::now();
     loop {
         tokio::select! {
             msg = stream.next() => {
                 handle.last_seen_ms.store(s.now_ms(), Ordering::Relaxed);
                 match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        if conn.on_text(text.as_str()).await.is_break() {
+                    Some(Ok(Inbound::Text(text))) => {
+                        // Checked to be UTF-8 by the decoder.
+                        let text = std::str::from_utf8(&text).unwrap_or_default();
+                        if conn.on_text(text).await.is_break() {
                             break;
                         }
                         // A client whose commands arrive back to back would
@@ -139,29 +138,31 @@ where
                             busy_since = std::time::Instant::now();
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Some(Ok(Inbound::Binary(_))) => {
                         conn.error(None, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) => {
+                    Some(Ok(Inbound::Ping(body))) => {
+                        let _ = outbox.push(Frame::Pong(body));
+                    }
+                    Some(Ok(Inbound::Pong)) => {}
+                    Some(Ok(Inbound::Close(code))) => {
                         // A close the client started ends the session; one the
                         // server started (drain, slow consumer) does not.
                         orderly = !outbox.is_closed();
+                        // Answer it, echoing the client's code (RFC 6455 §5.5.1).
+                        client_close = Some(code.unwrap_or(CloseCode::Normal.code()));
                         break;
                     }
                     Some(Err(e)) => {
                         // Tell the client which WebSocket rule it broke, if the
                         // socket can still carry a close frame.
-                        let text = e.to_string();
-                        let (code, reason) = if text.contains("UTF-8") {
-                            (CloseCode::InvalidUtf8, "text frame is not valid UTF-8")
-                        } else if text.contains("Space limit") || text.contains("too long") {
-                            (CloseCode::TooBig, "frame too large")
-                        } else {
-                            (CloseCode::WebSocketProtocol, "WebSocket protocol error")
+                        debug!(conn = conn_id, error = %e, "WebSocket read failed.");
+                        let reason = match e.close_code() {
+                            CloseCode::InvalidUtf8 => "text frame is not valid UTF-8",
+                            CloseCode::TooBig => "frame too large",
+                            _ => "WebSocket protocol error",
                         };
-                        debug!(conn = conn_id, error = %text, "WebSocket read failed.");
-                        outbox.close_with(None, code.code(), reason);
+                        outbox.close_with(None, e.close_code().code(), reason);
                         break;
                     }
                     None => break,
@@ -183,7 +184,7 @@ where
         // before the client has read the error and the close frame.
         let drain = async {
             while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Message::Close(_)) {
+                if matches!(m, Inbound::Close(_)) {
                     break;
                 }
             }
@@ -191,7 +192,7 @@ where
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
     }
     if !writer.is_finished() {
-        outbox.close_with(None, CloseCode::Normal.code(), "bye");
+        outbox.close_with(None, client_close.unwrap_or(CloseCode::Normal.code()), "bye");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
     }
     debug!(conn = conn_id, orderly, "WebSocket closed.");

@@ -1,127 +1,132 @@
 //! The writer task: drains a connection's outbox into the socket.
 //!
-//! Every frame queued since the last wake-up is fed into the WebSocket sink
-//! before one flush, so a client that is behind gets many frames per
-//! syscall. Bytes stay counted against the outbox bound until written.
+//! Every frame queued since the last wake-up is framed (a header before
+//! each shared payload, see [`super::wire`]) and written with one vectored
+//! write, so a client that is behind gets many frames per syscall and no
+//! payload is copied. Bytes stay counted against the outbox bound until
+//! written. While idle the task holds no buffer.
 //!
 //! A client that said `hello.batch` gets consecutive text messages packed
 //! into one WebSocket frame, one per line (JSON never holds a raw newline),
 //! up to [`MAX_BATCH_BYTES`]: fewer frames to build, mask-check and parse
 //! on both sides when events come faster than the client reads.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use super::wire::Encoder;
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt};
 use herald_core::{Frame, Outbox};
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 /// The largest batched frame: a few socket writes' worth, so that a batch
 /// does not hold back the first message for long nor need a big buffer.
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-/// Write `outbox` into `sink` until a close frame or a write error.
-pub(crate) async fn run<S>(mut sink: S, outbox: Arc<Outbox>, latency: Histogram, batch: Arc<AtomicBool>)
+/// Write `outbox` into `io` until a close frame or a write error.
+pub(crate) async fn run<W>(mut io: W, outbox: Arc<Outbox>, latency: Histogram, batch: Arc<AtomicBool>)
 where
-    S: Sink<Message> + Unpin,
-    S::Error: std::fmt::Display,
+    W: AsyncWrite + Unpin,
 {
     let mut frames: Vec<Frame> = Vec::new();
+    let mut enc = Encoder::default();
+    // Text messages waiting to be packed into one batched frame.
+    let mut lines: Vec<Bytes> = Vec::new();
+    let mut lines_len = 0usize;
     loop {
         outbox.take(&mut frames);
         if frames.is_empty() {
+            // Idle: hold no buffers while waiting.
+            frames = Vec::new();
+            lines = Vec::new();
             outbox.ready().await;
             continue;
         }
         let batching = batch.load(Ordering::Relaxed);
         let mut close = None;
-        let mut packed = String::new();
         for frame in &frames {
-            let msg = match frame {
+            match frame {
                 Frame::Text(b) | Frame::Event(b, _) if batching => {
-                    let Ok(text) = std::str::from_utf8(b) else { continue };
                     // Full: what is packed goes out first.
-                    let full = !packed.is_empty() && packed.len() + 1 + text.len() > MAX_BATCH_BYTES;
-                    if full
-                        && feed(&mut sink, Message::Text(Utf8Bytes::from(std::mem::take(&mut packed)))).await.is_err()
-                    {
-                        return;
+                    if !lines.is_empty() && lines_len + 1 + b.len() > MAX_BATCH_BYTES {
+                        flush_lines(&mut enc, &mut lines, &mut lines_len);
                     }
-                    if !packed.is_empty() {
-                        packed.push('\n');
+                    lines_len += b.len() + usize::from(!lines.is_empty());
+                    lines.push(b.clone());
+                }
+                other => {
+                    // A control frame goes after the text packed before it.
+                    flush_lines(&mut enc, &mut lines, &mut lines_len);
+                    match other {
+                        Frame::Text(b) | Frame::Event(b, _) => enc.text(b.clone()),
+                        Frame::Ping => enc.ping(),
+                        Frame::Pong(body) => enc.pong(body.clone()),
+                        Frame::Close(code, reason) => {
+                            close = Some((*code, reason.clone()));
+                            break;
+                        }
                     }
-                    packed.push_str(text);
-                    continue;
                 }
-                Frame::Text(b) | Frame::Event(b, _) => match Utf8Bytes::try_from(b.clone()) {
-                    Ok(t) => Message::Text(t),
-                    Err(_) => continue,
-                },
-                Frame::Ping => Message::Ping(Bytes::new()),
-                Frame::Close(code, reason) => {
-                    close = Some(Message::Close(Some(CloseFrame { code: *code, reason: reason.as_str().into() })));
-                    break;
-                }
-            };
-            // A ping goes after the text packed before it.
-            if !packed.is_empty()
-                && feed(&mut sink, Message::Text(Utf8Bytes::from(std::mem::take(&mut packed)))).await.is_err()
-            {
-                return;
-            }
-            if feed(&mut sink, msg).await.is_err() {
-                return;
             }
         }
-        if !packed.is_empty() && feed(&mut sink, Message::Text(Utf8Bytes::from(packed))).await.is_err() {
-            return;
-        }
-        if let Err(e) = sink.flush().await {
-            debug!(error = %e, "WebSocket flush failed.");
+        flush_lines(&mut enc, &mut lines, &mut lines_len);
+        if let Err(e) = enc.write_to(&mut io).await {
+            debug!(error = %e, "WebSocket write failed.");
             return;
         }
         outbox.written(&frames);
         crate::metrics::observe_written(&latency, &frames);
         frames.clear();
-        if let Some(msg) = close {
-            let _ = sink.send(msg).await;
-            let _ = sink.close().await;
+        if let Some((code, reason)) = close {
+            enc.close(code, &reason);
+            let _ = enc.write_to(&mut io).await;
+            let _ = io.shutdown().await;
             return;
         }
     }
 }
 
-/// Queue one message in the sink (written at the next flush).
-async fn feed<S>(sink: &mut S, msg: Message) -> Result<(), ()>
-where
-    S: Sink<Message> + Unpin,
-    S::Error: std::fmt::Display,
-{
-    sink.feed(msg).await.map_err(|e| debug!(error = %e, "WebSocket write failed."))
+/// Frame the packed lines (one message alone goes out as itself).
+fn flush_lines(enc: &mut Encoder, lines: &mut Vec<Bytes>, len: &mut usize) {
+    match lines.len() {
+        0 => {}
+        1 => enc.text(lines[0].clone()),
+        _ => enc.text_lines(lines),
+    }
+    lines.clear();
+    *len = 0;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Run the writer over `frames` into a channel; the messages it wrote.
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+
+    /// Run the writer over `frames` into a socket pair; the messages a
+    /// WebSocket library reads from it.
     async fn written(frames: Vec<Frame>, batch: bool) -> Vec<Message> {
         let outbox = Arc::new(Outbox::new(1 << 20, Bytes::from_static(b"{}"), (4408, "slow".into())));
         for f in frames {
             outbox.push(f).expect("queued");
         }
         outbox.push(Frame::Close(1000, "done".into())).expect("queued");
-        let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let into = got.clone();
-        let sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
-            into.lock().push(m);
-            async { Ok::<(), String>(()) }
-        }));
-        run(sink, outbox, Histogram::new([1.0]), Arc::new(AtomicBool::new(batch))).await;
-        let out = got.lock().clone();
-        out
+        let (mut server, client) = tokio::io::duplex(1 << 20);
+        // The server's end stays open: the client answers pings into it.
+        run(&mut server, outbox, Histogram::new([1.0]), Arc::new(AtomicBool::new(batch))).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let mut got = Vec::new();
+        while let Some(m) = ws.next().await {
+            let m = m.expect("valid frames");
+            let last = matches!(m, Message::Close(_));
+            got.push(m);
+            if last {
+                break;
+            }
+        }
+        got
     }
 
     fn text(s: &str) -> Frame {

@@ -1,0 +1,575 @@
+//! WebSocket framing (RFC 6455), server side, written for Herald's fan-out.
+//!
+//! Why not tungstenite, which Herald used before: a server-to-client frame
+//! is the same bytes for every subscriber that receives the same message,
+//! but a general-purpose library copies each one into a per-connection
+//! write buffer, and keeps a read chunk and a write buffer per connection
+//! for its whole life (about 8 KiB of an idle connection's 13). Here:
+//!
+//! - **Writing** ([`Encoder`]): a frame is a small header followed by the
+//!   shared payload `Bytes`, handed to the socket as is with one vectored
+//!   write for everything queued (`writev`); batched messages
+//!   (`hello.batch`) are one header and the payloads separated by `\n`,
+//!   again without copying them.
+//! - **Reading** ([`Reader`]): bytes are read through a buffer on the
+//!   stack, and only what a partial frame needs is kept in the connection's
+//!   own buffer, which is released whenever it runs empty. An idle
+//!   connection holds no read or write buffer at all.
+//!
+//! What is supported is what browsers and WebSocket libraries send: masked
+//! client frames, fragmented messages, interleaved control frames, close
+//! codes. No extensions are negotiated (so RSV bits must be zero, as RFC
+//! 6455 §5.2 requires), text must be valid UTF-8 (close 1007), a message
+//! larger than the limit is refused before it is buffered (close 1009), and
+//! every other rule broken closes with 1002.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Bytes read from the socket per read call (on the stack, not kept).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Most slices handed to one vectored write (Linux's `IOV_MAX` is 1024).
+const MAX_SLICES: usize = 1024;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A complete message from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// A text message (checked to be valid UTF-8).
+    Text(Bytes),
+    /// A binary message (Herald's protocol has none).
+    Binary(Bytes),
+    /// A ping, to be answered with a pong carrying the same bytes.
+    Ping(Bytes),
+    /// A pong (answers our heartbeat pings).
+    Pong,
+    /// The client's close frame and its status code, if it sent one.
+    Close(Option<u16>),
+}
+
+/// Why the client's bytes are not an acceptable WebSocket stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    /// A framing rule of RFC 6455 was broken.
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(&'static str),
+    /// A message is larger than the limit.
+    #[error("message of at least {0} bytes is larger than the limit")]
+    TooBig(u64),
+    /// A text message is not valid UTF-8.
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// The socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl WireError {
+    /// The WebSocket close code that tells the client which rule it broke.
+    pub(crate) fn close_code(&self) -> herald_protocol::CloseCode {
+        use herald_protocol::CloseCode;
+        match self {
+            WireError::Protocol(_) | WireError::Io(_) => CloseCode::WebSocketProtocol,
+            WireError::TooBig(_) => CloseCode::TooBig,
+            WireError::InvalidUtf8 => CloseCode::InvalidUtf8,
+        }
+    }
+}
+
+/// Turns the client's bytes into messages. Pure: it never touches a socket
+/// (so it can be fuzzed and unit-tested), [`Reader`] feeds it.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    max_message: usize,
+    /// A fragmented message being assembled: its opcode and bytes so far.
+    fragments: Option<(u8, BytesMut)>,
+}
+
+impl Decoder {
+    /// A decoder refusing messages larger than `max_message` bytes.
+    pub(crate) fn new(max_message: usize) -> Decoder {
+        Decoder { max_message, fragments: None }
+    }
+
+    /// Take the next complete message off the front of `buf`. `Ok(None)`:
+    /// `buf` ends inside a frame (or holds only part of a fragmented
+    /// message); nothing of an incomplete frame is consumed.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Inbound>, WireError> {
+        loop {
+            let Some(frame) = self.frame(buf)? else { return Ok(None) };
+            if let Some(msg) = self.assemble(frame)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    /// One whole frame off the front of `buf`: (fin, opcode, unmasked payload).
+    fn frame(&self, buf: &mut BytesMut) -> Result<Option<(bool, u8, Bytes)>, WireError> {
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0F;
+        if b0 & 0x70 != 0 {
+            return Err(WireError::Protocol("reserved bits set without an extension"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(WireError::Protocol("client frames must be masked"));
+        }
+        let control = opcode & 0x8 != 0;
+        match opcode {
+            OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG => {}
+            _ => return Err(WireError::Protocol("unknown opcode")),
+        }
+        let (len, header) = match b1 & 0x7F {
+            126 => {
+                if buf.len() < 4 {
+                    return Ok(None);
+                }
+                (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4)
+            }
+            127 => {
+                if buf.len() < 10 {
+                    return Ok(None);
+                }
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[2..10]);
+                let len = u64::from_be_bytes(b);
+                if len >> 63 != 0 {
+                    return Err(WireError::Protocol("frame length has its top bit set"));
+                }
+                (len, 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        if control && (!fin || len > 125) {
+            return Err(WireError::Protocol("control frames must be whole and at most 125 bytes"));
+        }
+        // Refuse before buffering: a frame's length alone may exceed the limit.
+        let so_far = self.fragments.as_ref().map_or(0, |(_, b)| b.len() as u64);
+        if !control && so_far.saturating_add(len) > self.max_message as u64 {
+            return Err(WireError::TooBig(so_far.saturating_add(len)));
+        }
+        let len = len as usize;
+        if buf.len() < header + 4 + len {
+            return Ok(None);
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&buf[header..header + 4]);
+        buf.advance(header + 4);
+        let mut payload = buf.split_to(len);
+        unmask(&mut payload, mask);
+        Ok(Some((fin, opcode, payload.freeze())))
+    }
+
+    /// Fold a frame into the message it belongs to; the message once whole.
+    fn assemble(&mut self, (fin, opcode, payload): (bool, u8, Bytes)) -> Result<Option<Inbound>, WireError> {
+        match opcode {
+            OP_PING => Ok(Some(Inbound::Ping(payload))),
+            OP_PONG => Ok(Some(Inbound::Pong)),
+            OP_CLOSE => close(&payload).map(Some),
+            OP_CONTINUATION => {
+                let Some((_, so_far)) = self.fragments.as_mut() else {
+                    return Err(WireError::Protocol("continuation frame without a message to continue"));
+                };
+                so_far.extend_from_slice(&payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let Some((op, whole)) = self.fragments.take() else { return Ok(None) };
+                message(op, whole.freeze()).map(Some)
+            }
+            _ => {
+                if self.fragments.is_some() {
+                    return Err(WireError::Protocol("new message before the fragmented one ended"));
+                }
+                if fin {
+                    return message(opcode, payload).map(Some);
+                }
+                self.fragments = Some((opcode, BytesMut::from(&payload[..])));
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn message(opcode: u8, payload: Bytes) -> Result<Inbound, WireError> {
+    if opcode == OP_BINARY {
+        return Ok(Inbound::Binary(payload));
+    }
+    if std::str::from_utf8(&payload).is_err() {
+        return Err(WireError::InvalidUtf8);
+    }
+    Ok(Inbound::Text(payload))
+}
+
+fn close(payload: &[u8]) -> Result<Inbound, WireError> {
+    match payload {
+        [] => Ok(Inbound::Close(None)),
+        [_] => Err(WireError::Protocol("close frame with a one-byte body")),
+        [a, b, reason @ ..] => {
+            if std::str::from_utf8(reason).is_err() {
+                return Err(WireError::InvalidUtf8);
+            }
+            let code = u16::from_be_bytes([*a, *b]);
+            // RFC 6455 §7.4: codes a peer may send.
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !valid {
+                return Err(WireError::Protocol("close code a peer may not send"));
+            }
+            Ok(Inbound::Close(Some(code)))
+        }
+    }
+}
+
+/// XOR the client's mask over the payload, eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Reads messages off a socket, keeping a buffer only while a frame is
+/// partly read.
+pub(crate) struct Reader<R> {
+    io: R,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// A reader over `io`; `already_read` are bytes read past the HTTP
+    /// request (a client may send its first frame right after it).
+    pub(crate) fn new(io: R, already_read: &[u8], max_message: usize) -> Reader<R> {
+        Reader { io, buf: BytesMut::from(already_read), decoder: Decoder::new(max_message) }
+    }
+
+    /// The next message; `None` when the client closed the socket.
+    /// Cancel-safe: bytes read are kept in the reader.
+    pub(crate) async fn next(&mut self) -> Option<Result<Inbound, WireError>> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(msg)) => return Some(Ok(msg)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.buf.is_empty() {
+                // Nothing pending: hold no memory while waiting (the bytes
+                // of earlier messages may still share the old allocation).
+                self.buf = BytesMut::new();
+            }
+            match self.read().await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(WireError::Io(e))),
+            }
+        }
+    }
+
+    async fn read(&mut self) -> io::Result<usize> {
+        let Reader { io, buf, .. } = self;
+        poll_fn(|cx| {
+            // On the stack for this call only: an idle connection keeps none.
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(rb.filled());
+                    Poll::Ready(Ok(rb.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// The header of an unmasked server frame with `fin` set.
+fn header(opcode: u8, len: usize, out: &mut BytesMut) {
+    out.put_u8(0x80 | opcode);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+/// Builds the server's frames as a list of byte slices (headers and the
+/// shared payloads), written with vectored writes.
+#[derive(Debug, Default)]
+pub(crate) struct Encoder {
+    headers: BytesMut,
+    parts: Vec<Bytes>,
+}
+
+static NEWLINE: Bytes = Bytes::from_static(b"\n");
+
+impl Encoder {
+    fn push_header(&mut self, opcode: u8, len: usize) {
+        header(opcode, len, &mut self.headers);
+        self.parts.push(self.headers.split().freeze());
+    }
+
+    fn push_part(&mut self, b: Bytes) {
+        self.parts.push(b);
+    }
+
+    /// One text frame holding `payload` (valid UTF-8).
+    pub(crate) fn text(&mut self, payload: Bytes) {
+        self.push_header(OP_TEXT, payload.len());
+        self.push_part(payload);
+    }
+
+    /// One text frame holding the messages one per line (`hello.batch`).
+    pub(crate) fn text_lines(&mut self, lines: &[Bytes]) {
+        let total = lines.iter().map(Bytes::len).sum::<usize>() + lines.len().saturating_sub(1);
+        self.push_header(OP_TEXT, total);
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                self.push_part(NEWLINE.clone());
+            }
+            self.push_part(line.clone());
+        }
+    }
+
+    /// A ping with an empty body.
+    pub(crate) fn ping(&mut self) {
+        self.push_header(OP_PING, 0);
+    }
+
+    /// A pong answering a ping's body.
+    pub(crate) fn pong(&mut self, body: Bytes) {
+        let body = body.slice(..body.len().min(125));
+        self.push_header(OP_PONG, body.len());
+        self.push_part(body);
+    }
+
+    /// A close frame with `code` and `reason` (cut to fit a control frame).
+    pub(crate) fn close(&mut self, code: u16, reason: &str) {
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut body = BytesMut::with_capacity(2 + end);
+        body.put_u16(code);
+        body.extend_from_slice(&reason.as_bytes()[..end]);
+        self.push_header(OP_CLOSE, body.len());
+        self.push_part(body.freeze());
+    }
+
+    /// Write everything built so far into `io` and forget it.
+    pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        let mut first = 0;
+        while first < self.parts.len() {
+            let n = {
+                let end = self.parts.len().min(first + MAX_SLICES);
+                let slices: Vec<io::IoSlice<'_>> = self.parts[first..end].iter().map(|b| io::IoSlice::new(b)).collect();
+                io.write_vectored(&slices).await?
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // Skip what was written: whole parts, then into the next one.
+            let mut left = n;
+            while left > 0 {
+                let part = &mut self.parts[first];
+                if left >= part.len() {
+                    left -= part.len();
+                    first += 1;
+                } else {
+                    part.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        io.flush().await?;
+        self.parts.clear();
+        if self.parts.capacity() > MAX_SLICES {
+            self.parts = Vec::new();
+        }
+        // The headers' buffer is released once its frozen slices are written.
+        self.headers = BytesMut::new();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let n = payload.len();
+        if n < 126 {
+            out.push(0x80 | n as u8);
+        } else if n <= 65535 {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<Inbound>, String> {
+        let mut d = Decoder::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        // Byte by byte: every split point of every frame is a partial read.
+        for b in bytes {
+            buf.put_u8(*b);
+            while let Some(m) = d.decode(&mut buf).map_err(|e| e.to_string())? {
+                out.push(m);
+            }
+        }
+        assert!(buf.is_empty(), "nothing left over");
+        Ok(out)
+    }
+
+    #[test]
+    fn whole_and_fragmented_messages_with_control_frames_between() {
+        let long = "é".repeat(40_000);
+        let mut bytes = client_frame(true, OP_TEXT, b"{\"a\":1}");
+        bytes.extend(client_frame(false, OP_TEXT, &long.as_bytes()[..1001]));
+        bytes.extend(client_frame(true, OP_PING, b"hi"));
+        bytes.extend(client_frame(true, OP_CONTINUATION, &long.as_bytes()[1001..]));
+        bytes.extend(client_frame(true, OP_BINARY, &[0xFF; 3]));
+        bytes.extend(client_frame(true, OP_PONG, b""));
+        bytes.extend(client_frame(true, OP_CLOSE, &[0x03, 0xE8, b'o', b'k']));
+        let got = decode_all(&bytes, 1 << 20).expect("valid");
+        assert_eq!(
+            got,
+            vec![
+                Inbound::Text(Bytes::from_static(b"{\"a\":1}")),
+                Inbound::Ping(Bytes::from_static(b"hi")),
+                Inbound::Text(Bytes::from(long)),
+                Inbound::Binary(Bytes::from_static(&[0xFF; 3])),
+                Inbound::Pong,
+                Inbound::Close(Some(1000)),
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_rules_are_refused_with_their_close_codes() {
+        use herald_protocol::CloseCode;
+        let unmasked = vec![0x81, 0x01, b'x'];
+        let cases: Vec<(Vec<u8>, CloseCode)> = vec![
+            (unmasked, CloseCode::WebSocketProtocol),
+            (client_frame(true, 0x3, b""), CloseCode::WebSocketProtocol),
+            (client_frame(true, OP_TEXT | 0x40, b"x"), CloseCode::WebSocketProtocol),
+            (client_frame(true, OP_CONTINUATION, b"x"), CloseCode::WebSocketProtocol),
+            (client_frame(false, OP_PING, b"x"), CloseCode::WebSocketProtocol),
+            (client_frame(true, OP_PING, &[0; 126]), CloseCode::WebSocketProtocol),
+            (client_frame(true, OP_CLOSE, &[3]), CloseCode::WebSocketProtocol),
+            (client_frame(true, OP_CLOSE, &[0x03, 0xEE]), CloseCode::WebSocketProtocol),
+            (client_frame(true, OP_TEXT, &[0xC3, 0x28]), CloseCode::InvalidUtf8),
+            (client_frame(true, OP_TEXT, &[b'x'; 2000]), CloseCode::TooBig),
+            (
+                {
+                    let mut b = client_frame(false, OP_TEXT, b"a");
+                    b.extend(client_frame(true, OP_TEXT, b"b"));
+                    b
+                },
+                CloseCode::WebSocketProtocol,
+            ),
+            (
+                {
+                    let mut b = client_frame(false, OP_TEXT, &[b'x'; 600]);
+                    b.extend(client_frame(true, OP_CONTINUATION, &[b'x'; 600]));
+                    b
+                },
+                CloseCode::TooBig,
+            ),
+        ];
+        for (bytes, code) in cases {
+            let mut d = Decoder::new(1000);
+            let mut buf = BytesMut::from(&bytes[..]);
+            let err = loop {
+                match d.decode(&mut buf) {
+                    Err(e) => break e,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("accepted {bytes:?}"),
+                }
+            };
+            assert_eq!(err.close_code(), code, "{bytes:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_refused_before_it_is_buffered() {
+        let mut buf = BytesMut::from(&[0x81u8, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0][..]);
+        let err = Decoder::new(1 << 20).decode(&mut buf).expect_err("too big");
+        assert!(matches!(err, WireError::TooBig(n) if n == 1 << 32), "{err}");
+    }
+
+    #[test]
+    fn unmask_matches_the_bytewise_definition() {
+        let mask = [1, 2, 3, 4];
+        for n in 0..40 {
+            let plain: Vec<u8> = (0..n as u8).collect();
+            let mut masked = plain.clone();
+            unmask(&mut masked, mask);
+            let expect: Vec<u8> = plain.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+            assert_eq!(masked, expect);
+        }
+    }
+
+    #[tokio::test]
+    async fn encoded_frames_are_what_a_websocket_library_reads() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let (_, mut w) = tokio::io::split(server);
+        let mut enc = Encoder::default();
+        enc.text(Bytes::from_static(b"{\"a\":1}"));
+        enc.text_lines(&[Bytes::from_static(b"1"), Bytes::from_static(b"2"), Bytes::from_static(b"3")]);
+        let big = Bytes::from("x".repeat(70_000));
+        enc.text(big.clone());
+        enc.ping();
+        enc.pong(Bytes::from_static(b"p"));
+        enc.close(4408, "slow consumer");
+        enc.write_to(&mut w).await.expect("written");
+        assert!(enc.parts.is_empty());
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(ws.next().await.expect("a message").expect("valid"));
+        }
+        assert_eq!(got[0], Message::text("{\"a\":1}"));
+        assert_eq!(got[1], Message::text("1\n2\n3"));
+        assert_eq!(got[2].len(), big.len());
+        assert!(matches!(got[3], Message::Ping(_)));
+        assert!(matches!(&got[4], Message::Pong(p) if p.as_ref() == b"p"));
+        assert!(matches!(&got[5], Message::Close(Some(f)) if u16::from(f.code) == 4408 && f.reason == "slow consumer"));
+    }
+}
