@@ -1,6 +1,6 @@
 //! The measurements.
 
-use crate::client::{connect, next_json, send, Rx, Tx};
+use crate::client::{connect, connect_batched, event_id, next_json, next_text, send, Rx, Tx};
 use crate::gateway::rss_bytes;
 use crate::{BenchArgs, Report};
 use anyhow::{bail, Context};
@@ -239,21 +239,28 @@ async fn fanout(bases: &[String], subscribers: usize, events: u64, pad: &str) ->
     let total = events + LATENCY_EVENTS;
     let mut receivers = Vec::new();
     for i in 0..subscribers {
-        let (mut tx, mut rx) = connect(&bases[i % bases.len()]).await?;
+        let (mut tx, mut rx) = connect_batched(&bases[i % bases.len()]).await?;
         subscribe(&mut tx, &mut rx, FANOUT_EXCHANGE, None).await?;
         receivers.push(tokio::spawn(async move {
             let _keep = tx;
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut got = 0;
+            let (mut got, mut last) = (0, 0);
             let mut throughput_done = Instant::now();
             while got < total {
-                let v = next_json(&mut rx).await?;
-                if v["type"] == "event" {
+                // Batched frames, counted without parsing each event; only
+                // the latency phase's events are parsed for their stamp.
+                for line in next_text(&mut rx).await?.split('\n') {
+                    let Some(id) = event_id(line) else { continue };
+                    if id <= last {
+                        bail!("fan-out out of order: {id} after {last}");
+                    }
+                    last = id;
                     got += 1;
                     if got == events {
                         throughput_done = Instant::now();
                     }
-                    if v["payload"]["lat"] == true {
+                    if line.contains("\"lat\":true") {
+                        let v: Value = serde_json::from_str(line)?;
                         let sent = v["payload"]["t"].as_u64().unwrap_or(0);
                         hist.saturating_record(now_us().saturating_sub(sent).max(1));
                     }
@@ -314,15 +321,29 @@ async fn fanout(bases: &[String], subscribers: usize, events: u64, pad: &str) ->
     Ok((rate, all.value_at_quantile(0.5) as f64 / 1000.0, all.value_at_quantile(0.99) as f64 / 1000.0))
 }
 
+/// One subscriber replays everything with batched frames; events are
+/// counted and their ids checked to ascend, without parsing each one.
 async fn replay(base: &str, expected: u64) -> anyhow::Result<f64> {
-    let (mut tx, mut rx) = connect(base).await?;
+    let (mut tx, mut rx) = connect_batched(base).await?;
     let start = Instant::now();
-    subscribe(&mut tx, &mut rx, PUBLISH_EXCHANGE, Some(json!({"id": 0}))).await?;
-    let mut got = 0;
+    send(
+        &mut tx,
+        json!({"type": "subscribe", "ref": "s", "sub": "s", "since": {"id": 0},
+               "bindings": [{"exchange": PUBLISH_EXCHANGE, "pattern": "#"}]}),
+    )
+    .await?;
+    let (mut got, mut last) = (0u64, 0u64);
     while got < expected {
-        let v = next_json(&mut rx).await?;
-        if v["type"] == "event" {
-            got += 1;
+        for line in next_text(&mut rx).await?.split('\n') {
+            match event_id(line) {
+                Some(id) if id > last => {
+                    last = id;
+                    got += 1;
+                }
+                Some(id) => bail!("replay out of order: {id} after {last}"),
+                None if line.contains("\"type\":\"error\"") => bail!("replay failed: {line}"),
+                None => {}
+            }
         }
     }
     Ok(got as f64 / start.elapsed().as_secs_f64())

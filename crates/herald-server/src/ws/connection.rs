@@ -126,7 +126,10 @@ where
                     Some(Ok(Inbound::Text(text))) => {
                         // Checked to be UTF-8 by the decoder.
                         let text = std::str::from_utf8(&text).unwrap_or_default();
-                        if conn.on_text(text).await.is_break() {
+                        // Boxed: a command's state (a `hello` or `subscribe`
+                        // in progress is kilobytes) exists only while it
+                        // runs, not in every idle connection's task.
+                        if Box::pin(conn.on_text(text)).await.is_break() {
                             break;
                         }
                         // A client whose commands arrive back to back would
@@ -171,31 +174,38 @@ where
             _ = &mut writer => break,
         }
     }
-    if conn.session.is_some() {
-        let how = if orderly { "closed" } else { "lost" };
-        crate::streams::publish(&state, "ws", "end", conn_id, serde_json::json!({"end": how}));
-    }
-    conn.finish(orderly).await;
-    conn.finish_rendezvous();
-    s.connections.remove(conn_id);
-    if outbox.is_closed() {
-        // The server closed: keep reading (and ignoring) until the client's
-        // close reply, so that unread input does not reset the connection
-        // before the client has read the error and the close frame.
-        let drain = async {
-            while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Inbound::Close(_)) {
-                    break;
+    // Boxed, as the commands are: the teardown's state (the drain's
+    // timers) is not part of every idle connection's task.
+    let state = conn.state.clone();
+    Box::pin(async move {
+        let s = state.get();
+        if conn.session.is_some() {
+            let how = if orderly { "closed" } else { "lost" };
+            crate::streams::publish(&state, "ws", "end", conn_id, serde_json::json!({"end": how}));
+        }
+        conn.finish(orderly).await;
+        conn.finish_rendezvous();
+        s.connections.remove(conn_id);
+        if outbox.is_closed() {
+            // The server closed: keep reading (and ignoring) until the client's
+            // close reply, so that unread input does not reset the connection
+            // before the client has read the error and the close frame.
+            let drain = async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Inbound::Close(_)) {
+                        break;
+                    }
                 }
-            }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
-    }
-    if !writer.is_finished() {
-        outbox.close_with(None, client_close.unwrap_or(CloseCode::Normal.code()), "bye");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
-    }
-    debug!(conn = conn_id, orderly, "WebSocket closed.");
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        }
+        if !writer.is_finished() {
+            outbox.close_with(None, client_close.unwrap_or(CloseCode::Normal.code()), "bye");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+        }
+        debug!(conn = conn_id, orderly, "WebSocket closed.");
+    })
+    .await;
 }
 
 impl Connection {
