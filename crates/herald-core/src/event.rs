@@ -134,9 +134,10 @@ pub struct Event {
     /// The payload parsed, computed on first use by a payload filter.
     #[serde(skip)]
     parsed: OnceLock<Value>,
-    /// The subscription-independent tail of the `event` frame, computed once.
+    /// The subscription-independent tail of the `event` frame (UTF-8 JSON
+    /// text), computed once.
     #[serde(skip)]
-    frame_tail: OnceLock<String>,
+    frame_tail: OnceLock<Box<[u8]>>,
 }
 
 impl Event {
@@ -176,10 +177,15 @@ impl Event {
     }
 
     /// The `event` frame tail shared by every subscription (see
-    /// [`herald_protocol::EventBody`]), encoded on first use.
-    pub fn frame_tail(&self) -> &str {
+    /// [`herald_protocol::EventBody`]), encoded on first use. UTF-8 JSON
+    /// text, kept as bytes: frames are built from bytes and written as they
+    /// are, so nothing checks them again.
+    pub fn frame_tail(&self) -> &[u8] {
         self.frame_tail.get_or_init(|| {
             let time = self.time_rfc3339();
+            let mut out = Vec::with_capacity(
+                self.payload.get().len() + self.exchange.len() + self.routing_key.len() + time.len() + 64,
+            );
             herald_protocol::EventBody {
                 id: self.id,
                 exchange: &self.exchange,
@@ -188,7 +194,8 @@ impl Event {
                 payload: &self.payload,
                 headers: self.headers.as_ref(),
             }
-            .encode_tail()
+            .write_tail(&mut out);
+            out.into_boxed_slice()
         })
     }
 }

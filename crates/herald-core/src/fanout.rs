@@ -92,6 +92,9 @@ pub struct SubEntry {
     pub outbox: Arc<Outbox>,
     /// How events are framed.
     pub format: FrameFormat,
+    /// The start of its `event` frames (`{"type":"event","sub":"…",`),
+    /// encoded once at registration.
+    prefix: Box<[u8]>,
     /// Where its catch-ups take turns to read the log.
     pub replay: Arc<ReplayPermits>,
     live: AtomicBool,
@@ -159,7 +162,7 @@ impl SubEntry {
 
     /// Encode the `event` frame for this subscription.
     pub fn frame(&self, event: &Event) -> Bytes {
-        encode_frame(&self.sub, self.format, event)
+        encode_frame(&self.prefix, self.format, event)
     }
 }
 
@@ -172,17 +175,33 @@ pub enum FrameFormat {
     Sse,
 }
 
-fn encode_frame(sub: &str, format: FrameFormat, event: &Event) -> Bytes {
+/// One allocation per frame: the subscription's prefix and the event's
+/// shared tail, copied once into the frame's bytes.
+fn encode_frame(prefix: &[u8], format: FrameFormat, event: &Event) -> Bytes {
     let tail = event.frame_tail();
+    let mut out = Vec::with_capacity(prefix.len() + tail.len() + 32);
     match format {
         FrameFormat::WebSocket => {
-            let prefix = herald_protocol::event_frame_prefix(sub);
-            let mut s = String::with_capacity(prefix.len() + tail.len());
-            s.push_str(&prefix);
-            s.push_str(tail);
-            Bytes::from(s)
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(tail);
         }
-        FrameFormat::Sse => Bytes::from(format!("id: {}\ndata: {{{tail}\n\n", event.id)),
+        FrameFormat::Sse => {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "id: {}\ndata: {{", event.id);
+            out.extend_from_slice(tail);
+            out.extend_from_slice(b"\n\n");
+        }
+    }
+    Bytes::from(out)
+}
+
+/// The start of a subscription's frames: the `event` message up to its
+/// `sub` for WebSocket; nothing for SSE (its record starts with the id).
+fn frame_prefix(sub: &str, format: FrameFormat) -> Box<[u8]> {
+    match format {
+        FrameFormat::WebSocket => herald_protocol::event_frame_prefix(sub).into_bytes().into_boxed_slice(),
+        FrameFormat::Sse => Box::default(),
     }
 }
 
@@ -302,6 +321,7 @@ impl FanOut {
         let entry = Arc::new(SubEntry {
             key,
             check_grants,
+            prefix: frame_prefix(&reg.sub, reg.format),
             sub: reg.sub,
             spec: reg.spec,
             principal: reg.principal,
@@ -462,7 +482,7 @@ impl FanOut {
                 let frame = match shared.iter().find(|(s, f, _)| **s == *entry.sub && *f == entry.format) {
                     Some((_, _, b)) => b.clone(),
                     None => {
-                        let b = encode_frame(&entry.sub, entry.format, event);
+                        let b = encode_frame(&entry.prefix, entry.format, event);
                         shared.push((entry.sub.clone(), entry.format, b.clone()));
                         b
                     }

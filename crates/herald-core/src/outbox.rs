@@ -108,6 +108,33 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queue as many of `frames` as fit under the bound, in order, under one
+    /// lock and with one wake-up of the writer; how many were queued (the
+    /// first always is when nothing is waiting). Never waits.
+    pub fn offer_many(&self, frames: &[Frame]) -> Result<usize, Overflow> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Overflow::Closed);
+        }
+        let mut n = 0;
+        for frame in frames {
+            if st.bytes + frame.cost() > self.max_bytes && st.bytes > 0 {
+                break;
+            }
+            if st.bytes == 0 {
+                st.stalled_since = Some(Instant::now());
+            }
+            st.bytes += frame.cost();
+            st.frames.push_back(frame.clone());
+            n += 1;
+        }
+        drop(st);
+        if n > 0 {
+            self.ready.notify_one();
+        }
+        Ok(n)
+    }
+
     /// Queue a reply frame, using headroom above the bound; a client that
     /// exhausts that too is closed as a slow consumer. Never waits.
     pub fn push(&self, frame: Frame) -> Result<(), Overflow> {
@@ -254,6 +281,23 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0], Frame::Text(b) if b.as_ref() == b"slow"));
         assert!(matches!(&out[1], Frame::Close(4408, _)));
+    }
+
+    #[test]
+    fn offer_many_queues_what_fits_in_order() {
+        let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
+        let frames: Vec<Frame> = ["1234", "5678", "90ab", "c"].iter().map(|s| Frame::Text(Bytes::from(*s))).collect();
+        assert_eq!(o.offer_many(&frames), Ok(2), "the third would pass the bound");
+        assert_eq!(o.offer_many(&frames[2..]), Ok(0), "nothing fits until written");
+        let mut out = Vec::new();
+        o.take(&mut out);
+        o.written(&out);
+        assert_eq!(o.offer_many(&frames[2..]), Ok(2));
+        o.take(&mut out);
+        let texts: Vec<&[u8]> = out.iter().map(|f| if let Frame::Text(b) = f { &b[..] } else { &[][..] }).collect();
+        assert_eq!(texts, [&b"1234"[..], b"5678", b"90ab", b"c"]);
+        o.close_with(None, 1000, "bye");
+        assert_eq!(o.offer_many(&frames), Err(Overflow::Closed));
     }
 
     #[test]

@@ -266,11 +266,27 @@ pub struct EventBody<'a> {
 }
 
 impl EventBody<'_> {
-    /// The body as the tail of an object: `"id":..,...}` (the opening brace dropped).
-    pub fn encode_tail(&self) -> String {
-        let mut s = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
-        s.remove(0);
-        s
+    /// Append the body as the tail of an object, `"id":..,...}` (the opening
+    /// brace left out), to `out`: the same bytes as the serialized struct
+    /// without its first byte, written in place with no intermediate string.
+    pub fn write_tail(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail, nor can serializing strings or a
+        // map with string keys.
+        let _ = write!(out, "\"id\":{}", self.id);
+        out.extend_from_slice(b",\"exchange\":");
+        let _ = serde_json::to_writer(&mut *out, self.exchange);
+        out.extend_from_slice(b",\"routing_key\":");
+        let _ = serde_json::to_writer(&mut *out, self.routing_key);
+        out.extend_from_slice(b",\"time\":");
+        let _ = serde_json::to_writer(&mut *out, self.time);
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload.get().as_bytes());
+        if let Some(headers) = self.headers {
+            out.extend_from_slice(b",\"headers\":");
+            let _ = serde_json::to_writer(&mut *out, headers);
+        }
+        out.push(b'}');
     }
 }
 
@@ -295,12 +311,34 @@ mod tests {
             payload: &payload,
             headers: None,
         };
-        let frame = format!("{}{}", event_frame_prefix("s\"1"), body.encode_tail());
-        let v: Value = serde_json::from_str(&frame).expect("json");
+        let mut frame = event_frame_prefix("s\"1").into_bytes();
+        body.write_tail(&mut frame);
+        let v: Value = serde_json::from_slice(&frame).expect("json");
         assert_eq!(v["type"], "event");
         assert_eq!(v["sub"], "s\"1");
         assert_eq!(v["id"], 7);
         assert_eq!(v["payload"]["a"], 1);
+    }
+
+    #[test]
+    fn the_tail_is_the_serialized_body_without_its_brace() {
+        let payload = RawValue::from_string("[1, \"\\u00e9\"]".into()).expect("raw");
+        let mut headers = serde_json::Map::new();
+        headers.insert("CC".into(), serde_json::json!(["a.\"b"]));
+        for headers in [None, Some(&headers)] {
+            let body = EventBody {
+                id: 9_007_199_254_740_991,
+                exchange: "x\u{1F600}\"",
+                routing_key: "a\\b",
+                time: "2026-01-01T00:00:00.000001Z",
+                payload: &payload,
+                headers,
+            };
+            let mut tail = Vec::new();
+            body.write_tail(&mut tail);
+            let whole = serde_json::to_vec(&body).expect("serialize");
+            assert_eq!(tail, whole[1..], "{}", String::from_utf8_lossy(&tail));
+        }
     }
 
     #[test]

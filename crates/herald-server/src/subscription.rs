@@ -15,7 +15,7 @@ use crate::config::LimitsConfig;
 use crate::error::ClientError;
 use crate::state::AppState;
 use herald_core::event::parse_time_us;
-use herald_core::{Filter, Frame, GoLive, Overflow, Pattern, Principal, Registration, Start, SubEntry, SubSpec};
+use herald_core::{Filter, Frame, GoLive, Pattern, Principal, Registration, Start, SubEntry, SubSpec};
 use herald_log::ReadQuery;
 use herald_protocol::{encode, ErrorCode, ServerMessage};
 use herald_protocol::{Binding, Since};
@@ -277,27 +277,38 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
         // event; only an empty read proves nothing is left up to the target.
         let upto = events.last().map_or(target, |last| last.id);
         let mut stopped_at = None;
+        // The chunk's frames, then offered many at a time (one lock and one
+        // writer wake-up per batch instead of per event).
+        let mut ids = Vec::with_capacity(events.len());
+        let mut frames = Vec::with_capacity(events.len());
         for event in &events {
             if !entry.wants(event) {
                 continue;
             }
+            ids.push(event.id);
+            frames.push(Frame::Text(entry.frame(event)));
+        }
+        let mut next = 0;
+        while next < frames.len() {
+            let need = match &frames[next] {
+                Frame::Text(b) => b.len(),
+                _ => 0,
+            };
+            if !entry.outbox.wait_for_space(need).await {
+                return;
+            }
+            // A pause stops the chunk right after what was queued (checked
+            // after the wait, which may be long for a slow client).
             if entry.pause_pending() {
-                stopped_at = Some(event.id - 1);
+                stopped_at = Some(ids[next] - 1);
                 break;
             }
-            let frame = entry.frame(event);
-            loop {
-                if !entry.outbox.wait_for_space(frame.len()).await {
-                    return;
+            match entry.outbox.offer_many(&frames[next..]) {
+                Ok(n) => {
+                    s.metrics.replayed.inc_by(n as u64);
+                    next += n;
                 }
-                match entry.outbox.offer(Frame::Text(frame.clone())) {
-                    Ok(()) => {
-                        s.metrics.replayed.inc();
-                        break;
-                    }
-                    Err(Overflow::Full) => continue,
-                    Err(_) => return,
-                }
+                Err(_) => return,
             }
         }
         entry.set_cursor(stopped_at.unwrap_or(upto));

@@ -82,7 +82,7 @@ pub(crate) async fn history(
             cursor = e.id;
             scanned += 1;
             if spec.matches(e) && principal.may_see(e) {
-                out.push(format!("{{{}", e.frame_tail()));
+                out.push(format!("{{{}", String::from_utf8_lossy(e.frame_tail())));
                 if out.len() == limit {
                     break;
                 }
