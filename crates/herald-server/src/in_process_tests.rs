@@ -131,22 +131,7 @@ fn client_frame(m: &Message) -> Vec<u8> {
         Message::Close(Some(f)) => (0x8, [&u16::from(f.code).to_be_bytes()[..], f.reason.as_bytes()].concat()),
         Message::Frame(_) => unreachable!("not sent by tests"),
     };
-    let mask = [7u8, 1, 2, 3];
-    let mut out = vec![0x80 | op];
-    match body.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 65535 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
+    crate::ws::wire::client_frame(true, op, &body)
 }
 
 fn connect(h: &Harness) -> TestConn {
