@@ -7,16 +7,27 @@ use tokio::process::{Child, Command};
 pub(crate) struct Gateway {
     child: Child,
     pub(crate) base_url: String,
-    _data: tempfile::TempDir,
+    /// Removed when the gateway goes: its configuration's, and for
+    /// [`Gateway::start`] its data's.
+    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Gateway {
+    /// Start a gateway on a new, temporary data directory.
     pub(crate) async fn start() -> anyhow::Result<Gateway> {
-        let exe = std::env::current_exe().context("cannot find the herald executable")?;
         let data = tempfile::tempdir().context("cannot create a data directory")?;
+        let mut g = Gateway::start_on(data.path()).await?;
+        g._dirs.push(data);
+        Ok(g)
+    }
+
+    /// Start a gateway on the data directory `data` (left in place).
+    pub(crate) async fn start_on(data: &std::path::Path) -> anyhow::Result<Gateway> {
+        let exe = std::env::current_exe().context("cannot find the herald executable")?;
+        let dir = tempfile::tempdir().context("cannot create a configuration directory")?;
         // The load comes from one address and pipelines freely: lift the
         // per-address, per-command and total connection limits.
-        let config = data.path().join("bench.toml");
+        let config = dir.path().join("bench.toml");
         std::fs::write(
             &config,
             "[limits]\nmax_connections = 1000000\nmax_connections_per_ip = 0\ncommands_per_second = 0\nhttp_publishes_per_second = 0\n",
@@ -26,7 +37,7 @@ impl Gateway {
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&config)
             .arg("--data")
-            .arg(data.path().join("data"))
+            .arg(data)
             .env("HERALD_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -38,7 +49,7 @@ impl Gateway {
         let base_url =
             first.strip_prefix("herald listening on ").context("unexpected first line from the gateway")?.to_string();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Gateway { child, base_url, _data: data })
+        Ok(Gateway { child, base_url, _dirs: vec![dir] })
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {

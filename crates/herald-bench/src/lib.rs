@@ -9,8 +9,11 @@
 
 mod client;
 mod gateway;
+mod scale;
 mod scenarios;
 mod state_memory;
+
+pub use scale::ScaleReport;
 
 use clap::Args;
 use serde::Serialize;
@@ -55,6 +58,21 @@ pub struct BenchArgs {
     /// Idle connections for the memory measurement (0 to skip).
     #[arg(long, default_value_t = 10_000)]
     pub idle_connections: usize,
+    /// Events in the big-log scale test (0 to skip; the docs' figures use
+    /// 10,000,000): start-up time, index memory per event and a one-exchange
+    /// replay, each on a gateway of its own.
+    #[arg(long, default_value_t = 0)]
+    pub log_events: u64,
+    /// Exchanges the big log's events are spread over, in turn (one is replayed).
+    #[arg(long, default_value_t = 10)]
+    pub log_exchanges: u64,
+    /// Keep the big log in this directory (a gateway's `--data`): filled
+    /// if it holds no log yet, reused as it is otherwise, never removed.
+    #[arg(long)]
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Run only the scale tests (no gateway is started for the rest).
+    #[arg(long)]
+    pub scale_only: bool,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -100,11 +118,22 @@ pub struct Report {
     pub state_bytes_per_binding: f64,
     /// Memory per idle (detached) session with one subscription of one binding.
     pub state_bytes_per_idle_session: f64,
+    /// The scale measurements.
+    pub scale: ScaleReport,
 }
 
 /// Run the benchmark and print its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if args.scale_only {
+        let scale = scale::run(&args).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&scale)?);
+        } else {
+            print_scale(&scale);
+        }
+        return Ok(());
+    }
     let (gateway, base, pid) = match &args.target {
         Some(url) => (None, url.trim_end_matches('/').to_string(), args.target_pid),
         None => {
@@ -122,6 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         g.stop().await;
     }
     let mut report = report?;
+    report.scale = scale::run(&args).await?;
     report.state_bytes_per_binding = per_binding;
     report.state_bytes_per_idle_session = per_session;
     if args.json {
@@ -164,4 +194,24 @@ fn print_report(r: &Report) {
         Some(b) => println!("  memory per idle connection:     {:>12.0} bytes ({} connections)", b, r.idle_connections),
         None => println!("  memory per idle connection:     not measured"),
     }
+    print_scale(&r.scale);
+}
+
+fn print_scale(s: &ScaleReport) {
+    println!(
+        "  dispatch to 100 subscribers:    {:>12.0} ns alone, {:.0} ns beside 100,000 non-matching ({:.2} x)",
+        s.dispatch_ns_alone,
+        s.dispatch_ns_beside_100k,
+        s.dispatch_ns_beside_100k / s.dispatch_ns_alone.max(1.0)
+    );
+    if s.log_events == 0 {
+        println!("  big log:                        not measured (--log-events)");
+        return;
+    }
+    println!("  start-up, {} events:     {:>8.2} s (empty log: {:.3} s)", s.log_events, s.startup_s, s.startup_empty_s);
+    println!("  log index memory:               {:>12.1} bytes per retained event", s.index_bytes_per_event);
+    println!(
+        "  replay of 1 of {} exchanges:    {:>12.0} events/s ({} events, since id 0)",
+        s.log_exchanges, s.exchange_replay_events_per_s, s.exchange_replay_events
+    );
 }

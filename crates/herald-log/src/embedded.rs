@@ -4,7 +4,7 @@ use crate::config::LogConfig;
 use crate::error::LogError;
 use crate::io::{LogIo, RealIo};
 use crate::record::{self, Scan, HEADER, MAGIC};
-use crate::{Bounds, BoxFuture, CommittedBatch, EventLog, LogStats, ReadQuery, WriteHealth};
+use crate::{Bounds, BoxFuture, CommittedBatch, EventLog, LogStats, ReadQuery, StoredKey, WriteHealth};
 use herald_core::event::now_us;
 use herald_core::{Event, NewEvent};
 use parking_lot::{Mutex, RwLock};
@@ -277,9 +277,30 @@ impl Shared {
     /// once `max_bytes` of records are read.
     fn read_range(&self, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<Arc<Event>>, LogError> {
         let mut out = Vec::new();
+        self.each_in_range(lo, hi, max_bytes, |path, offset, body| {
+            out.push(Arc::new(decode_at(path, offset, body)?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hand the record bodies of ids `lo..=hi` (those still retained) to
+    /// `f` in id order, one read per segment, stopping once `max_bytes` of
+    /// records are read (at least one record is). Returns the last id read
+    /// (`lo - 1` if none was).
+    fn each_in_range(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: usize,
+        mut f: impl FnMut(&Path, u64, &[u8]) -> Result<(), LogError>,
+    ) -> Result<u64, LogError> {
         let mut budget = max_bytes;
         let mut id = lo.max(self.index.read().first());
-        while id <= hi && (budget > 0 || out.is_empty()) {
+        let mut done = lo.saturating_sub(1);
+        let mut first = true;
+        while id <= hi && (budget > 0 || first) {
+            first = false;
             let (file, path, start, end, last) = {
                 let index = self.index.read();
                 let Some(seg) = index.segment_of(id) else {
@@ -303,12 +324,36 @@ impl Shared {
                 }
                 (seg.file.clone(), seg.path.clone(), start, at(last + 1), last)
             };
-            decode_run(&file, &path, start, end, &mut out)?;
+            each_record(&file, &path, start, end, &mut f)?;
             budget = budget.saturating_sub((end - start) as usize);
             debug!(from = id, to = last, "Read segment range.");
+            done = last;
             id = last + 1;
         }
-        Ok(out)
+        Ok(done)
+    }
+
+    /// The idempotency keys in ids `(after, upto]`, examining at most
+    /// `limit` records: only records whose bytes mention the key's field
+    /// are decoded, so a window of unkeyed events costs a scan, not a parse.
+    fn idempotency_keys_sync(&self, after: u64, upto: u64, limit: usize) -> Result<(Vec<StoredKey>, u64), LogError> {
+        let upto = upto.min(self.index.read().head);
+        if limit == 0 || upto <= after {
+            return Ok((Vec::new(), upto.max(after)));
+        }
+        let hi = upto.min(after.saturating_add(limit as u64));
+        let mut keys = Vec::new();
+        let last = self.each_in_range(after + 1, hi, KEY_SCAN_BYTES, |path, offset, body| {
+            if record::may_have_key(body) {
+                let e = decode_at(path, offset, body)?;
+                if let Some(key) = e.idempotency_key {
+                    keys.push(StoredKey { id: e.id, time_us: e.time_us, exchange: e.exchange, key });
+                }
+            }
+            Ok(())
+        })?;
+        // Nothing retained in the range (retention raced the scan): done with it.
+        Ok((keys, if last <= after { hi } else { last }))
     }
 
     /// Read individual ids (ascending or descending, as given), one read
@@ -349,7 +394,10 @@ impl Shared {
                 continue;
             };
             let before = out.len();
-            decode_run(&file, &path, start, end, &mut out)?;
+            each_record(&file, &path, start, end, |path, offset, body| {
+                out.push(Arc::new(decode_at(path, offset, body)?));
+                Ok(())
+            })?;
             if descending {
                 out[before..].reverse();
             }
@@ -360,20 +408,25 @@ impl Shared {
     }
 }
 
-/// Decode the records in `start..end` of a segment file, appending them to `out`.
-fn decode_run(file: &File, path: &Path, start: u64, end: u64, out: &mut Vec<Arc<Event>>) -> Result<(), LogError> {
+/// Bytes of records one idempotency-key scan step reads, at most.
+const KEY_SCAN_BYTES: usize = 8 << 20;
+
+/// Read the records in `start..end` of a segment file with one read and
+/// hand each body to `f` with the path and its record's offset.
+fn each_record(
+    file: &File,
+    path: &Path,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&Path, u64, &[u8]) -> Result<(), LogError>,
+) -> Result<(), LogError> {
     let mut buf = vec![0u8; (end - start) as usize];
     file.read_exact_at(&mut buf, start).map_err(|e| LogError::io(path, e))?;
     let mut at = 0usize;
     while at < buf.len() {
         match record::scan(&buf[at..]) {
             Scan::Ok { len, body, .. } => {
-                let event = record::decode(body).map_err(|reason| LogError::Corrupt {
-                    path: path.to_path_buf(),
-                    offset: start + at as u64,
-                    reason,
-                })?;
-                out.push(Arc::new(event));
+                f(path, start + at as u64, body)?;
                 at += len;
             }
             Scan::Incomplete | Scan::Invalid(_) => {
@@ -386,6 +439,11 @@ fn decode_run(file: &File, path: &Path, start: u64, end: u64, out: &mut Vec<Arc<
         }
     }
     Ok(())
+}
+
+/// Decode a verified record body read from `path` at `offset`.
+fn decode_at(path: &Path, offset: u64, body: &[u8]) -> Result<Event, LogError> {
+    record::decode(body).map_err(|reason| LogError::Corrupt { path: path.to_path_buf(), offset, reason })
 }
 
 /// Scan every segment, cut a torn tail, and rebuild the index.
@@ -775,6 +833,23 @@ impl EventLog for EmbeddedLog {
                     .await
                     .map_err(|e| LogError::io("log reader task", std::io::Error::other(e.to_string())))?,
                 Err(_) => shared.read_sync(&query),
+            }
+        })
+    }
+
+    fn idempotency_keys(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<(Vec<StoredKey>, u64), LogError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => tokio::task::spawn_blocking(move || shared.idempotency_keys_sync(after, upto, limit))
+                    .await
+                    .map_err(|e| LogError::io("log reader task", std::io::Error::other(e.to_string())))?,
+                Err(_) => shared.idempotency_keys_sync(after, upto, limit),
             }
         })
     }

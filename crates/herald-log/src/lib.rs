@@ -147,6 +147,19 @@ impl Default for ReadQuery {
     }
 }
 
+/// An idempotency key as the log holds it, with its event's id and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The event's id.
+    pub id: u64,
+    /// The event's commit time, microseconds since the Unix epoch.
+    pub time_us: u64,
+    /// The event's exchange (keys are unique per exchange).
+    pub exchange: String,
+    /// The publisher's key.
+    pub key: String,
+}
+
 /// Whether the log stores what it is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteHealth {
@@ -191,6 +204,31 @@ pub trait EventLog: Send + Sync + 'static {
     fn append(&self, events: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>>;
     /// Read events in a range.
     fn read(&self, query: ReadQuery) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>>;
+    /// The idempotency keys of the events in `(after, upto]`, oldest first,
+    /// examining at most `limit` events: the keys found and the last id
+    /// examined (read on after it until it reaches `upto`). Used to rebuild
+    /// the idempotency window at start; a log may skip decoding events that
+    /// carry no key.
+    fn idempotency_keys(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<(Vec<StoredKey>, u64), LogError>> {
+        Box::pin(async move {
+            let query = ReadQuery { after, upto, limit, ..ReadQuery::default() };
+            let events = self.read(query).await?;
+            let last = events.last().map_or(upto.max(after), |e| e.id);
+            let keys = events
+                .iter()
+                .filter_map(|e| {
+                    let key = e.idempotency_key.clone()?;
+                    Some(StoredKey { id: e.id, time_us: e.time_us, exchange: e.exchange.clone(), key })
+                })
+                .collect();
+            Ok((keys, last))
+        })
+    }
     /// The first retained id whose time is at or after `time_us` (`head + 1` if none).
     fn first_at_or_after(&self, time_us: u64) -> BoxFuture<'_, Result<u64, LogError>>;
     /// Time of the oldest retained event, if any.

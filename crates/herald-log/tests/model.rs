@@ -266,3 +266,44 @@ fn concurrent_publishers_share_commits() {
     assert_eq!(stats.appended, 400);
     assert!(stats.commits < 400, "group commit shares fsyncs: {stats:?}");
 }
+
+/// The idempotency-key scan finds every key (across segments, in steps of
+/// any size), skips unkeyed events, and is not fooled by a payload that
+/// names the field.
+#[test]
+fn idempotency_keys_are_found_in_steps_and_only_where_they_are() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (log, _rx) = EmbeddedLog::open(config(dir.path())).expect("open");
+    let rt = rt();
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for n in 1..=300u64 {
+        let mut e = ev(if n % 2 == 0 { "a" } else { "b" }, "k", n);
+        if n % 7 == 0 {
+            e.idempotency_key = Some(format!("key-{n}"));
+            expected.push((n, e.exchange.clone(), format!("key-{n}")));
+        } else if n % 5 == 0 {
+            // Mentions the field in its payload, but carries no key.
+            e.payload = RawValue::from_string(format!(r#"{{"n":{n},"idempotency_key":"no"}}"#)).expect("raw");
+        }
+        batch.push(e);
+        if batch.len() == 10 {
+            // Segments roll between writes: several writes, several segments.
+            rt.block_on(log.append(std::mem::take(&mut batch))).expect("append");
+        }
+    }
+    assert!(log.stats().segments > 1, "the keys span segments");
+    for step in [1usize, 13, 64, 1000] {
+        let (mut after, mut found) = (0u64, Vec::new());
+        while after < 300 {
+            let (keys, last) = rt.block_on(log.idempotency_keys(after, 300, step)).expect("scan");
+            assert!(last > after && last <= after + step as u64, "step {step}: progress {after} -> {last}");
+            after = last;
+            found.extend(keys.into_iter().map(|k| (k.id, k.exchange, k.key)));
+        }
+        assert_eq!(found, expected, "step {step}");
+    }
+    // Past the head: nothing, and done.
+    let (keys, last) = rt.block_on(log.idempotency_keys(300, 400, 10)).expect("scan");
+    assert!(keys.is_empty() && last >= 300);
+}

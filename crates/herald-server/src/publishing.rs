@@ -165,23 +165,14 @@ pub(crate) async fn rebuild_window(log: &dyn EventLog, window: &IdempotencyWindo
     let mut after = log.first_at_or_after(since_us).await?.saturating_sub(1);
     let mut found = 0;
     while after < head {
-        let chunk = log
-            .read(ReadQuery {
-                exchanges: None,
-                after,
-                upto: head,
-                limit: 1024,
-                newest_first: false,
-                max_bytes: usize::MAX,
-            })
-            .await?;
-        let Some(last) = chunk.last() else { break };
-        after = last.id;
-        for e in &chunk {
-            if let Some(key) = &e.idempotency_key {
-                window.remember(&e.exchange, key, e.id, e.time_us / 1000 + shift_ms);
-                found += 1;
-            }
+        let (keys, last) = log.idempotency_keys(after, head, 65_536).await?;
+        if last <= after {
+            break;
+        }
+        after = last;
+        for k in &keys {
+            window.remember(&k.exchange, &k.key, k.id, k.time_us / 1000 + shift_ms);
+            found += 1;
         }
     }
     Ok(found)
