@@ -356,57 +356,73 @@ impl Shared {
         Ok((keys, if last <= after { hi } else { last }))
     }
 
-    /// Read individual ids (ascending or descending, as given), one read
-    /// per run of consecutive ids in a segment, stopping once `max_bytes`
-    /// of records are read.
+    /// Read individual ids (ascending or descending, as given), stopping
+    /// once `max_bytes` of the file are read (at least one event is).
+    ///
+    /// Ids close together in a segment are read with one read that spans
+    /// the records between them (skipped, not decoded): a replay of one
+    /// exchange among many would otherwise cost a system call per event.
     fn read_ids(&self, ids: &[u64], max_bytes: usize) -> Result<Vec<Arc<Event>>, LogError> {
         let descending = ids.len() > 1 && ids[0] > ids[1];
         let mut out = Vec::with_capacity(ids.len());
         let mut budget = max_bytes;
+        let mut wanted: Vec<(u64, u64)> = Vec::new();
         let mut i = 0;
         while i < ids.len() && (budget > 0 || out.is_empty()) {
-            // A run: ids[i..j] consecutive (in the given direction) in one segment.
+            // A run: ids[i..j] in one segment, each within MAX_GAP bytes of
+            // the span so far, the span within the budget.
+            wanted.clear();
             let located = {
                 let index = self.index.read();
                 index.segment_of(ids[i]).map(|seg| {
                     let at = |id: u64| seg.offsets[(id - seg.base) as usize];
+                    let (mut lo, mut hi) = (at(ids[i]), at(ids[i] + 1));
+                    wanted.push((lo, hi));
                     let mut j = i + 1;
-                    let (mut lo, mut hi) = (ids[i], ids[i]);
                     while j < ids.len() {
-                        let next = ids[j];
-                        let adjacent = if descending { next + 1 == lo } else { next == hi + 1 };
-                        if !adjacent || next < seg.base || next > seg.last_id() {
+                        let id = ids[j];
+                        if id < seg.base || id > seg.last_id() {
                             break;
                         }
-                        let (nlo, nhi) = if descending { (next, hi) } else { (lo, next) };
-                        if (at(nhi + 1) - at(nlo)) as usize > budget {
+                        let (start, end) = (at(id), at(id + 1));
+                        let gap = if descending { lo.saturating_sub(end) } else { start.saturating_sub(hi) };
+                        let (nlo, nhi) = (lo.min(start), hi.max(end));
+                        if gap > MAX_GAP || (nhi - nlo) as usize > budget {
                             break;
                         }
+                        wanted.push((start, end));
                         (lo, hi) = (nlo, nhi);
                         j += 1;
                     }
-                    (seg.file.clone(), seg.path.clone(), at(lo), at(hi + 1), j)
+                    (seg.file.clone(), seg.path.clone(), lo, hi, j)
                 })
             };
             // Retention may have removed it since the ids were collected.
-            let Some((file, path, start, end, j)) = located else {
+            let Some((file, path, lo, hi, j)) = located else {
                 i += 1;
                 continue;
             };
-            let before = out.len();
-            each_record(&file, &path, start, end, |path, offset, body| {
-                out.push(Arc::new(decode_at(path, offset, body)?));
-                Ok(())
-            })?;
-            if descending {
-                out[before..].reverse();
+            let mut buf = vec![0u8; (hi - lo) as usize];
+            file.read_exact_at(&mut buf, lo).map_err(|e| LogError::io(&path, e))?;
+            for &(start, end) in &wanted {
+                let bytes = &buf[(start - lo) as usize..(end - lo) as usize];
+                match record::scan(bytes) {
+                    Scan::Ok { body, .. } => out.push(Arc::new(decode_at(&path, start, body)?)),
+                    Scan::Incomplete | Scan::Invalid(_) => {
+                        return Err(LogError::Corrupt { path, offset: start, reason: "unreadable record".into() })
+                    }
+                }
             }
-            budget = budget.saturating_sub((end - start) as usize);
+            budget = budget.saturating_sub((hi - lo) as usize);
             i = j;
         }
         Ok(out)
     }
 }
+
+/// Most bytes of other records one read of [`Shared::read_ids`] skips over
+/// between two it wants (copying them costs less than another read).
+const MAX_GAP: u64 = 4096;
 
 /// Bytes of records one idempotency-key scan step reads, at most.
 const KEY_SCAN_BYTES: usize = 8 << 20;

@@ -149,7 +149,10 @@ fn meta(body: &[u8]) -> Option<Meta<'_>> {
 /// field. A payload that mentions it too only costs a decode that finds
 /// none; a record with a key always names it.
 pub(crate) fn may_have_key(body: &[u8]) -> bool {
-    memchr::memmem::find(body, b"\"idempotency_key\"").is_some()
+    // Built once: building a searcher costs more than searching a record.
+    static FIELD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"idempotency_key\""));
+    FIELD.find(body).is_some()
 }
 
 /// Decode a verified body into an event.
