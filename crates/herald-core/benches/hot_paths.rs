@@ -113,6 +113,25 @@ fn dispatch(c: &mut Criterion) {
     }
 }
 
+/// Building an event's frame tail (id, names, RFC 3339 time, payload), as
+/// every live delivery and every replayed event does once per event.
+fn frame_tail(c: &mut Criterion) {
+    let mut id = 1_790_000_000_000_000u64;
+    c.bench_function("event/frame-tail", |b| {
+        b.iter(|| {
+            id += 1;
+            let e = event(id, "primary.fSVtH5ZiQIqOhzAa5p9J1w.0.aws.i-0123.gecko-3.b-linux.tc");
+            black_box(e.frame_tail().len())
+        })
+    });
+    c.bench_function("event/format-time", |b| {
+        b.iter(|| {
+            id += 1;
+            black_box(herald_core::event::format_time_us(black_box(id)))
+        })
+    });
+}
+
 /// One rendezvous round trip through the broker: request, hand-over to one
 /// of 8 responders in rotation, answer, with 1,000 other requests in flight.
 fn rendezvous(c: &mut Criterion) {
@@ -144,5 +163,5 @@ fn rendezvous(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, patterns, index, dispatch, rendezvous);
+criterion_group!(benches, patterns, index, dispatch, frame_tail, rendezvous);
 criterion_main!(benches);

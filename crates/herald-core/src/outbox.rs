@@ -151,6 +151,36 @@ impl Outbox {
         Ok(())
     }
 
+    /// [`Outbox::push`] for several reply frames, in order, under one lock
+    /// and with one wake-up of the writer (a publisher's batch of
+    /// `published` answers). Past the headroom the client is closed as a
+    /// slow consumer, as by `push`, and the rest is not queued.
+    pub fn push_many(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), Overflow> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Overflow::Closed);
+        }
+        let mut queued = false;
+        for frame in frames {
+            if st.bytes + frame.cost() > self.max_bytes.saturating_mul(2) {
+                drop(st);
+                self.close_slow();
+                return Err(Overflow::SlowConsumer);
+            }
+            if st.bytes == 0 {
+                st.stalled_since = Some(Instant::now());
+            }
+            st.bytes += frame.cost();
+            st.frames.push_back(frame);
+            queued = true;
+        }
+        drop(st);
+        if queued {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
     fn enqueue(&self, mut st: parking_lot::MutexGuard<'_, State>, frame: Frame) {
         if st.bytes == 0 {
             st.stalled_since = Some(Instant::now());
@@ -298,6 +328,22 @@ mod tests {
         assert_eq!(texts, [&b"1234"[..], b"5678", b"90ab", b"c"]);
         o.close_with(None, 1000, "bye");
         assert_eq!(o.offer_many(&frames), Err(Overflow::Closed));
+    }
+
+    #[test]
+    fn push_many_queues_in_order_within_the_headroom() {
+        let o = Outbox::new(4, Bytes::new(), (4408, String::new()));
+        let frame = |s: &'static str| Frame::Text(Bytes::from_static(s.as_bytes()));
+        // The bound is 4 bytes; replies may use twice that.
+        o.push_many([frame("ab"), frame("cd"), frame("ef")]).expect("within the headroom");
+        let mut out = Vec::new();
+        o.take(&mut out);
+        let texts: Vec<&[u8]> = out.iter().map(|f| if let Frame::Text(b) = f { &b[..] } else { &[][..] }).collect();
+        assert_eq!(texts, [&b"ab"[..], b"cd", b"ef"]);
+        o.written(&out);
+        assert_eq!(o.push_many([frame("1234"), frame("5678"), frame("9")]), Err(Overflow::SlowConsumer));
+        assert!(o.is_closed(), "closed as a slow consumer");
+        assert_eq!(o.push_many([frame("x")]), Err(Overflow::Closed));
     }
 
     #[test]

@@ -57,8 +57,13 @@
 //!
 //! **Indexes** live in memory and are rebuilt at start: per segment the
 //! offset of every record (8 bytes an event), and per exchange the list of
-//! its ids (8 bytes an event), so a replay for one exchange reads only that
-//! exchange's records.
+//! its ids (8 bytes an event), so a replay for one exchange decodes only that
+//! exchange's records (those within 4 KiB of each other are read with one
+//! read, the records between them skipped).
+//!
+//! **The idempotency window** is rebuilt at start from the records of its
+//! span ([`EventLog::idempotency_keys`]): only records whose bytes name the
+//! `"idempotency_key"` field are decoded.
 //!
 //! **Retention** removes whole segments, oldest first, never the one being
 //! written: a segment goes when all its events are older than `max_age`,

@@ -62,10 +62,12 @@ fn spawn_publisher(state: AppState, outbox: Arc<Outbox>) -> mpsc::Sender<Publica
                         .published
                         .get_or_create(&crate::metrics::Transport { transport: "ws" })
                         .inc_by(ids.len() as u64);
-                    for (id, reference) in ids.into_iter().zip(refs) {
-                        let msg = ServerMessage::Published { reference, id };
-                        let _ = outbox.push(Frame::Text(encode(&msg).into()));
-                    }
+                    // One lock and one writer wake-up for the whole batch.
+                    let answers = ids
+                        .into_iter()
+                        .zip(refs)
+                        .map(|(id, reference)| Frame::Text(encode(&ServerMessage::Published { reference, id }).into()));
+                    let _ = outbox.push_many(answers);
                 }
                 Err(err) => {
                     for reference in refs {

@@ -1,0 +1,67 @@
+//! Micro-benchmarks of the embedded log's read paths (`cargo bench -p
+//! herald-log`): a replay chunk of every exchange, a chunk of one exchange
+//! among ten (records of the others skipped inside one read), and the scan
+//! that rebuilds the idempotency window. Whole-system figures come from
+//! `herald bench`.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use herald_core::NewEvent;
+use herald_log::{EmbeddedLog, EventLog, LogConfig, ReadQuery};
+use serde_json::value::RawValue;
+use std::hint::black_box;
+
+const EVENTS: u64 = 100_000;
+
+fn reads(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { dir: dir.path().to_path_buf(), fsync: false, max_age: None, ..LogConfig::default() };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (log, _committed) = EmbeddedLog::open(config).unwrap();
+    let pad = "x".repeat(70);
+    for start in (0..EVENTS).step_by(10_000) {
+        let batch = (start..start + 10_000)
+            .map(|i| NewEvent {
+                exchange: format!("x{}", i % 10),
+                routing_key: format!("orders.eu.{}", i % 97),
+                payload: RawValue::from_string(format!(r#"{{"n":{i},"pad":"{pad}"}}"#)).unwrap(),
+                acl: None,
+                headers: None,
+                origin: None,
+                idempotency_key: None,
+            })
+            .collect();
+        // Kept alive by `_committed` being unread: the channel holds 256 batches.
+        rt.block_on(log.append(batch)).unwrap();
+    }
+    let chunk = |exchanges: Option<Vec<String>>, after: u64| ReadQuery {
+        exchanges,
+        after,
+        upto: EVENTS,
+        limit: 512,
+        newest_first: false,
+        max_bytes: 1 << 20,
+    };
+    let mut after = 0;
+    c.bench_function("log/read-512-of-all", |b| {
+        b.iter(|| {
+            after = (after + 512) % (EVENTS - 512);
+            black_box(rt.block_on(log.read(chunk(None, after))).unwrap().len())
+        })
+    });
+    c.bench_function("log/read-512-of-one-exchange-in-ten", |b| {
+        b.iter(|| {
+            after = (after + 5120) % (EVENTS - 5120);
+            black_box(rt.block_on(log.read(chunk(Some(vec!["x3".into()]), after))).unwrap().len())
+        })
+    });
+    c.bench_function("log/key-scan-10000-unkeyed", |b| {
+        b.iter(|| {
+            after = (after + 10_000) % (EVENTS - 10_000);
+            black_box(rt.block_on(log.idempotency_keys(after, EVENTS, 10_000)).unwrap().1)
+        })
+    });
+}
+
+criterion_group!(benches, reads);
+criterion_main!(benches);
