@@ -81,3 +81,36 @@ pub(crate) async fn send(tx: &mut Tx, v: Value) -> anyhow::Result<()> {
     tx.send(Message::text(v.to_string())).await?;
     Ok(())
 }
+
+/// Subscribe to `exchange` from the start (`since: {id: 0}`) and read until
+/// `expected` events arrived, checking that ids ascend: returns the events
+/// per second. Events are counted without parsing each one (see
+/// [`event_id`]); an `error` message or 30 s without a frame fails it.
+pub(crate) async fn replay_from_start(base: &str, exchange: &str, expected: u64) -> anyhow::Result<f64> {
+    let (mut tx, mut rx) = connect_batched(base).await?;
+    let start = std::time::Instant::now();
+    send(
+        &mut tx,
+        json!({"type": "subscribe", "ref": "s", "sub": "s", "since": {"id": 0},
+               "bindings": [{"exchange": exchange, "pattern": "#"}]}),
+    )
+    .await?;
+    let (mut got, mut last) = (0u64, 0u64);
+    while got < expected {
+        let text = tokio::time::timeout(std::time::Duration::from_secs(30), next_text(&mut rx))
+            .await
+            .context("replay stalled for 30 s")??;
+        for line in text.split('\n') {
+            match event_id(line) {
+                Some(id) if id > last => {
+                    last = id;
+                    got += 1;
+                }
+                Some(id) => bail!("replay out of order: {id} after {last}"),
+                None if line.contains("\"type\":\"error\"") => bail!("replay failed: {line}"),
+                None => {}
+            }
+        }
+    }
+    Ok(got as f64 / start.elapsed().as_secs_f64())
+}

@@ -11,17 +11,17 @@
 //!   compared with the empty one's (the log's index, per retained event),
 //!   and one client replays one exchange from the start (`since: {id: 0}`).
 
-use crate::client::{connect_batched, event_id, next_text, send};
+use crate::client::replay_from_start;
 use crate::gateway::{rss_bytes, Gateway};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use herald_core::{Event, FanOut, FrameFormat, NewEvent, Outbox, Pattern, Principal, Registration, Start, SubSpec};
 use herald_log::{EmbeddedLog, EventLog, LogConfig};
 use serde::Serialize;
-use serde_json::{json, value::RawValue};
+use serde_json::value::RawValue;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Exchange names of the big log: `scale.0`, `scale.1`, …
 const EXCHANGE_PREFIX: &str = "scale.";
@@ -154,36 +154,6 @@ async fn log_head(base: &str) -> anyhow::Result<u64> {
     ready["log_head"].as_u64().context("no log_head in /readyz")
 }
 
-/// Replay exchange `scale.0` from the start: (events, events per second).
-async fn replay_exchange(base: &str, expected: u64) -> anyhow::Result<(u64, f64)> {
-    let (mut tx, mut rx) = connect_batched(base).await?;
-    let start = Instant::now();
-    send(
-        &mut tx,
-        json!({"type": "subscribe", "ref": "s", "sub": "s", "since": {"id": 0},
-               "bindings": [{"exchange": format!("{EXCHANGE_PREFIX}0"), "pattern": "#"}]}),
-    )
-    .await?;
-    let (mut got, mut last) = (0u64, 0u64);
-    while got < expected {
-        let text = tokio::time::timeout(Duration::from_secs(30), next_text(&mut rx))
-            .await
-            .context("replay stalled for 30 s")??;
-        for line in text.split('\n') {
-            match event_id(line) {
-                Some(id) if id > last => {
-                    last = id;
-                    got += 1;
-                }
-                Some(id) => bail!("replay out of order: {id} after {last}"),
-                None if line.contains("\"type\":\"error\"") => bail!("replay failed: {line}"),
-                None => {}
-            }
-        }
-    }
-    Ok((got, got as f64 / start.elapsed().as_secs_f64()))
-}
-
 /// Run the scale measurements (`log_events == 0`: the in-process ones only).
 pub(crate) async fn run(args: &crate::BenchArgs) -> anyhow::Result<ScaleReport> {
     let (log_events, log_exchanges) = (args.log_events, args.log_exchanges);
@@ -218,9 +188,9 @@ pub(crate) async fn run(args: &crate::BenchArgs) -> anyhow::Result<ScaleReport> 
     let log_events = log_head(&g.base_url).await.unwrap_or(log_events);
     let per_exchange = log_events / exchanges + u64::from(log_events % exchanges > 0);
     eprintln!("bench: replaying one exchange ({per_exchange} events) from the start");
-    let replayed = replay_exchange(&g.base_url, per_exchange).await;
+    let replayed = replay_from_start(&g.base_url, &format!("{EXCHANGE_PREFIX}0"), per_exchange).await;
     g.stop().await;
-    let (events, rate) = replayed?;
+    let (events, rate) = (per_exchange, replayed?);
     r.log_events = log_events;
     r.log_exchanges = exchanges;
     r.startup_s = startup;

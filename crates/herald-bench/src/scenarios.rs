@@ -1,6 +1,6 @@
 //! The measurements.
 
-use crate::client::{connect, connect_batched, event_id, next_json, next_text, send, Rx, Tx};
+use crate::client::{connect, connect_batched, event_id, next_json, next_text, replay_from_start, send, Rx, Tx};
 use crate::gateway::rss_bytes;
 use crate::{BenchArgs, Report};
 use anyhow::{bail, Context};
@@ -340,32 +340,9 @@ async fn fanout(bases: &[String], subscribers: usize, events: u64, pad: &str) ->
     Ok((rate, all.value_at_quantile(0.5) as f64 / 1000.0, all.value_at_quantile(0.99) as f64 / 1000.0))
 }
 
-/// One subscriber replays everything with batched frames; events are
-/// counted and their ids checked to ascend, without parsing each one.
+/// One subscriber replays everything with batched frames.
 async fn replay(base: &str, expected: u64) -> anyhow::Result<f64> {
-    let (mut tx, mut rx) = connect_batched(base).await?;
-    let start = Instant::now();
-    send(
-        &mut tx,
-        json!({"type": "subscribe", "ref": "s", "sub": "s", "since": {"id": 0},
-               "bindings": [{"exchange": PUBLISH_EXCHANGE, "pattern": "#"}]}),
-    )
-    .await?;
-    let (mut got, mut last) = (0u64, 0u64);
-    while got < expected {
-        for line in next_text(&mut rx).await?.split('\n') {
-            match event_id(line) {
-                Some(id) if id > last => {
-                    last = id;
-                    got += 1;
-                }
-                Some(id) => bail!("replay out of order: {id} after {last}"),
-                None if line.contains("\"type\":\"error\"") => bail!("replay failed: {line}"),
-                None => {}
-            }
-        }
-    }
-    Ok(got as f64 / start.elapsed().as_secs_f64())
+    replay_from_start(base, PUBLISH_EXCHANGE, expected).await
 }
 
 async fn idle_memory(base: &str, n: usize, pid: Option<u32>) -> anyhow::Result<Option<f64>> {

@@ -840,17 +840,8 @@ impl EventLog for EmbeddedLog {
     }
 
     fn read(&self, query: ReadQuery) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>> {
-        // On the blocking pool, not a runtime worker: however many replays
-        // read at once, the tasks that serve live traffic keep running.
         let shared = self.shared.clone();
-        Box::pin(async move {
-            match tokio::runtime::Handle::try_current() {
-                Ok(_) => tokio::task::spawn_blocking(move || shared.read_sync(&query))
-                    .await
-                    .map_err(|e| LogError::io("log reader task", std::io::Error::other(e.to_string())))?,
-                Err(_) => shared.read_sync(&query),
-            }
-        })
+        Box::pin(on_blocking_pool(move || shared.read_sync(&query)))
     }
 
     fn idempotency_keys(
@@ -860,14 +851,7 @@ impl EventLog for EmbeddedLog {
         limit: usize,
     ) -> BoxFuture<'_, Result<(Vec<StoredKey>, u64), LogError>> {
         let shared = self.shared.clone();
-        Box::pin(async move {
-            match tokio::runtime::Handle::try_current() {
-                Ok(_) => tokio::task::spawn_blocking(move || shared.idempotency_keys_sync(after, upto, limit))
-                    .await
-                    .map_err(|e| LogError::io("log reader task", std::io::Error::other(e.to_string())))?,
-                Err(_) => shared.idempotency_keys_sync(after, upto, limit),
-            }
-        })
+        Box::pin(on_blocking_pool(move || shared.idempotency_keys_sync(after, upto, limit)))
     }
 
     fn first_at_or_after(&self, time_us: u64) -> BoxFuture<'_, Result<u64, LogError>> {
@@ -916,6 +900,20 @@ impl EventLog for EmbeddedLog {
                 let _ = tokio::task::spawn_blocking(move || h.join()).await;
             }
         })
+    }
+}
+
+/// Run a read of many records on tokio's blocking pool (or here, outside a
+/// runtime), so that the tasks serving live traffic keep running however
+/// many replays read at once.
+async fn on_blocking_pool<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| LogError::io("log reader task", std::io::Error::other(e.to_string())))?,
+        Err(_) => read(),
     }
 }
 
