@@ -210,7 +210,7 @@ pub trait EventLog: Send + Sync + 'static {
     /// Read events in a range.
     fn read(&self, query: ReadQuery) -> BoxFuture<'_, Result<Vec<Arc<Event>>, LogError>>;
     /// The idempotency keys of the events in `(after, upto]`, oldest first,
-    /// examining at most `limit` events: the keys found and the last id
+    /// examining at most `limit` events (a log may examine fewer): the keys found and the last id
     /// examined (read on after it until it reaches `upto`). Used to rebuild
     /// the idempotency window at start; a log may skip decoding events that
     /// carry no key.
@@ -221,7 +221,9 @@ pub trait EventLog: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<(Vec<StoredKey>, u64), LogError>> {
         Box::pin(async move {
-            let query = ReadQuery { after, upto, limit, ..ReadQuery::default() };
+            // Whole events are read here: at most 1,024 at a time, so that
+            // the memory of one step stays what a replay chunk takes.
+            let query = ReadQuery { after, upto, limit: limit.min(1024), ..ReadQuery::default() };
             let events = self.read(query).await?;
             let last = events.last().map_or(upto.max(after), |e| e.id);
             let keys = events
