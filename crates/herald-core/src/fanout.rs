@@ -455,6 +455,9 @@ impl FanOut {
         // clients use few distinct ids, so they share one allocation.
         let mut shared: Vec<(Arc<str>, FrameFormat, Bytes)> = Vec::new();
         let mut delivered = 0u64;
+        // Writers to wake once the whole batch is queued (see
+        // `Outbox::offer_deferred`).
+        let mut wake: Vec<Arc<Outbox>> = Vec::new();
         for event in batch {
             if event.id <= inner.head {
                 continue;
@@ -487,8 +490,11 @@ impl FanOut {
                         b
                     }
                 };
-                match entry.outbox.offer(Frame::Event(frame, event.time_us)) {
-                    Ok(()) => {
+                match entry.outbox.offer_deferred(Frame::Event(frame, event.time_us)) {
+                    Ok(owed) => {
+                        if owed {
+                            wake.push(entry.outbox.clone());
+                        }
                         delivered += 1;
                         entry.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -511,6 +517,10 @@ impl FanOut {
                 }
             }
             inner.head = event.id;
+        }
+        drop(inner);
+        for outbox in &wake {
+            outbox.wake();
         }
         self.stats.events.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.deliveries.fetch_add(delivered, Ordering::Relaxed);

@@ -68,6 +68,9 @@ struct State {
     closed: bool,
     /// Since when bytes have been waiting without any being written.
     stalled_since: Option<Instant>,
+    /// The writer was (or is about to be) woken for what is queued since it
+    /// last took: a deferred offer owes no second wake-up.
+    woken: bool,
 }
 
 /// Bounded outbound queue for one connection.
@@ -106,6 +109,34 @@ impl Outbox {
         }
         self.enqueue(st, frame);
         Ok(())
+    }
+
+    /// [`Outbox::offer`] without waking the writer, for the fan-out, which
+    /// queues a whole committed batch for every subscriber first and then
+    /// wakes each writer once ([`Outbox::wake`]): the writer then takes the
+    /// batch's frames in one go (one write, one batched frame) instead of
+    /// racing the fan-out frame by frame on the other core. Returns whether
+    /// the caller owes this outbox a wake-up (the first frame queued since
+    /// the writer last took).
+    pub fn offer_deferred(&self, frame: Frame) -> Result<bool, Overflow> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Overflow::Closed);
+        }
+        if st.bytes + frame.cost() > self.max_bytes && st.bytes > 0 {
+            return Err(Overflow::Full);
+        }
+        if st.bytes == 0 {
+            st.stalled_since = Some(Instant::now());
+        }
+        st.bytes += frame.cost();
+        st.frames.push_back(frame);
+        Ok(!std::mem::replace(&mut st.woken, true))
+    }
+
+    /// Wake the writer for frames queued by [`Outbox::offer_deferred`].
+    pub fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Queue as many of `frames` as fit under the bound, in order, under one
@@ -187,6 +218,7 @@ impl Outbox {
         }
         st.bytes += frame.cost();
         st.frames.push_back(frame);
+        st.woken = true;
         drop(st);
         self.ready.notify_one();
     }
@@ -251,6 +283,7 @@ impl Outbox {
     /// [`Outbox::written`] is called, so the bound covers frames in flight.
     pub fn take(&self, out: &mut Vec<Frame>) {
         let mut st = self.state.lock();
+        st.woken = false;
         out.extend(st.frames.drain(..));
     }
 
@@ -294,6 +327,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn offers_are_refused_when_full_and_pushes_close_past_the_headroom() {
@@ -328,6 +362,45 @@ mod tests {
         assert_eq!(texts, [&b"1234"[..], b"5678", b"90ab", b"c"]);
         o.close_with(None, 1000, "bye");
         assert_eq!(o.offer_many(&frames), Err(Overflow::Closed));
+    }
+
+    #[test]
+    fn deferred_offers_owe_one_wake_up_until_the_writer_takes() {
+        let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
+        let frame = |s: &'static str| Frame::Event(Bytes::from_static(s.as_bytes()), 0);
+        assert_eq!(o.offer_deferred(frame("ab")), Ok(true), "the first frame owes a wake-up");
+        assert_eq!(o.offer_deferred(frame("cd")), Ok(false), "one is owed already");
+        assert_eq!(o.offer_deferred(frame("0123456")), Err(Overflow::Full), "the bound holds");
+        let mut out = Vec::new();
+        o.take(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(o.offer_deferred(frame("ef")), Ok(true), "taken: the next frame owes one again");
+        o.push(Frame::Ping).expect("fits");
+        o.take(&mut out);
+        o.push(Frame::Ping).expect("fits");
+        assert_eq!(o.offer_deferred(frame("gh")), Ok(false), "a push woke the writer already");
+        o.close_with(None, 1000, "bye");
+        assert_eq!(o.offer_deferred(frame("ij")), Err(Overflow::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_after_deferred_offers_reaches_a_waiting_writer() {
+        let o = Arc::new(Outbox::new(100, Bytes::new(), (4408, String::new())));
+        let writer = {
+            let o = o.clone();
+            tokio::spawn(async move {
+                o.ready().await;
+                let mut out = Vec::new();
+                o.take(&mut out);
+                out.len()
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(o.offer_deferred(Frame::Event(Bytes::from_static(b"a"), 0)), Ok(true));
+        assert_eq!(o.offer_deferred(Frame::Event(Bytes::from_static(b"b"), 0)), Ok(false));
+        o.wake();
+        let taken = tokio::time::timeout(Duration::from_secs(5), writer).await.expect("woken").expect("ran");
+        assert_eq!(taken, 2, "both frames taken at one wake-up");
     }
 
     #[test]

@@ -158,8 +158,23 @@ impl Server {
         // client is behind continue from the log.
         let dispatcher = state.clone();
         tokio::spawn(async move {
-            while let Some(batch) = committed.recv().await {
-                for entry in fanout.dispatch(&batch) {
+            // Every batch committed meanwhile is dispatched in one go, so
+            // each subscriber's writer is woken once for all of them.
+            let mut batches = Vec::new();
+            let mut events: Vec<Arc<herald_core::Event>> = Vec::new();
+            while committed.recv_many(&mut batches, 64).await > 0 {
+                let lagging = if let [one] = &batches[..] {
+                    fanout.dispatch(one)
+                } else {
+                    for b in &batches {
+                        events.extend(b.iter().cloned());
+                    }
+                    let lagging = fanout.dispatch(&events);
+                    events.clear();
+                    lagging
+                };
+                batches.clear();
+                for entry in lagging {
                     crate::subscription::spawn_catch_up(dispatcher.clone(), entry);
                 }
             }
