@@ -100,11 +100,13 @@ pub struct SubEntry {
     live: AtomicBool,
     /// Whether events need a grant check (some binding is not wholly inside one grant).
     check_grants: bool,
+    /// Whether the spec has filters (read here, beside `live`, so that the
+    /// fan-out touches the spec only when it must).
+    has_filters: bool,
     /// The highest id this subscription has been brought up to (delivered or
     /// skipped as not matching). Meaningful while not live.
     cursor: AtomicU64,
     state: Mutex<EntryState>,
-    delivered: AtomicU64,
 }
 
 impl SubEntry {
@@ -132,11 +134,6 @@ impl SubEntry {
     /// Current mode.
     pub fn mode(&self) -> Mode {
         self.state.lock().mode
-    }
-
-    /// Number of events pushed live (not counting replays).
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
     }
 
     /// The catch-up task checks this between chunks: if a pause was
@@ -246,12 +243,64 @@ pub struct FanOutStats {
     pub dropped_closed: AtomicU64,
 }
 
+/// A subscription as the pattern index holds it: the entry itself, with
+/// its key beside it (the index dedups values by hash, and reading the key
+/// there costs no trip to the entry).
+#[derive(Debug, Clone)]
+struct Indexed {
+    key: u64,
+    entry: Arc<SubEntry>,
+}
+
+impl Indexed {
+    fn new(entry: Arc<SubEntry>) -> Indexed {
+        Indexed { key: entry.key, entry }
+    }
+}
+
+impl PartialEq for Indexed {
+    fn eq(&self, other: &Indexed) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Indexed {}
+
+impl std::hash::Hash for Indexed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     head: u64,
-    index: PatternIndex<u64>,
+    index: PatternIndex<Indexed>,
     entries: HashMap<u64, Arc<SubEntry>>,
     next_key: u64,
+    /// Subscription ids interned, with how many entries use each: entries
+    /// with equal ids hold the same `Arc`, so the fan-out finds the frame
+    /// it already encoded for an id by pointer, without reading the text.
+    subs: HashMap<Arc<str>, usize>,
+}
+
+impl Inner {
+    /// The shared copy of a subscription id (see `subs`).
+    fn intern(&mut self, sub: Arc<str>) -> Arc<str> {
+        let (shared, count) = self.subs.remove_entry(&sub).unwrap_or((sub, 0));
+        self.subs.insert(shared.clone(), count + 1);
+        shared
+    }
+
+    /// An entry with this id is gone.
+    fn release(&mut self, sub: &Arc<str>) {
+        if let Some(count) = self.subs.get_mut(sub) {
+            *count -= 1;
+            if *count == 0 {
+                self.subs.remove(sub);
+            }
+        }
+    }
 }
 
 /// The fan-out: registered subscriptions and the dispatch of committed events.
@@ -283,7 +332,13 @@ impl FanOut {
     /// A fan-out whose head is the log's head.
     pub fn new(head: u64) -> FanOut {
         FanOut {
-            inner: Mutex::new(Inner { head, index: PatternIndex::new(), entries: HashMap::new(), next_key: 1 }),
+            inner: Mutex::new(Inner {
+                head,
+                index: PatternIndex::new(),
+                entries: HashMap::new(),
+                next_key: 1,
+                subs: HashMap::new(),
+            }),
             stats: FanOutStats::default(),
         }
     }
@@ -317,12 +372,14 @@ impl FanOut {
         };
         let key = inner.next_key;
         inner.next_key += 1;
+        let sub = inner.intern(reg.sub);
         let check_grants = !reg.principal.contains_all(&reg.spec.bindings);
         let entry = Arc::new(SubEntry {
             key,
             check_grants,
-            prefix: frame_prefix(&reg.sub, reg.format),
-            sub: reg.sub,
+            has_filters: !reg.spec.filters.is_empty(),
+            prefix: frame_prefix(&sub, reg.format),
+            sub,
             spec: reg.spec,
             principal: reg.principal,
             outbox: reg.outbox,
@@ -331,10 +388,9 @@ impl FanOut {
             live: AtomicBool::new(mode == Mode::Live),
             cursor: AtomicU64::new(cursor),
             state: Mutex::new(EntryState { mode, pause_requested: false }),
-            delivered: AtomicU64::new(0),
         });
         for (exchange, pattern) in &entry.spec.bindings {
-            inner.index.insert(exchange, pattern, key);
+            inner.index.insert(exchange, pattern, Indexed::new(entry.clone()));
         }
         inner.entries.insert(key, entry.clone());
         announce(head);
@@ -350,10 +406,11 @@ impl FanOut {
         st.mode = Mode::Removed;
         entry.live.store(false, Ordering::Release);
         drop(st);
-        if inner.entries.remove(&entry.key).is_some() {
+        if let Some(indexed) = inner.entries.remove(&entry.key).map(Indexed::new) {
             for (exchange, pattern) in &entry.spec.bindings {
-                inner.index.remove(exchange, pattern, &entry.key);
+                inner.index.remove(exchange, pattern, &indexed);
             }
+            inner.release(&entry.sub);
         }
         cursor
     }
@@ -449,8 +506,10 @@ impl FanOut {
     /// log just before that event. The caller starts a catch-up task for each.
     pub fn dispatch(&self, batch: &[Arc<Event>]) -> Vec<Arc<SubEntry>> {
         let mut lagging = Vec::new();
-        let mut inner = self.inner.lock();
-        let mut keys: Vec<u64> = Vec::new();
+        let mut guard = self.inner.lock();
+        let Inner { head, index, .. } = &mut *guard;
+        // The index holds the entries themselves: no lookup by key per delivery.
+        let mut matched: Vec<&Indexed> = Vec::new();
         // Frames already encoded for this event, by subscription id: most
         // clients use few distinct ids, so they share one allocation.
         let mut shared: Vec<(Arc<str>, FrameFormat, Bytes)> = Vec::new();
@@ -459,30 +518,31 @@ impl FanOut {
         // `Outbox::offer_deferred`).
         let mut wake: Vec<Arc<Outbox>> = Vec::new();
         for event in batch {
-            if event.id <= inner.head {
+            if event.id <= *head {
                 continue;
             }
-            keys.clear();
+            matched.clear();
             shared.clear();
             for rk in event.routing_keys() {
-                inner.index.for_each_match(&event.exchange, rk, |k| keys.push(*k));
+                index.for_each_match(&event.exchange, rk, |e| matched.push(e));
             }
             if event.headers.is_some() {
                 // CC keys may reach the same subscription twice.
-                keys.sort_unstable();
-                keys.dedup();
+                matched.sort_unstable_by_key(|e| e.key);
+                matched.dedup_by_key(|e| e.key);
             }
-            for key in &keys {
-                let Some(entry) = inner.entries.get(key) else {
-                    continue;
-                };
+            for Indexed { entry, .. } in matched.iter().copied() {
                 if !entry.live.load(Ordering::Acquire) {
                     continue;
                 }
-                if !entry.spec.filters.iter().all(|f| f.accepts(event)) || !entry.admits(event) {
+                if entry.has_filters && !entry.spec.filters.iter().all(|f| f.accepts(event)) {
                     continue;
                 }
-                let frame = match shared.iter().find(|(s, f, _)| **s == *entry.sub && *f == entry.format) {
+                if !entry.admits(event) {
+                    continue;
+                }
+                // Interned ids: equal ids are the same pointer.
+                let frame = match shared.iter().find(|(s, f, _)| Arc::ptr_eq(s, &entry.sub) && *f == entry.format) {
                     Some((_, _, b)) => b.clone(),
                     None => {
                         let b = encode_frame(&entry.prefix, entry.format, event);
@@ -496,7 +556,6 @@ impl FanOut {
                             wake.push(entry.outbox.clone());
                         }
                         delivered += 1;
-                        entry.delivered.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(Overflow::Full) => {
                         // The client is behind: it continues from the log at
@@ -508,7 +567,7 @@ impl FanOut {
                             st.mode = Mode::CatchingUp;
                             drop(st);
                             self.stats.lagged.fetch_add(1, Ordering::Relaxed);
-                            lagging.push(entry.clone());
+                            lagging.push(Arc::clone(entry));
                         }
                     }
                     Err(Overflow::SlowConsumer | Overflow::Closed) => {
@@ -516,9 +575,10 @@ impl FanOut {
                     }
                 }
             }
-            inner.head = event.id;
+            *head = event.id;
         }
-        drop(inner);
+        drop(matched);
+        drop(guard);
         for outbox in &wake {
             outbox.wake();
         }
@@ -590,6 +650,38 @@ mod tests {
         assert!(fan.resume(&e));
         assert_eq!(fan.unregister(&e), 4);
         assert!(fan.is_empty());
+    }
+
+    fn frames(o: &Outbox) -> Vec<Bytes> {
+        let mut v = Vec::new();
+        o.take(&mut v);
+        v.into_iter().filter_map(|f| if let Frame::Event(b, _) = f { Some(b) } else { None }).collect()
+    }
+
+    #[test]
+    fn equal_subscription_ids_share_one_frame_and_distinct_ids_get_their_own() {
+        let fan = FanOut::new(0);
+        let outbox = || Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, String::new())));
+        let (a, b, c) = (outbox(), outbox(), outbox());
+        let (ea, _) = fan.register(reg(&a, "#"), Start::Live, |_| {});
+        // Equal text in a different allocation, as every client sends its own.
+        let mut rb = reg(&b, "#");
+        rb.sub = String::from("s").into();
+        fan.register(rb, Start::Live, |_| {});
+        let mut rc = reg(&c, "#");
+        rc.sub = "t".into();
+        fan.register(rc, Start::Live, |_| {});
+        fan.dispatch(&[event(1, "k")]);
+        let (fa, fb, fc) = (frames(&a), frames(&b), frames(&c));
+        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr(), "one encoding for the id \"s\"");
+        assert!(std::str::from_utf8(&fc[0]).expect("utf-8").contains("\"sub\":\"t\""), "{:?}", fc[0]);
+        assert!(std::str::from_utf8(&fa[0]).expect("utf-8").contains("\"sub\":\"s\""), "{:?}", fa[0]);
+        // The last holder of an id gone, the id is forgotten and comes back fresh.
+        fan.unregister(&ea);
+        fan.dispatch(&[event(2, "k")]);
+        assert_eq!(frames(&b).len(), 1);
+        assert!(frames(&a).is_empty(), "unregistered");
+        assert_eq!(fan.inner.lock().subs.len(), 2);
     }
 
     #[test]

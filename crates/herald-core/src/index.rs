@@ -263,7 +263,7 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
     }
 
     /// Call `f` once for every distinct value whose binding matches.
-    pub fn for_each_match(&self, exchange: &str, routing_key: &str, mut f: impl FnMut(&T)) {
+    pub fn for_each_match<'a>(&'a self, exchange: &str, routing_key: &str, mut f: impl FnMut(&'a T)) {
         let Some(root) = self.exchanges.get(exchange) else {
             return;
         };
