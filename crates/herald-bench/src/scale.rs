@@ -51,7 +51,7 @@ pub struct ScaleReport {
 
 /// A live subscriber of `pattern` on exchange `x`, with an outbox of its own.
 fn register(fan: &FanOut, pattern: &str) -> Arc<Outbox> {
-    let outbox = Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, String::new())));
+    let outbox = Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, "")));
     let spec = SubSpec {
         bindings: vec![("x".into(), Pattern::parse(pattern).expect("the bench's patterns are valid"))],
         filters: vec![],

@@ -31,7 +31,7 @@ fn spec(patterns: impl Iterator<Item = String>) -> Arc<SubSpec> {
 pub(crate) fn measure(live_subs: usize, idle_sessions: usize) -> (f64, f64) {
     let fanout = Arc::new(FanOut::new(0));
     let table = SessionTable::new(Duration::from_secs(3600), fanout.clone());
-    let outbox = Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, String::new())));
+    let outbox = Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, "")));
     let principal = Arc::new(Principal::open());
 
     // Idle sessions first, while the heap is fresh.

@@ -59,7 +59,7 @@ fn index(c: &mut Criterion) {
 
 /// A live subscriber of `pattern` on the task-completed exchange, with an outbox of its own.
 fn register(fan: &FanOut, pattern: &str) -> Arc<Outbox> {
-    let o = Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, String::new())));
+    let o = Arc::new(Outbox::new(1 << 30, Bytes::new(), (4408, "")));
     let reg = Registration {
         sub: "s".into(),
         spec: Arc::new(SubSpec {

@@ -633,7 +633,7 @@ mod tests {
     #[test]
     fn catch_up_switch_is_gapless() {
         let fan = FanOut::new(0);
-        let o = Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, String::new())));
+        let o = Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, "")));
         let (e, head) = fan.register(reg(&o, "a.*"), Start::CatchUp(0), |_| {});
         assert_eq!(head, 0);
         fan.dispatch(&[event(1, "a.b"), event(2, "a.c")]);
@@ -661,7 +661,7 @@ mod tests {
     #[test]
     fn equal_subscription_ids_share_one_frame_and_distinct_ids_get_their_own() {
         let fan = FanOut::new(0);
-        let outbox = || Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, String::new())));
+        let outbox = || Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, "")));
         let (a, b, c) = (outbox(), outbox(), outbox());
         let (ea, _) = fan.register(reg(&a, "#"), Start::Live, |_| {});
         // Equal text in a different allocation, as every client sends its own.
@@ -687,7 +687,7 @@ mod tests {
     #[test]
     fn a_full_outbox_switches_the_subscription_to_the_log() {
         let fan = FanOut::new(0);
-        let o = Arc::new(Outbox::new(200, Bytes::new(), (4408, String::new())));
+        let o = Arc::new(Outbox::new(200, Bytes::new(), (4408, "")));
         let (e, _) = fan.register(reg(&o, "#"), Start::Live, |_| {});
         let batch: Vec<_> = (1..=10).map(|i| event(i, "k")).collect();
         let lagging = fan.dispatch(&batch);

@@ -81,13 +81,13 @@ pub struct Outbox {
     space: Notify,
     max_bytes: usize,
     slow_consumer_frame: Bytes,
-    slow_consumer_close: (u16, String),
+    slow_consumer_close: (u16, &'static str),
 }
 
 impl Outbox {
     /// A new outbox holding at most `max_bytes`. `slow_consumer_frame` is the
     /// `error` frame sent when it overflows, before closing with `close`.
-    pub fn new(max_bytes: usize, slow_consumer_frame: Bytes, close: (u16, String)) -> Outbox {
+    pub fn new(max_bytes: usize, slow_consumer_frame: Bytes, close: (u16, &'static str)) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
@@ -237,7 +237,7 @@ impl Outbox {
         st.bytes -= dropped;
         st.closed = true;
         st.frames.push_back(Frame::Text(self.slow_consumer_frame.clone()));
-        st.frames.push_back(Frame::Close(self.slow_consumer_close.0, self.slow_consumer_close.1.clone()));
+        st.frames.push_back(Frame::Close(self.slow_consumer_close.0, self.slow_consumer_close.1.to_string()));
         drop(st);
         self.ready.notify_one();
         self.space.notify_waiters();
@@ -287,6 +287,15 @@ impl Outbox {
         out.extend(st.frames.drain(..));
     }
 
+    /// Give back the queue's buffer if nothing is queued (the writer calls
+    /// this when it goes idle), so an idle connection holds none.
+    pub fn release_buffer(&self) {
+        let mut st = self.state.lock();
+        if st.frames.is_empty() && st.frames.capacity() > 0 {
+            st.frames = VecDeque::new();
+        }
+    }
+
     /// Report frames written to the socket, freeing their bytes.
     pub fn written(&self, frames: &[Frame]) {
         let n: usize = frames.iter().map(Frame::cost).sum();
@@ -331,7 +340,7 @@ mod tests {
 
     #[test]
     fn offers_are_refused_when_full_and_pushes_close_past_the_headroom() {
-        let o = Outbox::new(10, Bytes::from_static(b"slow"), (4408, "slow consumer".into()));
+        let o = Outbox::new(10, Bytes::from_static(b"slow"), (4408, "slow consumer"));
         assert!(o.offer(Frame::Text(Bytes::from_static(b"12345"))).is_ok());
         assert_eq!(o.offer(Frame::Text(Bytes::from_static(b"123456"))), Err(Overflow::Full));
         assert!(!o.is_closed());
@@ -349,7 +358,7 @@ mod tests {
 
     #[test]
     fn offer_many_queues_what_fits_in_order() {
-        let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
+        let o = Outbox::new(10, Bytes::new(), (4408, ""));
         let frames: Vec<Frame> = ["1234", "5678", "90ab", "c"].iter().map(|s| Frame::Text(Bytes::from(*s))).collect();
         assert_eq!(o.offer_many(&frames), Ok(2), "the third would pass the bound");
         assert_eq!(o.offer_many(&frames[2..]), Ok(0), "nothing fits until written");
@@ -366,7 +375,7 @@ mod tests {
 
     #[test]
     fn deferred_offers_owe_one_wake_up_until_the_writer_takes() {
-        let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
+        let o = Outbox::new(10, Bytes::new(), (4408, ""));
         let frame = |s: &'static str| Frame::Event(Bytes::from_static(s.as_bytes()), 0);
         assert_eq!(o.offer_deferred(frame("ab")), Ok(true), "the first frame owes a wake-up");
         assert_eq!(o.offer_deferred(frame("cd")), Ok(false), "one is owed already");
@@ -385,7 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_up_after_deferred_offers_reaches_a_waiting_writer() {
-        let o = Arc::new(Outbox::new(100, Bytes::new(), (4408, String::new())));
+        let o = Arc::new(Outbox::new(100, Bytes::new(), (4408, "")));
         let writer = {
             let o = o.clone();
             tokio::spawn(async move {
@@ -405,7 +414,7 @@ mod tests {
 
     #[test]
     fn push_many_queues_in_order_within_the_headroom() {
-        let o = Outbox::new(4, Bytes::new(), (4408, String::new()));
+        let o = Outbox::new(4, Bytes::new(), (4408, ""));
         let frame = |s: &'static str| Frame::Text(Bytes::from_static(s.as_bytes()));
         // The bound is 4 bytes; replies may use twice that.
         o.push_many([frame("ab"), frame("cd"), frame("ef")]).expect("within the headroom");
@@ -421,7 +430,7 @@ mod tests {
 
     #[test]
     fn bytes_are_freed_after_write() {
-        let o = Outbox::new(10, Bytes::new(), (4408, String::new()));
+        let o = Outbox::new(10, Bytes::new(), (4408, ""));
         o.push(Frame::Text(Bytes::from_static(b"12345678"))).expect("fits");
         let mut out = Vec::new();
         o.take(&mut out);

@@ -8,6 +8,7 @@
 use crate::event::Event;
 use crate::pattern::{Pattern, PatternError};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// How a grant names exchanges: exactly, or by a prefix (written `prefix*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +38,7 @@ impl ExchangeMatch {
 }
 
 /// The wire and configuration form of one grant: `{exchange, pattern}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantSpec {
     /// Exact exchange name, or a prefix ending in `*`.
@@ -47,7 +48,7 @@ pub struct GrantSpec {
 }
 
 /// The claims' `herald` object and the `[auth.anonymous]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrantsSpec {
     /// What may be subscribed to.
@@ -159,8 +160,8 @@ pub struct Principal {
     pub user: Option<String>,
     /// Groups the user belongs to.
     pub groups: Vec<String>,
-    /// What it may do.
-    pub grants: Grants,
+    /// What it may do (shared: tokens with the same grants hold one copy).
+    pub grants: Arc<Grants>,
     /// Token expiry, seconds since the Unix epoch.
     pub expires_at: Option<u64>,
     /// The token's id (`jti` claim), for revocation.
@@ -187,7 +188,7 @@ impl Principal {
 
     /// An anonymous principal with every grant (open mode).
     pub fn open() -> Principal {
-        Principal { grants: Grants::all(), ..Principal::default() }
+        Principal { grants: Arc::new(Grants::all()), ..Principal::default() }
     }
 
     /// Whether a subscription binding overlaps some subscribe grant.
@@ -248,7 +249,7 @@ mod tests {
         Principal {
             user: Some("alice".into()),
             groups: vec!["ops".into()],
-            grants: Grants::compile(&spec).expect("grants"),
+            grants: Arc::new(Grants::compile(&spec).expect("grants")),
             expires_at: None,
             token_id: None,
             issued_at: None,

@@ -64,12 +64,19 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// The session store's page cache (see [`DiskSessionStore::open`]).
+const SESSIONS_CACHE_BYTES: usize = 2 << 20;
+
 impl DiskSessionStore {
     /// Open (or create) `dir/sessions.redb` and start its writer thread.
     pub fn open(dir: &Path) -> Result<DiskSessionStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let path = dir.join(SESSIONS_FILE);
-        let db = Database::create(&path).map_err(backend)?;
+        // A small page cache: sessions are read once, at start-up, and the
+        // writes are small. redb's default (1 GiB) let the cache and the
+        // write buffers of a burst of new sessions grow to several KB per
+        // session, which the allocator keeps after they are freed.
+        let db = redb::Builder::new().set_cache_size(SESSIONS_CACHE_BYTES).create(&path).map_err(backend)?;
         // It holds secret hashes and users' subscriptions: owner only.
         #[cfg(unix)]
         {

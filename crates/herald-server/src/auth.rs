@@ -8,7 +8,9 @@ use crate::config::AuthConfig;
 use herald_core::{Grants, GrantsSpec, Principal};
 use herald_protocol::ErrorCode;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The claims Herald reads.
@@ -44,6 +46,8 @@ pub(crate) struct Authenticator {
     anonymous: Option<Arc<Principal>>,
     /// Tokens revoked before their expiry.
     pub(crate) revoked: Arc<crate::revocation::Revocations>,
+    /// Grants compiled, by their specification (see [`Authenticator::grants`]).
+    compiled: Mutex<HashMap<GrantsSpec, Arc<Grants>>>,
 }
 
 impl Authenticator {
@@ -74,17 +78,17 @@ impl Authenticator {
         let anonymous = match (&config.anonymous, key.is_some()) {
             (Some(spec), _) => {
                 let grants = Grants::compile(spec).map_err(|e| format!("auth.anonymous: {e}"))?;
-                Some(Arc::new(Principal { grants, ..Principal::anonymous() }))
+                Some(Arc::new(Principal { grants: Arc::new(grants), ..Principal::anonymous() }))
             }
             (None, false) => Some(Arc::new(Principal::open())),
             (None, true) => None,
         };
-        Ok(Authenticator { key, anonymous, revoked })
+        Ok(Authenticator { key, anonymous, revoked, compiled: Mutex::new(HashMap::new()) })
     }
 
     /// Whether anyone may do anything without a token.
     pub(crate) fn is_open(&self) -> bool {
-        self.key.is_none() && self.anonymous.as_ref().is_some_and(|p| p.grants == Grants::all())
+        self.key.is_none() && self.anonymous.as_ref().is_some_and(|p| *p.grants == Grants::all())
     }
 
     /// Authenticate a client from its token, if any.
@@ -107,7 +111,7 @@ impl Authenticator {
             }
         })?;
         let c = data.claims;
-        let grants = Grants::compile(&c.herald).map_err(|e| unauthorized(format!("invalid grants in token: {e}")))?;
+        let grants = self.grants(c.herald)?;
         let principal = Principal {
             user: Some(c.sub),
             groups: c.groups,
@@ -123,6 +127,30 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The compiled form of a token's grants, shared by every token with
+    /// the same grants (a role's users): one copy in memory, not one per
+    /// connection.
+    fn grants(&self, spec: GrantsSpec) -> Result<Arc<Grants>, AuthError> {
+        if let Some(g) = self.compiled.lock().get(&spec) {
+            return Ok(g.clone());
+        }
+        let grants =
+            Arc::new(Grants::compile(&spec).map_err(|e| unauthorized(format!("invalid grants in token: {e}")))?);
+        let mut compiled = self.compiled.lock();
+        // Bounded: tokens minted with grants of their own (one per user)
+        // would otherwise grow it without end.
+        if compiled.len() >= MAX_COMPILED_GRANTS {
+            compiled.clear();
+        }
+        compiled.insert(spec, grants.clone());
+        Ok(grants)
+    }
+}
+
+/// How many distinct grant sets [`Authenticator`] keeps compiled.
+const MAX_COMPILED_GRANTS: usize = 4096;
+
 /// The bearer token of an HTTP request: the `Authorization: Bearer` header,
 /// else (for EventSource, which cannot set headers) the `token` query parameter.
 pub(crate) fn bearer(headers: &axum::http::HeaderMap, query_token: Option<&str>) -> Option<String> {
@@ -132,4 +160,38 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap, query_token: Option<&str>)
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_string())
         .or_else(|| query_token.map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(secret: &str, sub: &str, pattern: &str) -> String {
+        let claims = serde_json::json!({
+            "sub": sub,
+            "exp": 4_000_000_000u64,
+            "herald": {"subscribe": [{"exchange": "x", "pattern": pattern}]},
+        });
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token")
+    }
+
+    #[test]
+    fn tokens_with_the_same_grants_share_one_compiled_copy() {
+        let dir = tempfile::tempdir().expect("dir");
+        let secret = "0123456789abcdef0123456789abcdef";
+        let config = AuthConfig { jwt_secret: Some(secret.into()), ..AuthConfig::default() };
+        let revoked = Arc::new(crate::revocation::Revocations::open(dir.path()).expect("revocations"));
+        let auth = Authenticator::new(&config, revoked).expect("authenticator");
+        let a = auth.authenticate(Some(&token(secret, "ann", "a.#"))).expect("ann");
+        let b = auth.authenticate(Some(&token(secret, "bob", "a.#"))).expect("bob");
+        let c = auth.authenticate(Some(&token(secret, "cat", "c.*"))).expect("cat");
+        assert!(Arc::ptr_eq(&a.grants, &b.grants), "same grants, one copy");
+        assert!(!Arc::ptr_eq(&a.grants, &c.grants));
+        assert_eq!(c.grants.subscribe[0].pattern.as_str(), "c.*");
+        assert_eq!(a.user.as_deref(), Some("ann"));
+        assert_eq!(b.user.as_deref(), Some("bob"));
+        let bad = token(secret, "dan", "a.#.#.#".repeat(100).as_str());
+        assert!(auth.authenticate(Some(&bad)).is_err(), "a grant that does not compile is refused, not cached");
+    }
 }

@@ -18,6 +18,9 @@ pub struct AppState {
 
 /// The parts of [`AppState`].
 pub(crate) struct Inner {
+    /// The `error` frame a WebSocket client gets when closed as a slow
+    /// consumer: the same bytes for every connection, encoded once.
+    pub(crate) ws_slow_consumer: bytes::Bytes,
     pub(crate) config: Config,
     pub(crate) auth: Authenticator,
     pub(crate) admission: Arc<crate::admission::Admission>,
@@ -105,8 +108,19 @@ impl AppState {
         let trusted_proxies = crate::client_addr::parse_trusted(&config.server.trusted_proxies);
         let publish_rate = crate::admission::RateTable::new(config.limits.http_publishes_per_second);
         let metrics = crate::metrics::Metrics::new(config.cluster.as_ref().map(|c| c.node.as_str()));
+        let ws_slow_consumer = herald_protocol::encode(&herald_protocol::ServerMessage::Error {
+            reference: None,
+            sub: None,
+            code: herald_protocol::ErrorCode::SlowConsumer,
+            message: format!(
+                "more than {} bytes were waiting to be sent (limits.max_outbound_bytes); closing",
+                config.limits.max_outbound_bytes
+            ),
+        })
+        .into();
         AppState {
             inner: Arc::new(Inner {
+                ws_slow_consumer,
                 config,
                 auth,
                 admission,

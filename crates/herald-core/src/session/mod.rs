@@ -271,7 +271,9 @@ pub struct NewSub {
 
 #[derive(Debug, Default)]
 struct State {
-    subs: HashMap<String, SubRecord>,
+    /// Boxed: the map's buckets stay small (a session usually has one or
+    /// two subscriptions, and a map of one holds four buckets).
+    subs: HashMap<String, Box<SubRecord>>,
     attached: Option<(u64, Arc<Outbox>)>,
     /// Bumped at every attach and detach.
     epoch: u64,
@@ -594,7 +596,7 @@ impl Session {
             leases: new.leases,
             leased: true,
         };
-        st.subs.insert(sub.to_string(), record);
+        st.subs.insert(sub.to_string(), Box::new(record));
         Ok(())
     }
 
@@ -1075,7 +1077,7 @@ impl SessionTable {
                     leases,
                     leased,
                 };
-                subs.insert(sub, record);
+                subs.insert(sub, Box::new(record));
             }
             let state = State { subs, epoch: 1, detached_at_ms: Some(detached_at), ..Default::default() };
             let session = Arc::new(Session {

@@ -4,7 +4,7 @@ use crate::principal::Principal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn outbox() -> Arc<Outbox> {
-    Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, String::new())))
+    Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, "")))
 }
 
 fn table(ttl: Duration) -> (SessionTable, Arc<FanOut>) {

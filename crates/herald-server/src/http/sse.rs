@@ -90,11 +90,8 @@ pub(crate) async fn sse(
             message: "the stream was not read; closing".into(),
         },
     );
-    let outbox = Arc::new(Outbox::new(
-        s.config.limits.max_outbound_bytes,
-        slow,
-        (CloseCode::SlowConsumer.code(), "slow".into()),
-    ));
+    let outbox =
+        Arc::new(Outbox::new(s.config.limits.max_outbound_bytes, slow, (CloseCode::SlowConsumer.code(), "slow")));
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), true);
     let leeway = s.config.auth.leeway.as_secs();
     handle.expires_at.store(principal.expires_at.map_or(0, |e| e + leeway), Ordering::Relaxed);

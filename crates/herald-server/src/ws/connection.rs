@@ -74,19 +74,10 @@ where
     R: AsyncRead + Unpin,
 {
     let s = state.get();
-    let slow = encode(&ServerMessage::Error {
-        reference: None,
-        sub: None,
-        code: ErrorCode::SlowConsumer,
-        message: format!(
-            "more than {} bytes were waiting to be sent (limits.max_outbound_bytes); closing",
-            s.config.limits.max_outbound_bytes
-        ),
-    });
     let outbox = Arc::new(Outbox::new(
         s.config.limits.max_outbound_bytes,
-        slow.into(),
-        (CloseCode::SlowConsumer.code(), "slow consumer".into()),
+        s.ws_slow_consumer.clone(),
+        (CloseCode::SlowConsumer.code(), "slow consumer"),
     ));
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), false);
     debug!(conn = conn_id, %peer, "WebSocket connected.");

@@ -37,9 +37,11 @@ where
     loop {
         outbox.take(&mut frames);
         if frames.is_empty() {
-            // Idle: hold no buffers while waiting.
+            // Idle: hold no buffers while waiting (nor let the outbox).
             frames = Vec::new();
             lines = Vec::new();
+            enc = Encoder::default();
+            outbox.release_buffer();
             outbox.ready().await;
             continue;
         }
@@ -108,7 +110,7 @@ mod tests {
     /// Run the writer over `frames` into a socket pair; the messages a
     /// WebSocket library reads from it.
     async fn written(frames: Vec<Frame>, batch: bool) -> Vec<Message> {
-        let outbox = Arc::new(Outbox::new(1 << 20, Bytes::from_static(b"{}"), (4408, "slow".into())));
+        let outbox = Arc::new(Outbox::new(1 << 20, Bytes::from_static(b"{}"), (4408, "slow")));
         for f in frames {
             outbox.push(f).expect("queued");
         }
