@@ -287,8 +287,9 @@ impl Outbox {
         out.extend(st.frames.drain(..));
     }
 
-    /// Give back the queue's buffer if nothing is queued (the writer calls
-    /// this when it goes idle), so an idle connection holds none.
+    /// Give back the queue's buffer if nothing is queued, so an idle
+    /// connection holds none (the gateway's sweeper calls this; a writer
+    /// goes idle after every batch, and would reallocate it each time).
     pub fn release_buffer(&self) {
         let mut st = self.state.lock();
         if st.frames.is_empty() && st.frames.capacity() > 0 {

@@ -21,6 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// At most this many events of consecutive committed batches are merged
+/// into one dispatch (a single bigger batch is dispatched whole).
+const MERGE_EVENTS: usize = 1024;
+
 /// The router, with every endpoint.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.get().config.limits.max_request_bytes;
@@ -158,11 +162,24 @@ impl Server {
         // client is behind continue from the log.
         let dispatcher = state.clone();
         tokio::spawn(async move {
-            // Every batch committed meanwhile is dispatched in one go, so
-            // each subscriber's writer is woken once for all of them.
-            let mut batches = Vec::new();
+            // The batches committed meanwhile are dispatched in one go (up
+            // to MERGE_EVENTS events), so each subscriber's writer is woken
+            // once for all of them; the bound keeps the fan-out lock's hold
+            // and a writer's wait for its first frame short.
+            let mut batches: Vec<CommittedBatch> = Vec::new();
             let mut events: Vec<Arc<herald_core::Event>> = Vec::new();
-            while committed.recv_many(&mut batches, 64).await > 0 {
+            while let Some(first) = committed.recv().await {
+                let mut n = first.len();
+                batches.push(first);
+                while n < MERGE_EVENTS {
+                    match committed.try_recv() {
+                        Ok(more) => {
+                            n += more.len();
+                            batches.push(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let lagging = if let [one] = &batches[..] {
                     fanout.dispatch(one)
                 } else {

@@ -81,6 +81,9 @@ impl Connections {
                 }
                 continue;
             }
+            // An idle connection holds no queue buffer (the writer does not
+            // give it back itself: it goes idle after every batch).
+            c.outbox.release_buffer();
             let exp = c.expires_at.load(Ordering::Relaxed);
             if exp != 0 && unix >= exp {
                 let msg = herald_protocol::encode(&herald_protocol::ServerMessage::Error {

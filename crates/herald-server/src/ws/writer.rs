@@ -37,11 +37,11 @@ where
     loop {
         outbox.take(&mut frames);
         if frames.is_empty() {
-            // Idle: hold no buffers while waiting (nor let the outbox).
+            // Idle: hold no buffers while waiting (the sweeper gives back
+            // the outbox's queue buffer of an idle connection).
             frames = Vec::new();
             lines = Vec::new();
             enc = Encoder::default();
-            outbox.release_buffer();
             outbox.ready().await;
             continue;
         }
