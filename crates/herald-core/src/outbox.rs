@@ -100,14 +100,9 @@ impl Outbox {
 
     /// Queue an event frame if it fits under the bound. Never waits.
     pub fn offer(&self, frame: Frame) -> Result<(), Overflow> {
-        let st = self.state.lock();
-        if st.closed {
-            return Err(Overflow::Closed);
+        if self.offer_deferred(frame)? {
+            self.wake();
         }
-        if st.bytes + frame.cost() > self.max_bytes && st.bytes > 0 {
-            return Err(Overflow::Full);
-        }
-        self.enqueue(st, frame);
         Ok(())
     }
 
