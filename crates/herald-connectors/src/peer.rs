@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How message bodies become event payloads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// The body is JSON and becomes the payload as is.
@@ -17,7 +17,7 @@ pub enum Codec {
 }
 
 /// Processing applied to each incoming body before the codec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Interceptor {
     /// Bodies larger than `max_bytes` are rejected (counted as `err`).
@@ -76,16 +76,21 @@ impl PeerKind {
 }
 
 /// `[[peer]]` as written, before its `config` is parsed for its `type`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
+    /// Unique peer id; events carry it as their origin.
     id: String,
+    /// The connector: `amqp`, `postgres` or `sqs`.
     #[serde(rename = "type")]
     kind: String,
+    /// How message bodies become event payloads: `json`, `string` or `base64`.
     #[serde(default)]
     codec: Codec,
+    /// Processing applied to each body before the codec, in order.
     #[serde(default)]
     interceptors: Vec<Interceptor>,
+    /// The connector's own settings (`[peer.config]`; see docs/connectors.md).
     #[serde(default)]
     config: toml_like::Table,
 }
@@ -115,10 +120,25 @@ impl From<PeerConfig> for RawPeer {
             PeerKind::Sqs(c) => serde_json::to_value(c),
         };
         let config = match config {
-            Ok(serde_json::Value::Object(m)) => m,
+            // Unset options are left out, as they would be written (TOML has no null).
+            Ok(serde_json::Value::Object(mut m)) => {
+                m.retain(|_, v| !v.is_null());
+                m
+            }
             _ => toml_like::Table::new(),
         };
         RawPeer { id: p.id, kind: p.kind.name().to_string(), codec: p.codec, interceptors: p.interceptors, config }
+    }
+}
+
+// A `[[peer]]` table is described by the form it is written in.
+impl schemars::JsonSchema for PeerConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PeerConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        RawPeer::json_schema(generator)
     }
 }
 

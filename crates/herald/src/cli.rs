@@ -25,6 +25,33 @@ pub(crate) enum Command {
     Token(TokenArgs),
     /// Send a rendezvous request and print the answer (over WebSocket, HTTP or SQS).
     Rendezvous(RendezvousArgs),
+    /// Check the configuration, or print a complete default one.
+    #[command(subcommand)]
+    Config(ConfigAction),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigAction {
+    /// Validate the configuration (defaults < file < HERALD_<SECTION>__<KEY>
+    /// variables < command line) and print the effective one, secrets masked.
+    Check(ConfigCheckArgs),
+    /// Print every setting with its description and default, as a TOML file.
+    Default,
+    /// Print the configuration's JSON Schema (for editors and linters).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigCheckArgs {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', env = "HERALD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// As `serve --listen`.
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// As `serve --data`.
+    #[arg(long)]
+    pub(crate) data: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -199,5 +226,6 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => herald_bench::run(a).await,
         Command::Token(a) => crate::token::run(a),
         Command::Rendezvous(a) => crate::rendezvous::run(a).await,
+        Command::Config(a) => crate::config::run(a),
     }
 }

@@ -1,31 +1,29 @@
-//! Loading the configuration: defaults, then the file, then the command line.
+//! Loading the configuration (`serve`) and `herald config`.
 
-use crate::cli::ServeArgs;
-use anyhow::Context;
+use crate::cli::{ConfigAction, ServeArgs};
+use herald_server::config::Overrides;
 use herald_server::Config;
+use std::path::Path;
 
 /// Build the configuration for `serve` and validate it.
 pub(crate) fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<Config>(&text).with_context(|| format!("invalid configuration in {}", path.display()))?
+    load_from(args.config.as_deref(), Overrides { listen: args.listen.clone(), data: args.data.clone() })
+}
+
+fn load_from(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Config> {
+    Ok(Config::load(file, std::env::vars(), &overrides)?)
+}
+
+/// `herald config check|default|schema`.
+pub(crate) fn run(action: ConfigAction) -> anyhow::Result<()> {
+    match action {
+        ConfigAction::Check(a) => {
+            let config = load_from(a.config.as_deref(), Overrides { listen: a.listen, data: a.data })?;
+            print!("{}", herald_server::config::effective_toml(&config));
+            eprintln!("herald: the configuration is valid");
         }
-        None => Config::default(),
-    };
-    if let Some(listen) = &args.listen {
-        config.listen = listen.clone();
+        ConfigAction::Default => print!("{}", herald_server::config::default_toml()),
+        ConfigAction::Schema => println!("{:#}", herald_server::config::config_schema()),
     }
-    if let Some(data) = &args.data {
-        config.data = data.clone();
-    }
-    if let Ok(secret) = std::env::var("HERALD_JWT_SECRET") {
-        if !secret.is_empty() {
-            config.auth.jwt_secret = Some(secret);
-        }
-    }
-    if let Err(problems) = config.validate() {
-        anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
-    }
-    Ok(config)
+    Ok(())
 }

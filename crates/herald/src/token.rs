@@ -49,9 +49,8 @@ pub(crate) fn run(args: TokenArgs) -> anyhow::Result<()> {
     let secret = match (&args.secret, &args.config) {
         (Some(s), _) => s.clone(),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let config: herald_server::Config =
-                toml::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+            // The configuration as `serve` would see it (file and environment).
+            let config = herald_server::Config::load(Some(path), std::env::vars(), &Default::default())?;
             match config.auth.jwt_secret {
                 Some(s) => s,
                 None => bail!(

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One binding of the node's queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpBinding {
     /// A topic exchange.
@@ -13,7 +13,7 @@ pub struct AmqpBinding {
 }
 
 /// Settings of the RabbitMQ source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// AMQP URL, e.g. `amqp://user:pass@host:5672/vhost`.

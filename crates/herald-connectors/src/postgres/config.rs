@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// `group:<acl_group>`). Map your table's columns with SQL aliases, e.g.
 /// `SELECT id, to_jsonb(l) AS payload, event_type AS routing_key,
 /// owner_uuid AS acl_user FROM logs l WHERE id > $1 ORDER BY id LIMIT $2`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection string (`host=... user=... dbname=...` or `postgresql://...`).

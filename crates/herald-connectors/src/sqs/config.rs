@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Settings of the SQS rendezvous peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqsConfig {
     /// The broker queue's name; created if missing.
@@ -24,6 +24,7 @@ pub struct SqsConfig {
     pub access_key_id: Option<String>,
     /// Secret access key (absent: `AWS_SECRET_ACCESS_KEY`).
     #[serde(default)]
+    #[schemars(extend("x-secret" = true))]
     pub secret_access_key: Option<String>,
     /// Long-poll wait of each receive, 1 to 20 seconds.
     #[serde(default = "default_wait")]

@@ -34,11 +34,16 @@ impl Gateway {
 
     /// Start with extra TOML configuration.
     pub fn start_with(toml: &str) -> Gateway {
+        Self::start_with_env(toml, &[])
+    }
+
+    /// Start with extra TOML configuration and environment variables.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, toml).expect("write config");
-        let (child, base) = Self::spawn(&data, &config, "127.0.0.1:0");
+        let (child, base) = Self::spawn_env(&data, &config, "127.0.0.1:0", env);
         let addr = base.strip_prefix("http://").or_else(|| base.strip_prefix("https://")).expect("url").to_string();
         let admin_token = toml.lines().find_map(|l| l.trim().strip_prefix("jwt_secret = ")).map(|s| {
             let secret = s.trim_matches('"');
@@ -85,12 +90,17 @@ impl Gateway {
     }
 
     fn spawn(data: &Path, config: &Path, listen: &str) -> (Child, String) {
+        Self::spawn_env(data, config, listen, &[])
+    }
+
+    fn spawn_env(data: &Path, config: &Path, listen: &str, env: &[(&str, &str)]) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--listen", listen, "--config"])
             .arg(config)
             .arg("--data")
             .arg(data)
             .env("HERALD_LOG", "warn,herald_log=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn herald");

@@ -1,7 +1,17 @@
-//! The one configuration struct, loaded from TOML, validated at start-up.
+//! The one configuration struct, loaded in layers (defaults, the TOML
+//! file, `HERALD_<SECTION>__<KEY>` variables, the command line) and
+//! validated at start-up.
 //!
 //! Every field is documented in `docs/configuration.md`; defaults live here
 //! and only here.
+
+mod load;
+mod schema;
+mod template;
+
+pub use load::{LoadError, Overrides, ENV_PREFIX};
+pub use schema::config_schema;
+pub use template::{default_toml, effective_toml};
 
 use herald_log::{duration, LogConfig};
 use serde::{Deserialize, Serialize};
@@ -9,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Herald's configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on, `host:port` (port 0 picks a free port).
@@ -44,14 +54,16 @@ pub struct Config {
     pub rendezvous: RendezvousConfig,
     /// Idle connections are pinged after this long and closed after three times as long.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub heartbeat: Duration,
     /// On shutdown, how long to wait for connections to drain before exiting.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
 }
 
 /// Limits (all advertised to clients in `welcome.limits`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest WebSocket text frame accepted, in bytes.
@@ -69,6 +81,7 @@ pub struct LimitsConfig {
     /// A client with bytes waiting and nothing written for this long is
     /// closed as a slow consumer (4408).
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub slow_consumer_timeout: Duration,
     /// Most WebSocket and SSE connections in total; more are refused with HTTP 503.
     pub max_connections: usize,
@@ -113,17 +126,19 @@ pub struct LimitsConfig {
 }
 
 /// Session settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// How long a session outlives an abrupt disconnect (and a crash or
     /// restart: the time the gateway is down counts).
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub ttl: Duration,
     /// How often acknowledged ids are written to the session store, at most
     /// (they are also written when a connection detaches). After a crash a
     /// resumed session replays at most what was acknowledged in this window.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub ack_flush: Duration,
     /// Where sessions are kept: `disk` (the data directory, survives crashes)
     /// or `memory` (lost with the process).
@@ -131,7 +146,7 @@ pub struct SessionConfig {
 }
 
 /// Where sessions are kept (`session.store`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStoreKind {
     /// `sessions.redb` in the data directory.
@@ -141,19 +156,22 @@ pub enum SessionStoreKind {
 }
 
 /// Rendezvous settings (`[rendezvous]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RendezvousConfig {
     /// How long a request waits for a free responder before `unavailable`.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub match_timeout: Duration,
     /// How long a responder has to answer before `timeout`; also the
     /// longest `timeout_ms` a request may ask for.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub answer_timeout: Duration,
     /// How long `POST /v1/rendezvous/{service}/poll` waits for a request
     /// before answering 204 (a `timeout` query parameter may shorten it).
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub poll_timeout: Duration,
     /// Largest request or answer body, as JSON text.
     pub max_body_bytes: usize,
@@ -215,17 +233,18 @@ impl Default for Config {
 }
 
 /// `/metrics` settings (`[metrics]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (or
     /// `?token=`); without it the endpoint is open (keep it off the
     /// internet then).
+    #[schemars(extend("x-secret" = true))]
     pub token: Option<String>,
 }
 
 /// Listener settings (`[server]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Proxies (CIDRs such as `10.0.0.0/8` or single addresses) whose
@@ -237,13 +256,14 @@ pub struct ServerConfig {
 }
 
 /// Publish settings (`[publish]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishConfig {
     /// How long an `idempotency_key` is remembered: a second publish with
     /// the same key and exchange within it is answered with the first id
     /// and not stored again. Rebuilt from the log at start.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub idempotency_window: Duration,
     /// Most keys remembered at once; past that the oldest are forgotten
     /// early (counted in `herald_idempotency_forgotten_early_total`).
@@ -257,7 +277,7 @@ impl Default for PublishConfig {
 }
 
 /// TLS settings (`[tls]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -271,10 +291,11 @@ pub struct TlsConfig {
 /// With neither `jwt_secret` nor `jwt_public_key_file` the gateway runs
 /// *open*: clients need no token and may do everything (unless
 /// `[auth.anonymous]` says otherwise). Open mode is logged as a warning.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Shared secret for HS256 tokens (or the `HERALD_JWT_SECRET` environment variable).
+    #[schemars(extend("x-secret" = true))]
     pub jwt_secret: Option<String>,
     /// PEM public key file for RS256 or ES256 tokens.
     pub jwt_public_key_file: Option<PathBuf>,
@@ -282,10 +303,12 @@ pub struct AuthConfig {
     pub jwt_algorithm: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub leeway: Duration,
     /// How long a revocation by user (or by `jti` without the token's `exp`)
     /// is kept; tokens should live shorter than this.
     #[serde(with = "duration")]
+    #[schemars(with = "String")]
     pub revocation_ttl: Duration,
     /// Browser origins allowed to open WebSockets and SSE streams; empty allows any.
     pub allowed_origins: Vec<String>,
