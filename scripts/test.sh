@@ -32,6 +32,16 @@ export HERALD_BIN="$PWD/target/debug/herald"
 [ -x "$HERALD_BIN" ] || cargo build -p herald --locked
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test) 2>&1 | tee -a "$results"
 
+echo "== Python: OpenAPI conformance (schemathesis) and the Python client (at ${SECONDS}s)"
+# A virtual environment under target/ (ignored by git, gone with cargo clean).
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if apt-get install -y -q python3-venv python3-pip
+fi
+[ -x target/pytest-env/bin/pip ] || python3 -m venv target/pytest-env
+target/pytest-env/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+target/pytest-env/bin/python -m pytest -q -p no:cacheprovider tests/openapi 2>&1 | tee -a "$results"
+
 echo "== fuzz (bounded; at ${SECONDS}s)"
 # 10 s a target keeps the whole run inside CI's 15-minute budget (the
 # seeds in fuzz/seeds start every run at the interesting inputs); longer
@@ -42,5 +52,6 @@ scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-10}"
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      /^# pass [0-9]+$/ { p += $3 }
      /^# fail [0-9]+$/ { f += $3 }
+     /^[0-9]+ (passed|failed).* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
 echo "== done in ${SECONDS}s"

@@ -248,20 +248,23 @@ pub fn encode(msg: &ServerMessage) -> String {
 ///
 /// Serialized once per event; the frame for a subscription is
 /// [`event_frame_prefix`] followed by these bytes.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct EventBody<'a> {
-    /// Event id.
+    /// Event id: ascending in the log, never reused.
     pub id: u64,
     /// Exchange.
     pub exchange: &'a str,
     /// Routing key.
     pub routing_key: &'a str,
-    /// RFC 3339 time.
+    /// RFC 3339 time the log stored it, with microseconds, UTC.
     pub time: &'a str,
-    /// JSON payload.
+    /// JSON payload, as published.
+    #[schema(value_type = Value)]
     pub payload: &'a RawValue,
     /// Optional headers.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub headers: Option<&'a serde_json::Map<String, Value>>,
 }
 

@@ -41,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cluster", get(http::cluster::cluster))
         .route("/v1/peers/{id}/pause", post(http::peers::pause))
         .route("/v1/peers/{id}/resume", post(http::peers::resume))
+        .route("/v1/openapi.json", get(http::openapi::openapi_json))
         .route("/healthz", get(http::health::healthz))
         .route("/readyz", get(http::health::readyz))
         .route("/metrics", get(http::metrics::metrics))
@@ -48,6 +49,8 @@ pub fn app(state: AppState) -> Router {
         .route("/inspector/", get(http::inspector::index))
         .route("/inspector/{file}", get(http::inspector::file))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost, so the router's own 404/405 get the error shape too.
+        .layer(axum::middleware::map_response(http::openapi::json_errors))
         .with_state(state)
 }
 

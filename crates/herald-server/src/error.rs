@@ -41,7 +41,9 @@ impl ClientError {
 impl IntoResponse for ClientError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = crate::http::api::ErrorBody {
+            error: crate::http::api::ErrorDetail { code: self.code, message: self.message },
+        };
         (status, Json(body)).into_response()
     }
 }

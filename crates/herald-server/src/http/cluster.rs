@@ -9,7 +9,15 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
-/// The nodes, this one first.
+/// The nodes of the cluster as this node hears them (admin token).
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "operations",
+    params(TokenQuery),
+    responses((status = 200, description = "`mode`, `node` and `nodes` (docs/cluster.md)", body = Object), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn cluster(
     State(state): State<AppState>,
     headers: HeaderMap,

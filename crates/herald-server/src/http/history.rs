@@ -24,6 +24,15 @@ const MAX_LIMIT: usize = 1000;
 /// Stored events examined per page at most.
 const SCAN_BUDGET: usize = 20_000;
 
+/// One page of past events matching the bindings and filters, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/history",
+    tag = "events",
+    params(StreamQuery),
+    responses((status = 200, description = "A page", body = super::api::HistoryPage), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -39,6 +39,18 @@ impl Collector for Snapshot {
     }
 }
 
+/// Prometheus metrics (the `metrics.token` as bearer when configured).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    params(super::TokenQuery),
+    responses(
+        (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "`unauthorized`: the metrics token is missing or wrong", body = super::api::ErrorBody)
+    ),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn metrics(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,

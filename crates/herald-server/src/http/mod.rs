@@ -1,10 +1,12 @@
 //! HTTP endpoints: publish, SSE, history, peers, health and the inspector.
 
+pub(crate) mod api;
 pub(crate) mod cluster;
 pub(crate) mod health;
 pub(crate) mod history;
 pub(crate) mod inspector;
 pub(crate) mod metrics;
+pub(crate) mod openapi;
 pub(crate) mod peers;
 pub(crate) mod publish;
 pub(crate) mod rendezvous;
@@ -13,8 +15,10 @@ pub(crate) mod sse;
 mod stream_query;
 
 /// The `token` query parameter (for clients that cannot set headers).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TokenQuery {
+    /// The bearer token, for clients that cannot set `Authorization`.
     pub(crate) token: Option<String>,
 }
 

@@ -2,6 +2,7 @@
 //! connectors. Needs a token with `"admin": true` in its `herald` claim (or
 //! open mode).
 
+use super::api::{PeerControl, PeerStatus};
 use super::{ClientError, TokenQuery};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
@@ -9,21 +10,29 @@ use axum::http::HeaderMap;
 use axum::Json;
 use herald_connectors::Control;
 use herald_protocol::ErrorCode;
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 fn admin(state: &AppState, headers: &HeaderMap, q: &TokenQuery) -> Result<(), ClientError> {
     super::require_admin(state, headers, q, "operating peers needs an admin token")
 }
 
-/// Every peer with its state and counters.
+/// Every peer with its state and counters (admin token).
+#[utoipa::path(
+    get,
+    path = "/v1/peers",
+    tag = "operations",
+    params(TokenQuery),
+    responses((status = 200, description = "The peers by id", body = BTreeMap<String, PeerStatus>), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<BTreeMap<String, PeerStatus>>, ClientError> {
     admin(&state, &headers, &q)?;
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     for (id, rt) in state.get().peers.iter() {
         let (up, detail) = rt.health.lock().clone();
         let control = match *rt.control.borrow() {
@@ -34,16 +43,22 @@ pub(crate) async fn list(
         let st = &rt.stats;
         out.insert(
             id.clone(),
-            json!({
-                "type": rt.kind, "up": up, "detail": detail, "control": control, "role": *rt.role.lock(),
-                "in": st.r#in.load(Ordering::Relaxed), "out": st.out.load(Ordering::Relaxed),
-                "err": st.err.load(Ordering::Relaxed), "send": st.send.load(Ordering::Relaxed),
-                "recv": st.recv.load(Ordering::Relaxed),
-                "dynamic_bindings": rt.dynamic.as_ref().map_or(0, |d| d.len()),
-            }),
+            PeerStatus {
+                kind: rt.kind.to_string(),
+                up,
+                detail,
+                control,
+                role: rt.role.lock().to_string(),
+                received: st.r#in.load(Ordering::Relaxed),
+                out: st.out.load(Ordering::Relaxed),
+                err: st.err.load(Ordering::Relaxed),
+                send: st.send.load(Ordering::Relaxed),
+                recv: st.recv.load(Ordering::Relaxed),
+                dynamic_bindings: rt.dynamic.as_ref().map_or(0, |d| d.len()),
+            },
         );
     }
-    Ok(Json(Value::Object(out)))
+    Ok(Json(out))
 }
 
 async fn set(
@@ -52,30 +67,46 @@ async fn set(
     q: TokenQuery,
     id: String,
     paused: bool,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<PeerControl>, ClientError> {
     admin(&state, &headers, &q)?;
     if !crate::peers::set_paused(&state.get().host, &id, paused) {
         return Err(ClientError::new(ErrorCode::NotFound, format!("no peer `{id}`")));
     }
-    Ok(Json(json!({"peer": id, "control": if paused { "paused" } else { "running" }})))
+    Ok(Json(PeerControl { peer: id, control: if paused { "paused" } else { "running" } }))
 }
 
 /// Stop taking events from the peer's upstream (it buffers meanwhile).
+#[utoipa::path(
+    post,
+    path = "/v1/peers/{id}/pause",
+    tag = "operations",
+    params(("id" = String, Path, description = "The peer"), TokenQuery),
+    responses((status = 200, description = "Paused", body = PeerControl), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn pause(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<PeerControl>, ClientError> {
     set(state, headers, q, id, true).await
 }
 
 /// Take events from the peer's upstream again.
+#[utoipa::path(
+    post,
+    path = "/v1/peers/{id}/resume",
+    tag = "operations",
+    params(("id" = String, Path, description = "The peer"), TokenQuery),
+    responses((status = 200, description = "Running", body = PeerControl), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn resume(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<PeerControl>, ClientError> {
     set(state, headers, q, id, false).await
 }

@@ -3,6 +3,7 @@
 //! The request is all or nothing: every event is validated first, and the
 //! answer (`{"id": N}` or `{"ids": [..]}`) comes once all of them are durable.
 
+use super::api::Published;
 use super::{ClientError, TokenQuery};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -13,17 +14,26 @@ use axum::Json;
 use herald_core::event::Origin;
 use herald_core::NewEvent;
 use herald_protocol::ErrorCode;
-use serde_json::{json, Value};
 use std::net::SocketAddr;
 use tracing::error;
 
+/// Publish one event or an array of events; answered once all are durable.
+#[utoipa::path(
+    post,
+    path = "/v1/publish",
+    tag = "events",
+    params(TokenQuery),
+    request_body(content = super::api::PublishBody, content_type = "application/json"),
+    responses((status = 200, description = "Stored: the ids", body = Published), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     body: Bytes,
-) -> Result<Json<Value>, axum::response::Response> {
+) -> Result<Json<Published>, axum::response::Response> {
     let s = state.get();
     let principal = super::authenticate(&state, &headers, q.token.as_deref()).map_err(IntoResponse::into_response)?;
     let key = match &principal.user {
@@ -45,7 +55,7 @@ async fn publish_events(
     s: &crate::state::Inner,
     principal: &herald_core::Principal,
     body: &Bytes,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<Published>, ClientError> {
     if s.is_draining() {
         return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
@@ -89,9 +99,8 @@ async fn publish_events(
         ClientError::new(ErrorCode::Unavailable, format!("the log could not store the events: {e}"))
     })?;
     s.metrics.published.get_or_create(&crate::metrics::Transport { transport: "http" }).inc_by(ids.len() as u64);
-    if single {
-        Ok(Json(json!({"id": ids.first()})))
-    } else {
-        Ok(Json(json!({"ids": ids})))
+    match (single, ids.first()) {
+        (true, Some(&id)) => Ok(Json(Published::One { id })),
+        _ => Ok(Json(Published::Many { ids })),
     }
 }

@@ -22,11 +22,24 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Query parameters of the rendezvous endpoints.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct RendezvousQuery {
+    /// The bearer token, for clients that cannot set `Authorization`.
     token: Option<String>,
-    /// Requester: the longest wait for the answer. Poll: the longest wait for a request.
+    /// Requester: the longest wait for the answer. Poll: the longest wait
+    /// for a request. At least 1 (a deadline of 0 can never be met).
+    #[param(minimum = 1)]
     timeout_ms: Option<u64>,
+}
+
+impl RendezvousQuery {
+    fn timeout(&self) -> Result<Option<Duration>, ClientError> {
+        match self.timeout_ms {
+            Some(0) => Err(ClientError::new(ErrorCode::BadRequest, "timeout_ms must be at least 1")),
+            ms => Ok(ms.map(Duration::from_millis)),
+        }
+    }
 }
 
 /// A request body as an opaque JSON value.
@@ -67,6 +80,23 @@ fn json_response(status: StatusCode, body: String) -> Response {
 
 /// `POST /v1/rendezvous/{service}`: ask one responder; answer 200 with its
 /// answer, 503 when no responder is available, 504 when it does not answer.
+#[utoipa::path(
+    post,
+    path = "/v1/rendezvous/{service}",
+    tag = "rendezvous",
+    params(("service" = String, Path, description = "The service to ask", example = "echo"), RendezvousQuery),
+    request_body(
+        description = "The request: any JSON value with a JSON content type, else the text as a string",
+        content((serde_json::Value = "application/json"), (String = "text/plain"))
+    ),
+    responses(
+        (status = 200, description = "The responder's answer (JSON, or the bare string with `Accept: text/plain`)",
+            content((serde_json::Value = "application/json"), (String = "text/plain"))),
+        (status = 504, description = "`timeout`: the responder did not answer in time", body = super::api::ErrorBody),
+        super::openapi::Errors
+    ),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn request(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -83,7 +113,7 @@ pub(crate) async fn request(
     crate::rendezvous::check_request(&principal, &service, body.get(), s)?;
     // If the client goes away, this future is dropped with the pending
     // request: a late answer learns the requester is gone.
-    let answer = s.broker.request(&service, body, q.timeout_ms.map(Duration::from_millis)).answer().await;
+    let answer = s.broker.request(&service, body, q.timeout()?).answer().await;
     let answer = answer.map_err(|e| ClientError::new(e.code(), e.to_string()))?;
     let wants_text =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.starts_with("text/plain"));
@@ -112,6 +142,18 @@ impl Drop for PollGuard<'_> {
 /// `POST /v1/rendezvous/{service}/poll`: wait for one request (200
 /// `{request, service, body, deadline_ms}`) or answer 204 after the poll
 /// timeout.
+#[utoipa::path(
+    post,
+    path = "/v1/rendezvous/{service}/poll",
+    tag = "rendezvous",
+    params(("service" = String, Path, description = "The service to serve", example = "echo"), RendezvousQuery),
+    responses(
+        (status = 200, description = "A request to answer", body = super::api::Incoming),
+        (status = 204, description = "No request came within the poll timeout"),
+        super::openapi::Errors
+    ),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -128,7 +170,7 @@ pub(crate) async fn poll(
         return Err(ClientError::new(ErrorCode::Unavailable, "the server is shutting down"));
     }
     let max = s.config.rendezvous.poll_timeout;
-    let wait = q.timeout_ms.map_or(max, |ms| Duration::from_millis(ms).min(max));
+    let wait = q.timeout()?.map_or(max, |t| t.min(max));
     let (tx, mut rx) = oneshot::channel();
     let id = s.broker.serve(&service, 1, Sink::Once(tx));
     let _guard = PollGuard { broker: &s.broker, id };
@@ -141,18 +183,31 @@ pub(crate) async fn poll(
         },
     };
     let deadline_ms = incoming.deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-    let out = serde_json::json!({
-        "request": incoming.request,
-        "service": &*incoming.service,
-        "body": incoming.body,
-        "deadline_ms": deadline_ms,
-    });
-    Ok(json_response(StatusCode::OK, out.to_string()))
+    let out = super::api::Incoming {
+        request: incoming.request,
+        service: incoming.service.to_string(),
+        body: incoming.body,
+        deadline_ms,
+    };
+    Ok((StatusCode::OK, axum::Json(out)).into_response())
 }
 
 /// `POST /v1/rendezvous/answer/{request}`: deliver an answer; 200
 /// `{"request": …, "delivered": true}`, 404 when the request is unknown or
 /// its requester is gone.
+/// Answer a request taken with `poll`.
+#[utoipa::path(
+    post,
+    path = "/v1/rendezvous/answer/{request}",
+    tag = "rendezvous",
+    params(("request" = String, Path, description = "The request id `poll` gave"), RendezvousQuery),
+    request_body(
+        description = "The answer: any JSON value with a JSON content type, else the text as a string",
+        content((serde_json::Value = "application/json"), (String = "text/plain"))
+    ),
+    responses((status = 200, description = "Delivered", body = super::api::Delivered), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn answer(
     State(state): State<AppState>,
     Path(request): Path<String>,
@@ -170,6 +225,5 @@ pub(crate) async fn answer(
         None => s.broker.answer(&request, body, |service| principal.may_serve(service)),
     }
     .map_err(|e| ClientError::new(e.code(), e.to_string()))?;
-    let out = serde_json::json!({"request": request, "delivered": true});
-    Ok(json_response(StatusCode::OK, out.to_string()))
+    Ok((StatusCode::OK, axum::Json(super::api::Delivered { request, delivered: true })).into_response())
 }

@@ -15,24 +15,36 @@ use axum::http::HeaderMap;
 use axum::Json;
 use herald_protocol::{encode, CloseCode, ErrorCode, ServerMessage};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tracing::warn;
 
 /// What to revoke.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeRequest {
+    /// One token, by its `jti` claim.
     jti: Option<String>,
+    /// Every token of this user issued until now.
     user: Option<String>,
+    /// With `jti`: the token's expiry (Unix seconds), so the revocation is kept as long as needed.
     exp: Option<u64>,
 }
 
+/// Revoke tokens before they expire (admin token); their live connections close with 4401.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/revoke",
+    tag = "operations",
+    params(TokenQuery),
+    request_body(content = RevokeRequest, content_type = "application/json"),
+    responses((status = 200, description = "Stored", body = super::api::Revoked), super::openapi::Errors),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
     body: Result<Json<RevokeRequest>, JsonRejection>,
-) -> Result<Json<Value>, ClientError> {
+) -> Result<Json<super::api::Revoked>, ClientError> {
     super::require_admin(&state, &headers, &q, "revoking tokens needs an admin token")?;
     let Json(req) = body.map_err(|e| ClientError::new(ErrorCode::BadRequest, format!("invalid revocation: {e}")))?;
     let s = state.get();
@@ -66,5 +78,5 @@ pub(crate) async fn revoke(
             closed += 1;
         }
     }
-    Ok(Json(json!({"revoked": revocation, "closed": closed})))
+    Ok(Json(super::api::Revoked { revoked: revocation, closed }))
 }

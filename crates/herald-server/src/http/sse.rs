@@ -48,6 +48,23 @@ impl Drop for Guard {
     }
 }
 
+/// Follow events as Server-Sent Events (`id:` is the event id, `data:` the
+/// event as JSON); resumes after `Last-Event-ID`.
+#[utoipa::path(
+    get,
+    path = "/v1/sse",
+    tag = "events",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (wins over since_*)"),
+    ),
+    responses(
+        (status = 200, description = "The stream: `retry:`, then one `id:`/`data:` record per event, comments as heartbeats",
+            content_type = "text/event-stream", body = String),
+        super::openapi::Errors
+    ),
+    security((), ("bearer" = []), ("token" = []))
+)]
 pub(crate) async fn sse(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

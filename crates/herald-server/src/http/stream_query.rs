@@ -9,18 +9,23 @@ use serde_json::Value;
 
 /// `?bindings=[...]` or `?exchange=X&pattern=P`, `filters=[...]`, a start
 /// (`since_id`, `last`, `since_time`; for history `after`), `limit`, `token`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
-    /// JSON array of `{exchange, pattern}`.
+    /// JSON array of `{exchange, pattern}` (or give `exchange` and `pattern`).
     bindings: Option<String>,
     /// One binding's exchange (with `pattern`, default `#`).
     exchange: Option<String>,
+    /// One binding's topic pattern (default `#`).
     pattern: Option<String>,
-    /// JSON array of `[field, op, value]`.
+    /// JSON array of `[field, op, value]` filters (docs/protocol.md).
     filters: Option<String>,
+    /// Start after this event id.
     since_id: Option<u64>,
+    /// Start with the last N matching events (SSE only).
     last: Option<u64>,
+    /// Start at this RFC 3339 time.
     since_time: Option<String>,
     /// History: ids greater than this.
     pub(crate) after: Option<u64>,
