@@ -39,8 +39,8 @@ if ! python3 -m venv --help >/dev/null 2>&1; then
   sudo_if apt-get install -y -q python3-venv python3-pip
 fi
 [ -x target/pytest-env/bin/pip ] || python3 -m venv target/pytest-env
-target/pytest-env/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
-target/pytest-env/bin/python -m pytest -q -p no:cacheprovider tests/openapi 2>&1 | tee -a "$results"
+target/pytest-env/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt ./clients/python
+target/pytest-env/bin/python -m pytest -q -p no:cacheprovider tests/openapi clients/python/tests 2>&1 | tee -a "$results"
 
 echo "== fuzz (bounded; at ${SECONDS}s)"
 # 10 s a target keeps the whole run inside CI's 15-minute budget (the

@@ -93,6 +93,7 @@ def test_the_api_keeps_its_document() -> None:
             capture_output=True,
             text=True,
             timeout=600,
+            cwd=g.dir,  # its cache goes with the gateway's directory
         )
         print(out.stdout[-6000:])
         assert out.returncode == 0, out.stdout[-12000:] + out.stderr[-2000:]
