@@ -356,6 +356,202 @@ $('nodes-panel').addEventListener('toggle', scheduleNodes);
 $('auto-nodes').addEventListener('change', scheduleNodes);
 $('refresh-nodes').addEventListener('click', refreshNodes);
 
+// The gateway view: counters and gauges from GET /metrics (its OpenMetrics
+// text, the same numbers Prometheus scrapes), peers from GET /v1/peers,
+// refreshed every second while the panel is open. Needs an admin token
+// (or the metrics token, or open mode).
+const CHART_POINTS = 120;
+const MAX_GATEWAY_ERRORS = 50;
+/** Counters that count something going wrong, and how to say it. */
+const ERROR_COUNTERS = {
+  herald_auth_failures_total: 'authentication failures',
+  herald_connections_refused_total: 'connections refused',
+  herald_budget_refusals_total: 'refused by a budget',
+  herald_slow_consumer_closes_total: 'slow consumers closed',
+  herald_drops_total: 'event frames dropped',
+  herald_session_write_errors_total: 'session store write errors',
+  herald_rendezvous_unavailable_total: 'rendezvous without a responder',
+  herald_rendezvous_timeouts_total: 'rendezvous timeouts',
+  herald_peer_err_total: 'messages a peer rejected',
+};
+const gateway = { timer: null, previous: null, at: 0, points: [], errors: [] };
+
+/** `name{labels} value` lines of an OpenMetrics text, as [{name, labels, value}]. */
+function parseMetrics(text) {
+  const out = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const value = Number(m[3]);
+    if (Number.isFinite(value)) out.push({ name: m[1], labels: m[2] ?? '', value });
+  }
+  return out;
+}
+
+const total = (series, name) => series.filter((s) => s.name === name).reduce((a, s) => a + s.value, 0);
+
+function formatCount(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e4) return `${(n / 1e3).toFixed(1)}k`;
+  return String(Math.round(n));
+}
+
+function formatBytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+function authHeaders() {
+  const token = $('token').value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function drawChart() {
+  const pts = gateway.points;
+  const peak = Math.max(1, ...pts.map((p) => Math.max(p.in, p.out)));
+  const line = (key) => pts
+    .map((p, i) => `${((i + CHART_POINTS - pts.length) * 600) / (CHART_POINTS - 1)},${88 - (p[key] / peak) * 84}`)
+    .join(' ');
+  $('line-in').setAttribute('points', line('in'));
+  $('line-out').setAttribute('points', line('out'));
+  $('rate-peak').textContent = formatCount(peak === 1 && !pts.some((p) => p.in || p.out) ? 0 : peak);
+}
+
+function noteErrors(series, now) {
+  const current = new Map();
+  for (const s of series) {
+    if (ERROR_COUNTERS[s.name] !== undefined) current.set(s.name + s.labels, s);
+  }
+  const stamp = new Date(now).toLocaleTimeString();
+  const fresh = [];
+  for (const [key, s] of current) {
+    const before = gateway.previous ? (gateway.previous.get(key)?.value ?? 0) : null;
+    const labels = s.labels.replace(/,?node="[^"]*"/, '').replace('{}', '');
+    if (before === null) {
+      if (s.value > 0) fresh.push(`before ${stamp}: ${ERROR_COUNTERS[s.name]} ${labels} ${s.value} since start`);
+    } else if (s.value > before) {
+      fresh.push(`${stamp}: ${ERROR_COUNTERS[s.name]} ${labels} +${s.value - before} (${s.value} since start)`);
+    }
+  }
+  gateway.previous = current;
+  if (fresh.length) gateway.errors = [...fresh, ...gateway.errors].slice(0, MAX_GATEWAY_ERRORS);
+  const list = $('gateway-errors');
+  if (!gateway.errors.length) {
+    const li = document.createElement('li');
+    li.className = 'none';
+    li.textContent = 'none since the page opened';
+    list.replaceChildren(li);
+    return;
+  }
+  list.replaceChildren(...gateway.errors.map((text) => {
+    const li = document.createElement('li');
+    li.textContent = text.replace(/\s+/g, ' ');
+    return li;
+  }));
+}
+
+async function refreshGateway() {
+  const info = $('gateway-info');
+  let text;
+  try {
+    const res = await fetch('/metrics', { headers: authHeaders() });
+    text = await res.text();
+    if (!res.ok) {
+      let why = text;
+      try {
+        why = JSON.parse(text).error?.message ?? text;
+      } catch {
+        // not JSON
+      }
+      info.textContent = `/metrics: ${res.status}: ${why}`;
+      info.dataset.state = 'error';
+      return;
+    }
+  } catch (e) {
+    info.textContent = `cannot load /metrics: ${e.message}`;
+    info.dataset.state = 'error';
+    return;
+  }
+  const now = Date.now();
+  const series = parseMetrics(text);
+  const counters = { in: total(series, 'herald_events_in_total'), out: total(series, 'herald_deliveries_total') };
+  if (gateway.last && now > gateway.at) {
+    const dt = (now - gateway.at) / 1000;
+    const point = {
+      in: Math.max(0, (counters.in - gateway.last.in) / dt),
+      out: Math.max(0, (counters.out - gateway.last.out) / dt),
+    };
+    gateway.points = [...gateway.points, point].slice(-CHART_POINTS);
+    $('rate-in').textContent = formatCount(point.in);
+    $('rate-out').textContent = formatCount(point.out);
+    drawChart();
+  }
+  gateway.last = counters;
+  gateway.at = now;
+  $('g-connections').textContent = formatCount(total(series, 'herald_connections'));
+  $('g-sessions').textContent = formatCount(total(series, 'herald_sessions'));
+  $('g-subscriptions').textContent = formatCount(total(series, 'herald_subscriptions'));
+  $('g-responders').textContent = formatCount(total(series, 'herald_rendezvous_responders'));
+  $('g-head').textContent = String(total(series, 'herald_log_head'));
+  $('g-log').textContent = `${formatCount(total(series, 'herald_log_events'))} events, ${formatBytes(total(series, 'herald_log_bytes'))}`;
+  noteErrors(series, now);
+  info.dataset.state = 'ok';
+  info.textContent = `updated ${new Date(now).toLocaleTimeString()}`;
+  await refreshPeers();
+}
+
+async function refreshPeers() {
+  const info = $('peers-info');
+  let body;
+  try {
+    const res = await fetch('/v1/peers', { headers: authHeaders() });
+    body = await res.json();
+    if (!res.ok) {
+      info.textContent = `${res.status}: ${body.error?.message ?? 'refused'}`;
+      return;
+    }
+  } catch (e) {
+    info.textContent = `cannot load the peers: ${e.message}`;
+    return;
+  }
+  const ids = Object.keys(body).sort();
+  info.textContent = ids.length ? '' : 'no peers configured ([[peer]] in the configuration)';
+  $('peers').tBodies[0].replaceChildren(...ids.map((id) => {
+    const p = body[id];
+    const tr = document.createElement('tr');
+    tr.dataset.peer = id;
+    const cells = [
+      [id], [p.type], [p.up ? 'up' : 'down', p.up ? 'up' : 'down'], [p.control], [p.role],
+      [formatCount(p.in)], [formatCount(p.out)], [formatCount(p.err)], [p.detail],
+    ];
+    for (const [text, cls] of cells) {
+      const td = document.createElement('td');
+      td.textContent = text ?? '';
+      if (cls) td.className = cls;
+      tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+function scheduleGateway() {
+  clearInterval(gateway.timer);
+  gateway.timer = null;
+  if ($('gateway-panel').open) {
+    refreshGateway();
+    if ($('auto-gateway').checked) gateway.timer = setInterval(refreshGateway, 1000);
+  }
+}
+
+$('gateway-panel').addEventListener('toggle', scheduleGateway);
+$('auto-gateway').addEventListener('change', scheduleGateway);
+
 loadFromUrl();
 renderBindings();
 setState('idle');

@@ -1,21 +1,15 @@
-//! A minimal protocol client for the benchmark.
+//! The benchmark's side of the protocol: connections from
+//! `herald_client::wire` (hello and welcome handled there), messages built
+//! from herald-protocol's types, and frames read raw, so that the benchmark
+//! measures the gateway rather than a client's bookkeeping or its JSON parser.
 
 use anyhow::{bail, Context};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use herald_client::wire;
+use herald_protocol::{Answer, Binding, ClientMessage, Hello, Publish, Ref, Request, Serve, Since, Subscribe};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-pub(crate) type Tx = SplitSink<Ws, Message>;
-pub(crate) type Rx = SplitStream<Ws>;
-
-pub(crate) fn ws_url(base: &str) -> String {
-    let rest = base.strip_prefix("http://").unwrap_or(base);
-    format!("ws://{rest}/v1/ws")
-}
+pub(crate) use herald_client::wire::{Rx, Tx};
 
 /// Connect and say hello; returns the split socket after `welcome`.
 pub(crate) async fn connect(base: &str) -> anyhow::Result<(Tx, Rx)> {
@@ -29,40 +23,19 @@ pub(crate) async fn connect_batched(base: &str) -> anyhow::Result<(Tx, Rx)> {
 }
 
 async fn connect_with(base: &str, batch: bool) -> anyhow::Result<(Tx, Rx)> {
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url(base)).await.context("connect")?;
-    let (mut tx, mut rx) = ws.split();
-    tx.send(Message::text(json!({"type": "hello", "batch": batch}).to_string())).await?;
-    let welcome = next_json(&mut rx).await?;
-    if welcome["type"] != "welcome" {
-        bail!("expected welcome, got {welcome}");
-    }
+    let hello = Hello { batch, client: Some(serde_json::json!({"name": "herald-bench"})), ..Hello::default() };
+    let (tx, rx, _welcome) = wire::connect(base, hello).await.context("connect")?;
     Ok((tx, rx))
 }
 
 /// The next JSON text frame.
 pub(crate) async fn next_json(rx: &mut Rx) -> anyhow::Result<Value> {
-    loop {
-        match rx.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
-            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("connection ended"),
-        }
-    }
+    Ok(serde_json::from_str(&wire::next_text(rx).await?)?)
 }
 
 /// The next text frame as it came (with batching, several lines).
 pub(crate) async fn next_text(rx: &mut Rx) -> anyhow::Result<String> {
-    loop {
-        match rx.next().await {
-            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),
-            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.into()),
-            None => bail!("connection ended"),
-        }
-    }
+    Ok(wire::next_text(rx).await?)
 }
 
 /// The id of an `event` message, read without parsing the whole message
@@ -77,9 +50,72 @@ pub(crate) fn event_id(line: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-pub(crate) async fn send(tx: &mut Tx, v: Value) -> anyhow::Result<()> {
-    tx.send(Message::text(v.to_string())).await?;
-    Ok(())
+/// Write one message.
+pub(crate) async fn send(tx: &mut Tx, msg: &ClientMessage) -> anyhow::Result<()> {
+    Ok(wire::send(tx, msg).await?)
+}
+
+/// Queue one message without a flush (pipelined publishing).
+pub(crate) async fn feed(tx: &mut Tx, msg: &ClientMessage) -> anyhow::Result<()> {
+    Ok(wire::feed(tx, msg).await?)
+}
+
+/// Flush what [`feed`] queued.
+pub(crate) async fn flush(tx: &mut Tx) -> anyhow::Result<()> {
+    Ok(wire::flush(tx).await?)
+}
+
+/// JSON text as a payload or body.
+pub(crate) fn raw(json: String) -> anyhow::Result<Box<RawValue>> {
+    Ok(RawValue::from_string(json)?)
+}
+
+/// `publish` with `ref`.
+pub(crate) fn publish(reference: u64, exchange: &str, routing_key: &str, payload: Box<RawValue>) -> ClientMessage {
+    ClientMessage::Publish(Publish {
+        reference: Some(Ref::Num(reference as i64)),
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        payload,
+        acl: None,
+        headers: None,
+        idempotency_key: None,
+    })
+}
+
+/// `subscribe` (id `s`) to everything on `exchange`.
+pub(crate) fn subscribe(exchange: &str, since: Option<Since>) -> ClientMessage {
+    ClientMessage::Subscribe(Subscribe {
+        reference: Some(Ref::Str("s".into())),
+        sub: "s".into(),
+        bindings: vec![Binding { exchange: exchange.into(), pattern: "#".into() }],
+        filters: Vec::new(),
+        since,
+    })
+}
+
+/// `serve`.
+pub(crate) fn serve(service: &str, concurrency: u32) -> ClientMessage {
+    ClientMessage::Serve(Serve {
+        reference: Some(Ref::Str("s".into())),
+        service: service.into(),
+        concurrency: Some(concurrency),
+    })
+}
+
+/// `request` with `ref`.
+pub(crate) fn request(reference: u64, service: &str, body: Box<RawValue>) -> ClientMessage {
+    ClientMessage::Request(Request {
+        reference: Some(Ref::Num(reference as i64)),
+        service: service.into(),
+        body,
+        timeout_ms: None,
+    })
+}
+
+/// `answer`.
+pub(crate) fn answer(request: String, body: Box<RawValue>) -> ClientMessage {
+    ClientMessage::Answer(Answer { reference: None, request, body })
 }
 
 /// Subscribe to `exchange` from the start (`since: {id: 0}`) and read until
@@ -89,12 +125,7 @@ pub(crate) async fn send(tx: &mut Tx, v: Value) -> anyhow::Result<()> {
 pub(crate) async fn replay_from_start(base: &str, exchange: &str, expected: u64) -> anyhow::Result<f64> {
     let (mut tx, mut rx) = connect_batched(base).await?;
     let start = std::time::Instant::now();
-    send(
-        &mut tx,
-        json!({"type": "subscribe", "ref": "s", "sub": "s", "since": {"id": 0},
-               "bindings": [{"exchange": exchange, "pattern": "#"}]}),
-    )
-    .await?;
+    send(&mut tx, &subscribe(exchange, Some(Since::Id { id: 0 }))).await?;
     let (mut got, mut last) = (0u64, 0u64);
     while got < expected {
         let text = tokio::time::timeout(std::time::Duration::from_secs(30), next_text(&mut rx))

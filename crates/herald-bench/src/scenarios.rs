@@ -1,16 +1,16 @@
 //! The measurements.
 
-use crate::client::{connect, connect_batched, event_id, next_json, next_text, replay_from_start, send, Rx, Tx};
+use crate::client::{
+    self, connect, connect_batched, event_id, feed, flush, next_json, next_text, raw, replay_from_start, send, Rx, Tx,
+};
 use crate::gateway::rss_bytes;
 use crate::{BenchArgs, Report};
 use anyhow::{bail, Context};
-use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 const PUBLISH_EXCHANGE: &str = "bench.publish";
 const FANOUT_EXCHANGE: &str = "bench.fanout";
@@ -93,13 +93,10 @@ async fn publish_ws(bases: &[String], total: u64, publishers: usize, pad: &str) 
                 // Written as text, not built as a JSON value, and queued
                 // without a flush each (the socket is written as its buffer
                 // fills): the generator shares the cores with the gateway.
-                let msg = format!(
-                    r#"{{"type":"publish","ref":{i},"exchange":"{PUBLISH_EXCHANGE}","routing_key":"a.b","payload":{{"t":{},"pad":"{pad}"}}}}"#,
-                    now_us()
-                );
-                tx.feed(Message::text(msg)).await?;
+                let payload = raw(format!(r#"{{"t":{},"pad":"{pad}"}}"#, now_us()))?;
+                feed(&mut tx, &client::publish(i, PUBLISH_EXCHANGE, "a.b", payload)).await?;
             }
-            tx.flush().await?;
+            flush(&mut tx).await?;
             anyhow::Ok(tx)
         });
         tasks.push(tokio::spawn(async move {
@@ -169,7 +166,7 @@ async fn rendezvous(base: &str, total: u64) -> anyhow::Result<(f64, f64, f64)> {
     let mut responders = Vec::new();
     for _ in 0..4 {
         let (mut tx, mut rx) = connect(base).await?;
-        send(&mut tx, json!({"type": "serve", "ref": "s", "service": SERVICE, "concurrency": 16})).await?;
+        send(&mut tx, &client::serve(SERVICE, 16)).await?;
         let v = next_json(&mut rx).await?;
         if v["type"] != "serving" {
             bail!("expected serving, got {v}");
@@ -177,8 +174,10 @@ async fn rendezvous(base: &str, total: u64) -> anyhow::Result<(f64, f64, f64)> {
         responders.push(tokio::spawn(async move {
             while let Ok(v) = next_json(&mut rx).await {
                 if v["type"] == "incoming" {
-                    let answer = json!({"type": "answer", "request": v["request"], "body": v["body"]});
-                    if send(&mut tx, answer).await.is_err() {
+                    let (Some(request), Ok(body)) = (v["request"].as_str(), raw(v["body"].to_string())) else {
+                        return;
+                    };
+                    if send(&mut tx, &client::answer(request.to_string(), body)).await.is_err() {
                         return;
                     }
                 }
@@ -198,8 +197,8 @@ async fn rendezvous(base: &str, total: u64) -> anyhow::Result<(f64, f64, f64)> {
         let sender = tokio::spawn(async move {
             for i in 0..per {
                 w.acquire().await?.forget();
-                let msg = json!({"type": "request", "ref": i, "service": SERVICE, "body": {"t": now_us()}});
-                send(&mut tx, msg).await?;
+                let body = raw(format!(r#"{{"t":{}}}"#, now_us()))?;
+                send(&mut tx, &client::request(i, SERVICE, body)).await?;
             }
             anyhow::Ok(tx)
         });
@@ -234,13 +233,13 @@ async fn rendezvous(base: &str, total: u64) -> anyhow::Result<(f64, f64, f64)> {
     Ok((rate, ms(0.5), ms(0.99)))
 }
 
-async fn subscribe(tx: &mut Tx, rx: &mut Rx, exchange: &str, since: Option<Value>) -> anyhow::Result<()> {
-    let mut msg =
-        json!({"type": "subscribe", "ref": "s", "sub": "s", "bindings": [{"exchange": exchange, "pattern": "#"}]});
-    if let Some(since) = since {
-        msg["since"] = since;
-    }
-    send(tx, msg).await?;
+async fn subscribe(
+    tx: &mut Tx,
+    rx: &mut Rx,
+    exchange: &str,
+    since: Option<herald_protocol::Since>,
+) -> anyhow::Result<()> {
+    send(tx, &client::subscribe(exchange, since)).await?;
     let v = next_json(rx).await?;
     if v["type"] != "subscribed" {
         bail!("subscribe failed: {v}");
@@ -295,8 +294,8 @@ async fn fanout(bases: &[String], subscribers: usize, events: u64, pad: &str) ->
     let (mut sent, mut acked) = (0u64, 0u64);
     while acked < events {
         while sent < events && sent - acked < window {
-            let msg = json!({"type": "publish", "ref": sent, "exchange": FANOUT_EXCHANGE, "routing_key": "x.y", "payload": payload(pad)});
-            send(&mut tx, msg).await?;
+            let msg = client::publish(sent, FANOUT_EXCHANGE, "x.y", raw(payload(pad).to_string())?);
+            send(&mut tx, &msg).await?;
             sent += 1;
         }
         let v = next_json(&mut rx).await?;
@@ -319,9 +318,8 @@ async fn fanout(bases: &[String], subscribers: usize, events: u64, pad: &str) ->
     let writer = async move {
         for i in 0..LATENCY_EVENTS {
             tick.tick().await;
-            let msg = json!({"type": "publish", "ref": i, "exchange": FANOUT_EXCHANGE, "routing_key": "x.y",
-                             "payload": {"t": now_us(), "lat": true, "pad": pad}});
-            send(tx2, msg).await?;
+            let payload = raw(json!({"t": now_us(), "lat": true, "pad": pad}).to_string())?;
+            send(tx2, &client::publish(i, FANOUT_EXCHANGE, "x.y", payload)).await?;
         }
         anyhow::Ok(())
     };

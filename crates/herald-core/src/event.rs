@@ -23,7 +23,8 @@ pub struct Origin {
 }
 
 /// An event as submitted by a publisher, before the log assigns its id and time.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// Exchange name (1 to 255 bytes).
@@ -31,7 +32,7 @@ pub struct NewEvent {
     /// Routing key (up to 255 bytes; dot-separated words).
     pub routing_key: String,
     /// JSON payload, kept as its original text.
-    #[schema(value_type = Value)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: Box<RawValue>,
     /// Principals allowed to see it (`user:NAME`, `group:NAME`); absent means
     /// any client whose grants cover it.
@@ -39,11 +40,11 @@ pub struct NewEvent {
     pub acl: Option<Vec<String>>,
     /// Optional headers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub headers: Option<serde_json::Map<String, Value>>,
     /// Origin, filled in by the server, never trusted from a client.
     #[serde(default, skip)]
-    #[schema(ignore)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub origin: Option<Origin>,
     /// Publisher-chosen key (1 to 128 bytes): a second publish with the same
     /// key and exchange within the idempotency window is not stored again.

@@ -38,7 +38,8 @@ impl ExchangeMatch {
 }
 
 /// The wire and configuration form of one grant: `{exchange, pattern}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GrantSpec {
     /// Exact exchange name, or a prefix ending in `*`.
@@ -48,7 +49,8 @@ pub struct GrantSpec {
 }
 
 /// The claims' `herald` object and the `[auth.anonymous]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct GrantsSpec {
     /// What may be subscribed to.

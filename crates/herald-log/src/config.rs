@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of the embedded log (the `[log]` table; the directory comes from `--data`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// The folder holding the segments (`<data>/log`).
@@ -18,7 +19,7 @@ pub struct LogConfig {
     pub fsync: bool,
     /// Remove events older than this (`None`: keep regardless of age).
     #[serde(with = "opt_duration")]
-    #[schemars(with = "Option<String>")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
     pub max_age: Option<Duration>,
     /// Keep about this many events at most (`None`: no count limit).
     pub max_events: Option<u64>,

@@ -194,8 +194,9 @@ pub struct Answer {
     pub body: Box<RawValue>,
 }
 
-/// Every message a client may send.
-#[derive(Debug, Clone)]
+/// Every message a client may send (encoded by [`encode_client`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// `hello`
     Hello(Hello),
@@ -239,6 +240,12 @@ impl ClientMessage {
             ClientMessage::Answer(m) => m.reference.as_ref(),
         }
     }
+}
+
+/// Encode a client message as one JSON text frame.
+pub fn encode_client(msg: &ClientMessage) -> String {
+    // Plain structs with string keys: serializing cannot fail.
+    serde_json::to_string(msg).unwrap_or_default()
 }
 
 /// The wire shape of `since`, checked to carry exactly one field.

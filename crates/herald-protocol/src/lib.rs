@@ -13,9 +13,12 @@ mod decode;
 mod server;
 
 pub use client::{
-    Ack, Answer, Binding, ClientMessage, Hello, Ping, Publish, Ref, Request, Serve, SessionCredentials, Since, SubOnly,
-    Subscribe, Unserve,
+    encode_client, Ack, Answer, Binding, ClientMessage, Hello, Ping, Publish, Ref, Request, Serve, SessionCredentials,
+    Since, SubOnly, Subscribe, Unserve,
 };
 pub use codes::{CloseCode, ErrorCode};
 pub use decode::{decode_client, DecodeError, MAX_NUMBER};
-pub use server::{encode, event_frame_prefix, EventBody, Limits, ServerInfo, ServerMessage, SessionInfo, StatusState};
+pub use server::{
+    decode_server, encode, event_frame_prefix, EventBody, Limits, ServerEvent, ServerFrame, ServerInfo, ServerMessage,
+    SessionInfo, StatusState,
+};

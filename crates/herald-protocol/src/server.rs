@@ -2,12 +2,13 @@
 
 use crate::client::Ref;
 use crate::codes::ErrorCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Session credentials handed out in `welcome`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionInfo {
     /// Session id.
     pub id: String,
@@ -16,7 +17,9 @@ pub struct SessionInfo {
 }
 
 /// The limits in force for this connection, advertised in `welcome`.
-#[derive(Debug, Clone, Serialize)]
+/// (Read by clients with defaults for what an older server leaves out.)
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     /// Largest accepted text frame, in bytes.
     pub max_frame_bytes: usize,
@@ -61,16 +64,17 @@ pub struct Limits {
 }
 
 /// Server identification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServerInfo {
     /// Always `herald`.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// Server version.
-    pub version: &'static str,
+    pub version: Cow<'static, str>,
 }
 
 /// `state` of a `status` message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusState {
     /// The source delivers.
@@ -79,8 +83,9 @@ pub enum StatusState {
     Down,
 }
 
-/// Every message the server sends except `event` (see [`EventBody`]).
-#[derive(Debug, Clone, Serialize)]
+/// Every message the server sends except `event` (see [`EventBody`];
+/// clients read events as [`ServerEvent`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// Answer to `hello`.
@@ -119,7 +124,7 @@ pub enum ServerMessage {
         /// `"from_now"` when an upstream binding was created for this
         /// subscription just now, so no history exists before it.
         #[serde(skip_serializing_if = "Option::is_none")]
-        history: Option<&'static str>,
+        history: Option<Cow<'static, str>>,
     },
     /// Answer to `unsubscribe`.
     Unsubscribed {
@@ -237,6 +242,74 @@ pub enum ServerMessage {
     },
 }
 
+/// An `event` message as a client reads it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerEvent {
+    /// The subscription it is delivered for.
+    pub sub: String,
+    /// Event id: ascending within a subscription, never reused.
+    pub id: u64,
+    /// Exchange.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// RFC 3339 time the log stored it.
+    pub time: String,
+    /// The JSON payload, as published.
+    pub payload: Box<RawValue>,
+    /// Optional headers.
+    #[serde(default)]
+    pub headers: Option<serde_json::Map<String, Value>>,
+}
+
+/// One message from the server, as a client reads it.
+#[derive(Debug, Clone)]
+pub enum ServerFrame {
+    /// An `event`.
+    Event(ServerEvent),
+    /// Any other message.
+    Message(ServerMessage),
+}
+
+/// Decode one server message (one line of a batched frame). Events, the
+/// common case, are recognised by their leading `{"type":"event"` (the
+/// server writes `type` first) and parsed once.
+pub fn decode_server(text: &str) -> Result<ServerFrame, serde_json::Error> {
+    use serde::de::Error as _;
+    // serde cannot read a `RawValue` inside an internally tagged enum (it
+    // buffers the fields first), so the two messages with a raw body are
+    // read through a plain struct.
+    #[derive(Deserialize)]
+    struct Bodied {
+        #[serde(rename = "ref", default)]
+        reference: Option<Ref>,
+        #[serde(default)]
+        request: Option<String>,
+        #[serde(default)]
+        service: Option<String>,
+        body: Box<RawValue>,
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+    }
+    if text.starts_with(r#"{"type":"event""#) {
+        serde_json::from_str(text).map(ServerFrame::Event)
+    } else if text.starts_with(r#"{"type":"response""#) {
+        let b: Bodied = serde_json::from_str(text)?;
+        Ok(ServerFrame::Message(ServerMessage::Response { reference: b.reference, body: b.body }))
+    } else if text.starts_with(r#"{"type":"incoming""#) {
+        let b: Bodied = serde_json::from_str(text)?;
+        let missing = |f: &str| serde_json::Error::custom(format!("incoming without `{f}`"));
+        Ok(ServerFrame::Message(ServerMessage::Incoming {
+            request: b.request.ok_or_else(|| missing("request"))?,
+            service: b.service.ok_or_else(|| missing("service"))?,
+            body: b.body,
+            deadline_ms: b.deadline_ms.ok_or_else(|| missing("deadline_ms"))?,
+        }))
+    } else {
+        serde_json::from_str(text).map(ServerFrame::Message)
+    }
+}
+
 /// Encode a server message as one JSON text frame.
 pub fn encode(msg: &ServerMessage) -> String {
     // Serialising these plain structs cannot fail: every map key is a string.
@@ -248,8 +321,9 @@ pub fn encode(msg: &ServerMessage) -> String {
 ///
 /// Serialized once per event; the frame for a subscription is
 /// [`event_frame_prefix`] followed by these bytes.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(as = Event)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Event))]
 pub struct EventBody<'a> {
     /// Event id: ascending in the log, never reused.
     pub id: u64,
@@ -260,11 +334,11 @@ pub struct EventBody<'a> {
     /// RFC 3339 time the log stored it, with microseconds, UTC.
     pub time: &'a str,
     /// JSON payload, as published.
-    #[schema(value_type = Value)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: &'a RawValue,
     /// Optional headers.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub headers: Option<&'a serde_json::Map<String, Value>>,
 }
 
@@ -297,6 +371,39 @@ impl EventBody<'_> {
 pub fn event_frame_prefix(sub: &str) -> String {
     let quoted = serde_json::to_string(sub).unwrap_or_else(|_| String::from("\"\""));
     format!(r#"{{"type":"event","sub":{quoted},"#)
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn every_server_message_reads_back() {
+        let body = RawValue::from_string(r#"{"a":[1,2]}"#.into()).expect("raw");
+        let cases = [
+            ServerMessage::Response { reference: Some(Ref::Num(3)), body: body.clone() },
+            ServerMessage::Incoming { request: "r1".into(), service: "echo".into(), body, deadline_ms: 9 },
+            ServerMessage::Published { reference: Some(Ref::Str("p".into())), id: 7 },
+            ServerMessage::Error {
+                reference: None,
+                sub: Some("s".into()),
+                code: ErrorCode::Forbidden,
+                message: "no".into(),
+            },
+        ];
+        for msg in cases {
+            let text = encode(&msg);
+            match decode_server(&text).expect("decodes") {
+                ServerFrame::Message(back) => assert_eq!(encode(&back), text),
+                ServerFrame::Event(_) => panic!("not an event: {text}"),
+            }
+        }
+        let event = r#"{"type":"event","sub":"s","id":4,"exchange":"x","routing_key":"k","time":"t","payload":[1]}"#;
+        match decode_server(event).expect("decodes") {
+            ServerFrame::Event(e) => assert_eq!((e.id, e.payload.get()), (4, "[1]")),
+            ServerFrame::Message(m) => panic!("an event, not {m:?}"),
+        }
+    }
 }
 
 #[cfg(test)]

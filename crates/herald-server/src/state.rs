@@ -222,4 +222,7 @@ impl Inner {
 }
 
 /// Server identification sent in `welcome`.
-pub(crate) const SERVER_INFO: ServerInfo = ServerInfo { name: "herald", version: env!("CARGO_PKG_VERSION") };
+pub(crate) const SERVER_INFO: ServerInfo = ServerInfo {
+    name: std::borrow::Cow::Borrowed("herald"),
+    version: std::borrow::Cow::Borrowed(env!("CARGO_PKG_VERSION")),
+};

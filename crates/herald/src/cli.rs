@@ -15,7 +15,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
-    /// Publish one event (or one per stdin line) through the HTTP API.
+    /// Publish one event (or one per stdin line) over WebSocket; prints each id.
     Publish(PublishArgs),
     /// Subscribe and print events as JSON lines.
     Tail(TailArgs),

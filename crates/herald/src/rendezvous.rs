@@ -6,12 +6,11 @@ use anyhow::{anyhow, bail, Context};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
+use herald_client::{Client, ClientConfig};
 use herald_connectors::sqs::{self, Credentials, STATUS_ATTRIBUTE};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::Read;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Snowflake's encoding of SQS credentials: base64 of this JSON.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -82,45 +81,16 @@ async fn over_http(args: &RendezvousArgs, service: &str, body: &Value, timeout: 
 }
 
 async fn over_websocket(args: &RendezvousArgs, service: &str, body: Value, timeout: Duration) -> anyhow::Result<Value> {
-    let mut url = args.url.trim_end_matches('/').to_string();
-    if url.matches('/').count() == 2 {
-        url.push_str("/v1/ws");
-    }
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(url.as_str()).await.with_context(|| format!("cannot reach {url}"))?;
-    let mut hello = json!({"type": "hello", "ref": "hello", "client": {"name": "herald rendezvous"}});
+    let mut config = ClientConfig::new(&args.url).with_client_name("herald rendezvous").without_reconnect();
     if let Some(t) = &args.token {
-        hello["token"] = json!(t);
+        config = config.with_token(t.clone());
     }
-    ws.send(Message::text(hello.to_string())).await?;
-    let request = json!({"type": "request", "ref": "rq", "service": service, "body": body, "timeout_ms": timeout.as_millis() as u64});
-    ws.send(Message::text(request.to_string())).await?;
-    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(5);
-    let outcome = loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next()).await.map_err(|_| anyhow!("timeout: no answer"))?;
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(f))) => bail!("the gateway closed the connection: {f:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => bail!("WebSocket: {e}"),
-            None => bail!("the gateway closed the connection"),
-        };
-        let m: Value = serde_json::from_str(text.as_str()).context("the gateway sent something that is not JSON")?;
-        match (m["type"].as_str(), m["ref"].as_str()) {
-            (Some("response"), Some("rq")) => break Ok(m["body"].clone()),
-            (Some("error"), _) => {
-                break Err(anyhow!(
-                    "{}: {}",
-                    m["code"].as_str().unwrap_or("error"),
-                    m["message"].as_str().unwrap_or("")
-                ))
-            }
-            _ => continue,
-        }
-    };
-    // An orderly close: the session ends with the command.
-    let _ = ws.close(None).await;
-    outcome
+    let client = Client::connect(config).await.with_context(|| format!("cannot reach {}", args.url))?;
+    let body = serde_json::value::to_raw_value(&body)?;
+    let answer = client.request(service, body, Some(timeout)).await;
+    client.close().await;
+    let answer = answer.map_err(|e| anyhow!("{e}"))?;
+    serde_json::from_str(answer.get()).context("the answer is not JSON")
 }
 
 /// Snowflake's SQS rendezvous, client side: send the request with a fresh

@@ -1,7 +1,7 @@
 //! The two floods of the hardening issue, each by one user with a valid
 //! token and the default limits, against a real gateway process: the
 //! gateway's memory stays bounded and everyone else keeps being served.
-//! And the soak: 2,000 clients cycling for a minute leak nothing.
+//! And the soak: 2,000 clients cycling (25 s, or `HERALD_SOAK_SECONDS`) leak nothing.
 //!
 //! They run one at a time (each loads both cores on its own) and in their
 //! own test binary, so that no other test runs beside them.
@@ -251,10 +251,11 @@ async fn soak_loop(ws: String, n: usize, until: Instant) -> usize {
 
 /// 2,000 clients connect, subscribe, receive and drop (half abruptly, half
 /// orderly) in a loop. After a warm-up round of the same load has set the
-/// allocator's high-water mark, a minute of it leaves resident memory and
-/// open file descriptors within 10% of where they were.
+/// allocator's high-water mark, 25 s more of it (tens of thousands of
+/// connections; `HERALD_SOAK_SECONDS` for a longer soak) leave resident
+/// memory and open file descriptors within 10% of where they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_clients_cycling_for_a_minute_leak_neither_memory_nor_descriptors() {
+async fn two_thousand_clients_cycling_leak_neither_memory_nor_descriptors() {
     let _serial = SERIAL.lock().await;
     // Sessions of dropped sockets expire quickly, so that the end state is
     // reached soon after the load stops.
@@ -291,13 +292,15 @@ async fn two_thousand_clients_cycling_for_a_minute_leak_neither_memory_nor_descr
         tokio::time::sleep(Duration::from_secs(1)).await;
         (rss(pid), fds(pid))
     };
+    // 25 s keeps the suite inside CI's budget; the same test soaks longer on demand.
+    let soak: u64 = std::env::var("HERALD_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
     let warm = run(10).await;
     let (rss0, fds0) = settled().await;
-    let cycles = run(60).await;
+    let cycles = run(soak).await;
     let (rss1, fds1) = settled().await;
     publisher.abort();
     eprintln!(
-        "soak: {warm} warm-up cycles, then {cycles} cycles in a minute; RSS {} -> {} KiB, fds {fds0} -> {fds1}",
+        "soak: {warm} warm-up cycles, then {cycles} cycles in {soak} s; RSS {} -> {} KiB, fds {fds0} -> {fds1}",
         rss0 >> 10,
         rss1 >> 10
     );

@@ -24,7 +24,8 @@ use std::time::Duration;
 pub const MIN_SERVER: (u64, u64, u64) = (2, 11, 0);
 
 /// The `[cluster]` section: present, Herald runs on NATS JetStream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// NATS servers, `nats://host:port` (any one is enough to join).
@@ -40,19 +41,19 @@ pub struct ClusterConfig {
     /// How long JetStream remembers `Nats-Msg-Id`s (idempotency keys) to
     /// drop a repeated publish cluster-wide.
     #[serde(default = "default_duplicate_window", with = "crate::config::duration")]
-    #[schemars(with = "String")]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub duplicate_window: Duration,
     /// How long a node may go unheard (no heartbeat) before the others
     /// count it lost: its responders' requests fail, its requesters'
     /// answers are refused. Nodes send a heartbeat every third of this.
     #[serde(default = "default_node_timeout", with = "crate::config::duration")]
-    #[schemars(with = "String")]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub node_timeout: Duration,
     /// How long a connector's leadership lasts without renewal (PostgreSQL
     /// sources run on one node at a time): the longest a source pauses when
     /// its node dies. Whole seconds, at least 2.
     #[serde(default = "default_lease_ttl", with = "crate::config::duration")]
-    #[schemars(with = "String")]
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub lease_ttl: Duration,
     /// A NATS credentials file (JWT and seed).
     #[serde(default)]
@@ -62,11 +63,11 @@ pub struct ClusterConfig {
     pub user: Option<String>,
     /// Password (with `user`).
     #[serde(default)]
-    #[schemars(extend("x-secret" = true))]
+    #[cfg_attr(feature = "schema", schemars(extend("x-secret" = true)))]
     pub password: Option<String>,
     /// An authentication token.
     #[serde(default)]
-    #[schemars(extend("x-secret" = true))]
+    #[cfg_attr(feature = "schema", schemars(extend("x-secret" = true)))]
     pub token: Option<String>,
     /// PEM file of the CA that signed the NATS servers' certificates (TLS).
     #[serde(default)]

@@ -39,7 +39,7 @@ impl Collector for Snapshot {
     }
 }
 
-/// Prometheus metrics (the `metrics.token` as bearer when configured).
+/// Prometheus metrics (with `metrics.token` configured: that token, or an admin token, as bearer).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -60,11 +60,14 @@ pub(crate) async fn metrics(
     if let Some(want) = &s.config.metrics.token {
         use subtle::ConstantTimeEq;
         let given = crate::auth::bearer(&headers, q.token.as_deref()).unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
+        // The metrics token (for scrapers), or an admin token (the inspector).
+        // (Only with token verification on: in open mode anything is "admin".)
+        let admin = || s.config.auth.has_key() && s.auth.authenticate(Some(&given)).is_ok_and(|p| p.grants.admin);
+        if !bool::from(given.as_bytes().ct_eq(want.as_bytes())) && (given.is_empty() || !admin()) {
             s.metrics.auth_failures.inc();
             let e = crate::error::ClientError::new(
                 herald_protocol::ErrorCode::Unauthorized,
-                "/metrics needs the metrics token (metrics.token) as a bearer token",
+                "/metrics needs the metrics token (metrics.token) or an admin token as a bearer token",
             );
             return e.into_response();
         }

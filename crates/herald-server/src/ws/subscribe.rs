@@ -75,7 +75,7 @@ impl Connection {
             Ok(leases) => leases,
             Err(msg) => return self.error(m.reference, Some(m.sub), ErrorCode::LimitExceeded, msg),
         };
-        let history = (!leases.is_empty()).then_some("from_now");
+        let history = (!leases.is_empty()).then_some(std::borrow::Cow::Borrowed("from_now"));
         let reg = Registration {
             sub: Arc::from(m.sub.as_str()),
             spec: spec.clone(),
