@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context};
 use herald_client::wire;
-use herald_protocol::{Answer, Binding, ClientMessage, Hello, Publish, Ref, Request, Serve, Since, Subscribe};
+use herald_protocol::{Answer, Binding, ClientMessage, Hello, Ref, Request, Serve, Since, Subscribe};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -72,15 +72,9 @@ pub(crate) fn raw(json: String) -> anyhow::Result<Box<RawValue>> {
 
 /// `publish` with `ref`.
 pub(crate) fn publish(reference: u64, exchange: &str, routing_key: &str, payload: Box<RawValue>) -> ClientMessage {
-    ClientMessage::Publish(Publish {
-        reference: Some(Ref::Num(reference as i64)),
-        exchange: exchange.into(),
-        routing_key: routing_key.into(),
-        payload,
-        acl: None,
-        headers: None,
-        idempotency_key: None,
-    })
+    let mut msg = ClientMessage::from(herald_client::NewEvent::raw(exchange, routing_key, payload));
+    wire::set_ref(&mut msg, Ref::Num(reference as i64));
+    msg
 }
 
 /// `subscribe` (id `s`) to everything on `exchange`.

@@ -778,7 +778,8 @@ fn serve_message(service: &str, concurrency: u32) -> ClientMessage {
     })
 }
 
-fn set_ref(msg: &mut ClientMessage, r: Ref) {
+/// Put `r` in the message's `ref` (`ack` has none).
+pub(crate) fn set_ref(msg: &mut ClientMessage, r: Ref) {
     let slot = match msg {
         ClientMessage::Hello(m) => &mut m.reference,
         ClientMessage::Subscribe(m) => &mut m.reference,

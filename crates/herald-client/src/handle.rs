@@ -136,6 +136,21 @@ impl NewEvent {
     }
 }
 
+impl From<NewEvent> for ClientMessage {
+    /// The `publish` message (without a `ref`).
+    fn from(event: NewEvent) -> ClientMessage {
+        ClientMessage::Publish(Publish {
+            reference: None,
+            exchange: event.exchange,
+            routing_key: event.routing_key,
+            payload: event.payload,
+            acl: event.acl,
+            headers: event.headers,
+            idempotency_key: event.idempotency_key,
+        })
+    }
+}
+
 impl Client {
     /// Connect; returns at the first `welcome`. Fails with
     /// [`Error::Refused`] if the server refuses for good (a bad token, say).
@@ -171,16 +186,7 @@ impl Client {
 
     /// Publish; returns the event's id once it is durable.
     pub async fn publish(&self, event: NewEvent) -> Result<u64, Error> {
-        let msg = ClientMessage::Publish(Publish {
-            reference: None,
-            exchange: event.exchange,
-            routing_key: event.routing_key,
-            payload: event.payload,
-            acl: event.acl,
-            headers: event.headers,
-            idempotency_key: event.idempotency_key,
-        });
-        match self.send(msg).await? {
+        match self.send(event.into()).await? {
             ServerMessage::Published { id, .. } => Ok(id),
             other => Err(unexpected(&other)),
         }

@@ -13,6 +13,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use herald_protocol::{encode_client as encode, ClientMessage as Outgoing};
 
+/// Put a `ref` in a message (`ack` has none), to match its answer.
+pub fn set_ref(msg: &mut ClientMessage, reference: herald_protocol::Ref) {
+    crate::connection::set_ref(msg, reference);
+}
+
 /// The WebSocket of a raw connection.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Its writing half.
