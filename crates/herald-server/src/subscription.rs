@@ -154,7 +154,12 @@ where
                 return Err(ClientError::new(ErrorCode::LimitExceeded, msg));
             }
             let (entry, head) = s.fanout.register(reg, Start::Hold, |_| {});
-            let found = match find_last(state, &entry, head, last).await {
+            // The last N of what is durable, not of what the fan-out has
+            // dispatched so far: a publish is answered once committed, and
+            // its dispatch may still be on the way. (A cursor past the
+            // fan-out's head is fine: the catch-up waits for it to arrive.)
+            let upto = s.log.bounds().head.max(head);
+            let found = match find_last(state, &entry, upto, last).await {
                 Ok(found) => Ok(found),
                 Err(e) => Err(ClientError::new(ErrorCode::Internal, format!("history lookup failed: {e}"))),
             };
