@@ -2,7 +2,7 @@
 //! (session, subscriptions with the last id handed out, responders,
 //! requests waiting for answers), reconnects with backoff and resumes.
 
-use crate::handle::{unexpected, ClientStats, IncomingRequest, Responder, SubShared, SubscribeOptions, Subscription};
+use crate::handle::{ClientStats, IncomingRequest, Responder, SubShared, SubscribeOptions, Subscription};
 use crate::{ClientConfig, Error, Event, Token};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -665,10 +665,8 @@ impl Connection {
                     }
                 }
             }
-            Some(Pending::Subscribe(_)) => {
-                let _ = unexpected(&msg);
-            }
-            Some(Pending::Quiet) | None => {}
+            // A subscribe is settled by `subscribed`, handled before this.
+            Some(Pending::Subscribe(_)) | Some(Pending::Quiet) | None => {}
         }
     }
 

@@ -128,7 +128,7 @@ pub(crate) struct PeerStatus {
     pub(crate) detail: String,
     /// `running`, `paused` or `draining`.
     pub(crate) control: &'static str,
-    /// In a cluster, `leader` or `standby` for sources that run on one node; else `active`.
+    /// `running`; in a cluster, `leader` or `standby` for sources that run on one node at a time.
     pub(crate) role: String,
     /// Messages received from upstream.
     #[serde(rename = "in")]
