@@ -83,7 +83,18 @@ struct Shared {
     index: RwLock<Index>,
     commits: AtomicU64,
     appended: AtomicU64,
+    /// Microseconds spent writing and syncing batches, since start.
+    commit_micros: AtomicU64,
+    /// Commits that took at least [`SLOW_COMMIT`].
+    slow_commits: AtomicU64,
 }
+
+/// A commit (write and fsync) this long is reported: every publish and every
+/// delivery of the batch waited for it, so it is what a latency tail shows.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+/// At most one warning about slow commits per this interval (a sick disk
+/// would otherwise log one per batch).
+const SLOW_COMMIT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Where the writer answers one append request.
 type AppendReply = oneshot::Sender<Result<Vec<Arc<Event>>, LogError>>;
@@ -161,6 +172,8 @@ impl EmbeddedLog {
             health: Mutex::new(WriteHealth::Ok),
             index: RwLock::new(index),
             commits: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            slow_commits: AtomicU64::new(0),
             appended: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(1024);
@@ -172,6 +185,8 @@ impl EmbeddedLog {
             pos: active_pos,
             committed: committed_tx,
             failed: None,
+            slow_warned: None,
+            slow_unwarned: 0,
         };
         let thread = std::thread::Builder::new()
             .name("herald-log-writer".into())
@@ -589,6 +604,9 @@ struct Writer {
     pos: u64,
     committed: mpsc::Sender<CommittedBatch>,
     failed: Option<String>,
+    /// When slow commits were last warned about, and how many came since.
+    slow_warned: Option<std::time::Instant>,
+    slow_unwarned: u64,
 }
 
 impl Writer {
@@ -633,6 +651,31 @@ impl Writer {
         }
     }
 
+    /// Count a commit's time, and warn (at most every
+    /// [`SLOW_COMMIT_WARN_EVERY`]) when it was slow: the disk, not the
+    /// gateway, is then what publishers and subscribers waited for.
+    fn timed(&mut self, started: std::time::Instant, bytes: usize) {
+        let took = started.elapsed();
+        self.shared.commit_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if took < SLOW_COMMIT {
+            return;
+        }
+        self.shared.slow_commits.fetch_add(1, Ordering::Relaxed);
+        if self.slow_warned.is_some_and(|at| at.elapsed() < SLOW_COMMIT_WARN_EVERY) {
+            self.slow_unwarned += 1;
+            return;
+        }
+        warn!(
+            took_ms = took.as_millis() as u64,
+            bytes,
+            fsync = self.shared.config.fsync,
+            slow_since_last_warning = self.slow_unwarned,
+            "A log commit (write and fsync) was slow; publishes and deliveries of its events waited for the disk."
+        );
+        self.slow_warned = Some(std::time::Instant::now());
+        self.slow_unwarned = 0;
+    }
+
     fn commit(&mut self, pending: &mut Vec<(Vec<NewEvent>, AppendReply)>) {
         if let Some(reason) = &self.failed {
             for (_, reply) in pending.drain(..) {
@@ -660,6 +703,7 @@ impl Writer {
             }
             groups.push(group);
         }
+        let started = std::time::Instant::now();
         if let Err(e) = self.io.write_at(&self.file, &buf, self.pos) {
             let full = crate::io::is_full(&e);
             let reason = e.to_string();
@@ -703,6 +747,7 @@ impl Writer {
                 return;
             }
         }
+        self.timed(started, buf.len());
         if !matches!(*self.shared.health.lock(), WriteHealth::Ok) {
             info!("The log stores events again.");
             *self.shared.health.lock() = WriteHealth::Ok;
@@ -882,6 +927,8 @@ impl EventLog for EmbeddedLog {
             segments: index.segments.len() as u64,
             commits: self.shared.commits.load(Ordering::Relaxed),
             appended: self.shared.appended.load(Ordering::Relaxed),
+            commit_micros: self.shared.commit_micros.load(Ordering::Relaxed),
+            slow_commits: self.shared.slow_commits.load(Ordering::Relaxed),
         }
     }
 

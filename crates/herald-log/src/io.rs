@@ -50,6 +50,7 @@ impl LogIo for RealIo {
 pub struct FaultyIo {
     fail_writes: AtomicU32,
     fail_syncs: AtomicU32,
+    slow_syncs: AtomicU32,
     disk_full: AtomicBool,
 }
 
@@ -68,6 +69,12 @@ impl FaultyIo {
     /// The next `n` syncs fail with `EIO`.
     pub fn fail_next_syncs(&self, n: u32) {
         self.fail_syncs.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` syncs succeed after 150 ms (a disk stalling, as a
+    /// virtual machine's sometimes does).
+    pub fn slow_next_syncs(&self, n: u32) {
+        self.slow_syncs.store(n, Ordering::SeqCst);
     }
 
     /// While set, every write fails with `ENOSPC` (nothing written).
@@ -95,6 +102,9 @@ impl LogIo for FaultyIo {
     fn sync(&self, file: &File, all: bool) -> io::Result<()> {
         if Self::take(&self.fail_syncs) {
             return Err(io::Error::from_raw_os_error(EIO));
+        }
+        if Self::take(&self.slow_syncs) {
+            std::thread::sleep(std::time::Duration::from_millis(150));
         }
         RealIo.sync(file, all)
     }

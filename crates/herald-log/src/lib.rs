@@ -201,6 +201,11 @@ pub struct LogStats {
     pub commits: u64,
     /// Events appended since start.
     pub appended: u64,
+    /// Microseconds spent storing batches (write and fsync) since start
+    /// (0 for a log that does not measure it).
+    pub commit_micros: u64,
+    /// Commits that took 100 ms or more since start.
+    pub slow_commits: u64,
 }
 
 /// The durable ordered store of events; the single place that assigns ids.

@@ -90,3 +90,20 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
     assert_eq!(log.write_health(), WriteHealth::Ok);
     assert_eq!(ns(&log).await, vec![1, 5]);
 }
+
+#[tokio::test]
+async fn a_slow_fsync_is_counted_and_its_events_still_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io = Arc::new(FaultyIo::default());
+    let (log, _rx) = EmbeddedLog::open_with_io(config(dir.path()), io.clone()).expect("open");
+    log.append(vec![ev(1)]).await.expect("first");
+    assert_eq!(log.stats().slow_commits, 0, "a healthy commit is not slow");
+    io.slow_next_syncs(2);
+    log.append(vec![ev(2)]).await.expect("a slow disk is still a working disk");
+    log.append(vec![ev(3)]).await.expect("second slow commit");
+    let stats = log.stats();
+    assert_eq!(stats.slow_commits, 2, "{stats:?}");
+    assert!(stats.commit_micros >= 300_000, "the stalls are in the commit time: {stats:?}");
+    assert_eq!(log.write_health(), WriteHealth::Ok);
+    assert_eq!(ns(&log).await, vec![1, 2, 3]);
+}

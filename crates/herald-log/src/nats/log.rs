@@ -541,6 +541,7 @@ impl EventLog for JetStreamLog {
             segments: 0,
             commits: self.commits.load(Ordering::Relaxed),
             appended: self.appended.load(Ordering::Relaxed),
+            ..LogStats::default()
         }
     }
 

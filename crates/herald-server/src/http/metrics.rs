@@ -121,6 +121,16 @@ pub(crate) async fn metrics(
             ),
             ("herald_log_commits", "Group commits (fsyncs) since start", log.commits),
             (
+                "herald_log_commit_microseconds",
+                "Time spent writing and fsyncing group commits since start (embedded log)",
+                log.commit_micros,
+            ),
+            (
+                "herald_log_slow_commits",
+                "Group commits that took 100 ms or more (embedded log); each delays its events' deliveries",
+                log.slow_commits,
+            ),
+            (
                 "herald_replay_reads",
                 "Chunks of history read for replays, catch-ups and history pages",
                 s.replays.stats.reads.load(Ordering::Relaxed),
