@@ -342,8 +342,7 @@ async fn spawn_cluster_session_tasks(state: &AppState, kv: Arc<herald_log::KvSes
             info!(session = %id, "Session taken over by another node.");
         }
     })
-    .await
-    .map_err(|e| ServerError::Config(vec![format!("cannot watch the cluster's sessions: {e}")]))?;
+    .await?;
     let toucher = state.clone();
     tokio::spawn(async move {
         let s = toucher.get();

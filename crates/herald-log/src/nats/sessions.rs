@@ -122,8 +122,23 @@ impl KvSessionStore {
 
     /// Ids of sessions another node wrote (took over) or removed, as they
     /// happen; this node closes its own connection of each.
+    ///
+    /// Starting the watch is retried for a few seconds (a cluster still
+    /// electing its leaders, or a loaded one, can time the first request
+    /// out), as opening the log is, before the node gives up starting.
     pub async fn watch_takeovers(&self, seen: impl Fn(String) + Send + 'static) -> Result<(), StoreError> {
-        let mut watch = self.kv.watch("s.>").await.map_err(backend)?;
+        let mut delay = Duration::from_millis(250);
+        let mut watch = loop {
+            match self.kv.watch("s.>").await {
+                Ok(watch) => break watch,
+                Err(e) if delay <= Duration::from_secs(4) => {
+                    tracing::warn!(error = %e, "Cannot watch the cluster's sessions yet; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        };
         let me = self.node.clone();
         tokio::spawn(async move {
             while let Some(entry) = watch.next().await {
