@@ -244,17 +244,20 @@ pub struct FanOutStats {
 }
 
 /// A subscription as the pattern index holds it: the entry itself, with
-/// its key beside it (the index dedups values by hash, and reading the key
-/// there costs no trip to the entry).
+/// its key beside it (the fan-out dedups what the index yields by key, and
+/// reading the key there costs no trip to the entry).
 #[derive(Debug, Clone)]
 struct Indexed {
     key: u64,
+    /// The subscription has more than one binding, so the index may yield
+    /// it more than once for one event (see `dispatch`).
+    multi: bool,
     entry: Arc<SubEntry>,
 }
 
 impl Indexed {
     fn new(entry: Arc<SubEntry>) -> Indexed {
-        Indexed { key: entry.key, entry }
+        Indexed { key: entry.key, multi: entry.spec.bindings.len() > 1, entry }
     }
 }
 
@@ -523,11 +526,19 @@ impl FanOut {
             }
             matched.clear();
             shared.clear();
-            for rk in event.routing_keys() {
-                index.for_each_match(&event.exchange, rk, |e| matched.push(e));
+            // Every matching binding, repeats included: deduplicating
+            // costs a sort, paid only when a repeat is possible.
+            let mut repeats = false;
+            for (n, rk) in event.routing_keys().enumerate() {
+                repeats |= n > 0;
+                index.for_each_binding_match(&event.exchange, rk, |e| {
+                    repeats |= e.multi;
+                    matched.push(e)
+                });
             }
-            if event.headers.is_some() {
-                // CC keys may reach the same subscription twice.
+            if repeats {
+                // Several bindings of one subscription, or CC keys, may
+                // reach the same subscription twice.
                 matched.sort_unstable_by_key(|e| e.key);
                 matched.dedup_by_key(|e| e.key);
             }
@@ -697,5 +708,36 @@ mod tests {
         assert_eq!(e.mode(), Mode::CatchingUp);
         assert_eq!(e.cursor(), queued, "catch-up resumes right after the last queued event");
         assert_eq!(fan.stats.lagged.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn overlapping_bindings_and_repeated_ones_deliver_each_event_once() {
+        let fan = FanOut::new(0);
+        let outbox = || Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, "")));
+        let (a, b) = (outbox(), outbox());
+        let mut ra = reg(&a, "#");
+        let spec = |patterns: &[&str]| {
+            Arc::new(SubSpec {
+                bindings: patterns.iter().map(|p| ("x".into(), Pattern::parse(p).expect("pattern"))).collect(),
+                filters: vec![],
+            })
+        };
+        ra.spec = spec(&["a.#", "#.b", "a.b"]);
+        fan.register(ra, Start::Live, |_| {});
+        let mut rb = reg(&b, "#");
+        rb.spec = spec(&["a.b", "a.b"]);
+        fan.register(rb, Start::Live, |_| {});
+        fan.dispatch(&[event(1, "a.b"), event(2, "a.c"), event(3, "c.b")]);
+        let ids = |o: &Outbox| -> Vec<String> {
+            frames(o)
+                .iter()
+                .map(|f| {
+                    let v: serde_json::Value = serde_json::from_slice(f).expect("json");
+                    v["id"].to_string()
+                })
+                .collect()
+        };
+        assert_eq!(ids(&a), ["1", "2", "3"], "three matching bindings, one delivery");
+        assert_eq!(ids(&b), ["1"], "the same binding twice, one delivery");
     }
 }

@@ -264,13 +264,8 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
 
     /// Call `f` once for every distinct value whose binding matches.
     pub fn for_each_match<'a>(&'a self, exchange: &str, routing_key: &str, mut f: impl FnMut(&'a T)) {
-        let Some(root) = self.exchanges.get(exchange) else {
-            return;
-        };
-        let words = split_words(routing_key);
         let mut out: Vec<&T> = Vec::new();
-        let mut visited: HashSet<(usize, usize)> = HashSet::new();
-        walk(root, &words, 0, &mut out, &mut visited);
+        self.for_each_binding_match(exchange, routing_key, |v| out.push(v));
         if out.len() > 1 {
             // The same value may be reached through several bindings or paths.
             let mut seen: HashSet<&T> = HashSet::with_capacity(out.len());
@@ -279,6 +274,24 @@ impl<T: Clone + Eq + Hash> PatternIndex<T> {
         for v in out {
             f(v);
         }
+    }
+
+    /// Call `f` once for every matching *binding*: a value inserted under
+    /// several bindings that match the key is passed once for each of them.
+    /// For a caller that knows which values hold more than one binding (the
+    /// fan-out does) and dedups only those: the hash set
+    /// [`PatternIndex::for_each_match`] builds costs more per event than
+    /// the walk itself when a thousand subscriptions match.
+    pub fn for_each_binding_match<'a>(&'a self, exchange: &str, routing_key: &str, mut f: impl FnMut(&'a T)) {
+        let Some(root) = self.exchanges.get(exchange) else {
+            return;
+        };
+        let words = split_words(routing_key);
+        // Each node's values are reached at most once (a `#` node is
+        // visited once per position, and every other node has one path
+        // from the root), so repeats come only from several bindings.
+        let mut visited: HashSet<(usize, usize)> = HashSet::new();
+        walk(root, &words, 0, &mut |values: &'a [T]| values.iter().for_each(&mut f), &mut visited);
     }
 
     /// Collect matching values (convenience for tests).
@@ -375,7 +388,7 @@ fn walk<'a, T>(
     node: &'a Node<T>,
     words: &[&str],
     i: usize,
-    out: &mut Vec<&'a T>,
+    out: &mut impl FnMut(&'a [T]),
     visited: &mut HashSet<(usize, usize)>,
 ) {
     if let Some(hash) = node.hash.as_deref() {
@@ -387,7 +400,9 @@ fn walk<'a, T>(
         }
     }
     if i == words.len() {
-        out.extend(node.values.iter());
+        if !node.values.is_empty() {
+            out(&node.values);
+        }
         return;
     }
     if let Some(child) = node.children.get(words[i]) {
@@ -436,6 +451,19 @@ mod tests {
         idx.insert("x", &p("#.#"), 1);
         idx.insert("x", &p("a.#"), 1);
         assert_eq!(idx.matches("x", "a.b.c"), vec![1]);
+    }
+
+    #[test]
+    fn binding_matches_repeat_a_value_once_per_matching_binding() {
+        let mut idx = PatternIndex::new();
+        idx.insert("x", &p("#.#"), 1);
+        idx.insert("x", &p("a.#"), 1);
+        idx.insert("x", &p("a.b.c"), 2);
+        idx.insert("x", &p("z.#"), 3);
+        let mut seen = Vec::new();
+        idx.for_each_binding_match("x", "a.b.c", |v| seen.push(*v));
+        seen.sort();
+        assert_eq!(seen, vec![1, 1, 2], "once per binding, `#.#` itself once");
     }
 
     fn word() -> impl Strategy<Value = String> {
