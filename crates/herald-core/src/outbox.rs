@@ -40,7 +40,8 @@ pub enum Frame {
 }
 
 impl Frame {
-    fn cost(&self) -> usize {
+    /// What the frame counts against its outbox's bound (its bytes).
+    pub fn cost(&self) -> usize {
         match self {
             Frame::Text(b) | Frame::Event(b, _) | Frame::Pong(b) => b.len(),
             Frame::Ping => 0,
@@ -282,6 +283,19 @@ impl Outbox {
         out.extend(st.frames.drain(..));
     }
 
+    /// [`Outbox::take`] into a queue of the caller's: when `out` is empty
+    /// the two queues are swapped (no frame is moved, and the caller's
+    /// emptied buffer becomes the outbox's next one).
+    pub fn take_all(&self, out: &mut VecDeque<Frame>) {
+        let mut st = self.state.lock();
+        st.woken = false;
+        if out.is_empty() {
+            std::mem::swap(&mut st.frames, out);
+        } else {
+            out.extend(st.frames.drain(..));
+        }
+    }
+
     /// Give back the queue's buffer if nothing is queued, so an idle
     /// connection holds none (the gateway's sweeper calls this; a writer
     /// goes idle after every batch, and would reallocate it each time).
@@ -294,7 +308,11 @@ impl Outbox {
 
     /// Report frames written to the socket, freeing their bytes.
     pub fn written(&self, frames: &[Frame]) {
-        let n: usize = frames.iter().map(Frame::cost).sum();
+        self.written_bytes(frames.iter().map(Frame::cost).sum());
+    }
+
+    /// Report frames of [`Frame::cost`] `n` in all written to the socket.
+    pub fn written_bytes(&self, n: usize) {
         let mut st = self.state.lock();
         st.bytes = st.bytes.saturating_sub(n);
         // Progress: the stall clock restarts (or stops when nothing is left).

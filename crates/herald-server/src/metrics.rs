@@ -2,11 +2,13 @@
 //! happen. `GET /metrics` (in `http/metrics.rs`) encodes them together
 //! with sizes and counters read at scrape time.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// A `reason` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,7 +46,7 @@ pub(crate) struct Metrics {
     /// Where the live metrics are registered (encoded by `GET /metrics`).
     pub(crate) registry: Registry,
     /// Commit to written-to-the-socket time of live events, seconds.
-    pub(crate) deliver_latency: Histogram,
+    pub(crate) deliver_latency: LatencyHistogram,
     /// Frames not delivered, by reason.
     pub(crate) drops: Family<Reason, Counter>,
     /// Clients closed as slow consumers.
@@ -79,7 +81,7 @@ impl Metrics {
     pub(crate) fn new(node: Option<&str>) -> Metrics {
         let mut registry = registry(Some("herald"), node);
         let deliver_latency =
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+            LatencyHistogram::new(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
         registry.register(
             "publish_to_deliver_seconds",
             "Time from an event's commit to its frame being written to a live subscriber's socket",
@@ -135,13 +137,129 @@ impl Metrics {
     }
 }
 
+/// Most buckets a [`LatencyHistogram`] has (its `+Inf` one included).
+const MAX_BUCKETS: usize = 16;
+
+/// A histogram of latencies that every connection's writer adds to after
+/// each write (`herald_publish_to_deliver_seconds`).
+///
+/// Why not prometheus-client's `Histogram`: it takes one mutex, shared by
+/// every connection, per observation, so the writers on both cores took
+/// turns on one lock for every event delivered. Here a writer counts the
+/// events of one write into buckets of its own and adds them with one
+/// atomic addition per bucket it used; encoded as a Prometheus histogram
+/// like the crate's.
+#[derive(Debug, Clone)]
+pub(crate) struct LatencyHistogram {
+    inner: Arc<LatencyInner>,
+}
+
+#[derive(Debug)]
+struct LatencyInner {
+    /// Upper bounds, microseconds, ascending; the last bucket is `+Inf`.
+    bounds_us: Vec<u64>,
+    /// Per bucket (not cumulative), `bounds_us.len() + 1` of them.
+    counts: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// A histogram with these upper bounds in seconds (ascending; at most
+    /// 15 of them), and `+Inf`.
+    pub(crate) fn new(bounds_seconds: &[f64]) -> LatencyHistogram {
+        let mut bounds_us: Vec<u64> = bounds_seconds.iter().map(|s| (s * 1e6).round() as u64).collect();
+        bounds_us.truncate(MAX_BUCKETS - 1);
+        let counts = (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect();
+        LatencyHistogram { inner: Arc::new(LatencyInner { bounds_us, counts, sum_us: AtomicU64::new(0) }) }
+    }
+
+    /// Add these latencies (microseconds).
+    pub(crate) fn observe_us(&self, latencies: impl IntoIterator<Item = u64>) {
+        let inner = &*self.inner;
+        let mut local = [0u64; MAX_BUCKETS];
+        let mut sum = 0u64;
+        let mut any = false;
+        for us in latencies {
+            let bucket = inner.bounds_us.iter().position(|b| us <= *b).unwrap_or(inner.bounds_us.len());
+            local[bucket] += 1;
+            sum = sum.saturating_add(us);
+            any = true;
+        }
+        if !any {
+            return;
+        }
+        for (count, add) in inner.counts.iter().zip(local) {
+            if add > 0 {
+                count.fetch_add(add, Ordering::Relaxed);
+            }
+        }
+        inner.sum_us.fetch_add(sum, Ordering::Relaxed);
+    }
+
+    /// `(count, sum in seconds, per-bucket counts)` as encoded.
+    fn snapshot(&self) -> (u64, f64, Vec<(f64, u64)>) {
+        let inner = &*self.inner;
+        let buckets: Vec<(f64, u64)> = inner
+            .bounds_us
+            .iter()
+            .map(|b| *b as f64 / 1e6)
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        (count, inner.sum_us.load(Ordering::Relaxed) as f64 / 1e6, buckets)
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (count, sum, buckets) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// Record the commit-to-socket latency of the live events among `frames`,
 /// just written.
-pub(crate) fn observe_written(latency: &Histogram, frames: &[herald_core::Frame]) {
+pub(crate) fn observe_written<'a>(
+    latency: &LatencyHistogram,
+    frames: impl IntoIterator<Item = &'a herald_core::Frame>,
+) {
     let now = herald_core::event::now_us();
-    for f in frames {
-        if let herald_core::Frame::Event(_, t) = f {
-            latency.observe(now.saturating_sub(*t) as f64 / 1e6);
-        }
+    latency.observe_us(frames.into_iter().filter_map(|f| match f {
+        herald_core::Frame::Event(_, t) => Some(now.saturating_sub(*t)),
+        _ => None,
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_their_buckets_and_encode_as_a_prometheus_histogram() {
+        let h = LatencyHistogram::new(&[0.001, 0.01]);
+        h.observe_us([500, 1_000, 1_001, 20_000]);
+        h.observe_us([]);
+        let (count, sum, buckets) = h.snapshot();
+        assert_eq!(count, 4);
+        assert!((sum - 0.022501).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets, vec![(0.001, 2), (0.01, 1), (f64::INFINITY, 1)]);
+        let mut registry = Registry::default();
+        registry.register("lat_seconds", "test", h);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
+        assert!(text.contains("# TYPE lat_seconds histogram"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"0.001\"} 2"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"0.01\"} 3"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 4"), "{text}");
+        assert!(text.contains("lat_seconds_count 4"), "{text}");
     }
 }

@@ -6,11 +6,12 @@
 //! write buffer, and keeps a read chunk and a write buffer per connection
 //! for its whole life (about 8 KiB of an idle connection's 13). Here:
 //!
-//! - **Writing** ([`Encoder`]): a frame is a small header followed by the
-//!   shared payload `Bytes`, handed to the socket as is with one vectored
-//!   write for everything queued (`writev`); batched messages
-//!   (`hello.batch`) are one header and the payloads separated by `\n`,
-//!   again without copying them.
+//! - **Writing** ([`Encoder`]): everything a connection has queued goes
+//!   out with one write: headers and payloads of up to [`COPY_MAX`] bytes
+//!   copied into one buffer (which exists only while there is something to
+//!   write), larger payloads written from their shared `Bytes` as they are
+//!   (`writev`); batched messages (`hello.batch`) are one header and the
+//!   payloads separated by `\n`.
 //! - **Reading** ([`Reader`]): bytes are read through a buffer on the
 //!   stack, and only what a partial frame needs is kept in the connection's
 //!   own buffer, which is released whenever it runs empty. An idle
@@ -23,7 +24,7 @@
 //! larger than the limit is refused before it is buffered (close 1009), and
 //! every other rule broken closes with 1002.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -305,67 +306,120 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 }
 
 /// The header of an unmasked server frame with `fin` set.
-fn header(opcode: u8, len: usize, out: &mut BytesMut) {
-    out.put_u8(0x80 | opcode);
+fn header(opcode: u8, len: usize, out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
     if len < 126 {
-        out.put_u8(len as u8);
+        out.push(len as u8);
     } else if len <= usize::from(u16::MAX) {
-        out.put_u8(126);
-        out.put_u16(len as u16);
+        out.push(126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
     }
 }
 
-/// Builds the server's frames as a list of byte slices (headers and the
-/// shared payloads), written with vectored writes.
+/// Payloads up to this size are copied into the encoder's buffer; larger
+/// ones are written from their shared bytes as they are.
+pub(crate) const COPY_MAX: usize = 2048;
+
+/// A piece of what is to be written: bytes of the encoder's own buffer,
+/// or a shared payload.
+#[derive(Debug)]
+enum Part {
+    Own(std::ops::Range<usize>),
+    Shared(Bytes),
+}
+
+impl Part {
+    fn bytes<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
+        match self {
+            Part::Own(r) => &buf[r.clone()],
+            Part::Shared(b) => b,
+        }
+    }
+}
+
+/// Builds the server's frames for one write: headers and small payloads
+/// copied into one buffer, large payloads referenced where they are, all
+/// handed to the socket with one (vectored) write.
+///
+/// Why copy: a frame's payload is shared by every subscriber of the same
+/// event, and writing it from there (one `iovec` per header, payload and
+/// separator) cost more than the copy it saved. Each reference is an
+/// atomic count that the fan-out's thread raises and the writers' threads
+/// lower, so the count's cache line moved between the cores three times
+/// per delivery, and the kernel walked two or three `iovec`s per message.
+/// Copying a few hundred bytes that are in the cache is cheaper than
+/// either; a large payload is still not copied.
 #[derive(Debug, Default)]
 pub(crate) struct Encoder {
-    headers: BytesMut,
-    parts: Vec<Bytes>,
+    buf: Vec<u8>,
+    parts: Vec<Part>,
+    /// Where the buffer's bytes not yet in `parts` start.
+    open: usize,
+    /// Bytes of the shared parts.
+    shared: usize,
 }
 
-static NEWLINE: Bytes = Bytes::from_static(b"\n");
-
 impl Encoder {
-    fn push_header(&mut self, opcode: u8, len: usize) {
-        header(opcode, len, &mut self.headers);
-        self.parts.push(self.headers.split().freeze());
+    /// Bytes encoded and not yet written.
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len() + self.shared
     }
 
-    fn push_part(&mut self, b: Bytes) {
-        self.parts.push(b);
+    /// Make room for `n` more bytes to be copied.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.buf.reserve(n);
+    }
+
+    /// The buffer's bytes since the last part become a part.
+    fn seal(&mut self) {
+        if self.buf.len() > self.open {
+            self.parts.push(Part::Own(self.open..self.buf.len()));
+            self.open = self.buf.len();
+        }
+    }
+
+    fn push_payload(&mut self, b: &Bytes) {
+        if b.len() <= COPY_MAX {
+            self.buf.extend_from_slice(b);
+        } else {
+            self.seal();
+            self.shared += b.len();
+            self.parts.push(Part::Shared(b.clone()));
+        }
     }
 
     /// One text frame holding `payload` (valid UTF-8).
-    pub(crate) fn text(&mut self, payload: Bytes) {
-        self.push_header(OP_TEXT, payload.len());
-        self.push_part(payload);
+    pub(crate) fn text(&mut self, payload: &Bytes) {
+        header(OP_TEXT, payload.len(), &mut self.buf);
+        self.push_payload(payload);
     }
 
     /// One text frame holding the messages one per line (`hello.batch`).
-    pub(crate) fn text_lines(&mut self, lines: &[Bytes]) {
-        let total = lines.iter().map(Bytes::len).sum::<usize>() + lines.len().saturating_sub(1);
-        self.push_header(OP_TEXT, total);
-        for (i, line) in lines.iter().enumerate() {
+    pub(crate) fn text_lines<'a>(&mut self, lines: impl Iterator<Item = &'a Bytes> + Clone) {
+        let n = lines.clone().count();
+        let total = lines.clone().map(Bytes::len).sum::<usize>() + n.saturating_sub(1);
+        header(OP_TEXT, total, &mut self.buf);
+        for (i, line) in lines.enumerate() {
             if i > 0 {
-                self.push_part(NEWLINE.clone());
+                self.buf.push(b'\n');
             }
-            self.push_part(line.clone());
+            self.push_payload(line);
         }
     }
 
     /// A ping with an empty body.
     pub(crate) fn ping(&mut self) {
-        self.push_header(OP_PING, 0);
+        header(OP_PING, 0, &mut self.buf);
     }
 
     /// A pong answering a ping's body.
-    pub(crate) fn pong(&mut self, body: Bytes) {
-        let body = body.slice(..body.len().min(125));
-        self.push_header(OP_PONG, body.len());
-        self.push_part(body);
+    pub(crate) fn pong(&mut self, body: &[u8]) {
+        let body = &body[..body.len().min(125)];
+        header(OP_PONG, body.len(), &mut self.buf);
+        self.buf.extend_from_slice(body);
     }
 
     /// A close frame with `code` and `reason` (cut to fit a control frame).
@@ -374,21 +428,27 @@ impl Encoder {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        let mut body = BytesMut::with_capacity(2 + end);
-        body.put_u16(code);
-        body.extend_from_slice(&reason.as_bytes()[..end]);
-        self.push_header(OP_CLOSE, body.len());
-        self.push_part(body.freeze());
+        header(OP_CLOSE, 2 + end, &mut self.buf);
+        self.buf.extend_from_slice(&code.to_be_bytes());
+        self.buf.extend_from_slice(&reason.as_bytes()[..end]);
     }
 
-    /// Write everything built so far into `io` and forget it.
+    /// Write everything built so far into `io` and forget it (the buffer's
+    /// memory is kept for the next write; drop the encoder to release it).
     pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        self.seal();
         let mut first = 0;
         while first < self.parts.len() {
             let n = {
-                let end = self.parts.len().min(first + MAX_SLICES);
-                let slices: Vec<io::IoSlice<'_>> = self.parts[first..end].iter().map(|b| io::IoSlice::new(b)).collect();
-                io.write_vectored(&slices).await?
+                let Encoder { buf, parts, .. } = &*self;
+                if first + 1 == parts.len() {
+                    io.write(parts[first].bytes(buf)).await?
+                } else {
+                    let end = parts.len().min(first + MAX_SLICES);
+                    let slices: Vec<io::IoSlice<'_>> =
+                        parts[first..end].iter().map(|p| io::IoSlice::new(p.bytes(buf))).collect();
+                    io.write_vectored(&slices).await?
+                }
             };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
@@ -397,11 +457,18 @@ impl Encoder {
             let mut left = n;
             while left > 0 {
                 let part = &mut self.parts[first];
-                if left >= part.len() {
-                    left -= part.len();
+                let len = match part {
+                    Part::Own(r) => r.len(),
+                    Part::Shared(b) => b.len(),
+                };
+                if left >= len {
+                    left -= len;
                     first += 1;
                 } else {
-                    part.advance(left);
+                    match part {
+                        Part::Own(r) => r.start += left,
+                        Part::Shared(b) => b.advance(left),
+                    }
                     left = 0;
                 }
             }
@@ -411,8 +478,9 @@ impl Encoder {
         if self.parts.capacity() > MAX_SLICES {
             self.parts = Vec::new();
         }
-        // The headers' buffer is released once its frozen slices are written.
-        self.headers = BytesMut::new();
+        self.buf.clear();
+        self.open = 0;
+        self.shared = 0;
         Ok(())
     }
 }
@@ -441,6 +509,7 @@ pub(crate) fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<Inbound>, String> {
         let mut d = Decoder::new(max);
@@ -553,25 +622,29 @@ mod tests {
         let (server, client) = tokio::io::duplex(1 << 20);
         let (_, mut w) = tokio::io::split(server);
         let mut enc = Encoder::default();
-        enc.text(Bytes::from_static(b"{\"a\":1}"));
-        enc.text_lines(&[Bytes::from_static(b"1"), Bytes::from_static(b"2"), Bytes::from_static(b"3")]);
+        enc.text(&Bytes::from_static(b"{\"a\":1}"));
+        let lines = [Bytes::from_static(b"1"), Bytes::from_static(b"2"), Bytes::from_static(b"3")];
+        enc.text_lines(lines.iter());
         let big = Bytes::from("x".repeat(70_000));
-        enc.text(big.clone());
+        enc.text(&big);
+        // A large payload between small ones: copied around, referenced itself.
+        enc.text_lines([Bytes::from_static(b"a"), big.clone(), Bytes::from_static(b"b")].iter());
         enc.ping();
-        enc.pong(Bytes::from_static(b"p"));
+        enc.pong(b"p");
         enc.close(4408, "slow consumer");
         enc.write_to(&mut w).await.expect("written");
-        assert!(enc.parts.is_empty());
+        assert!(enc.parts.is_empty() && enc.pending() == 0);
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         let mut got = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..7 {
             got.push(ws.next().await.expect("a message").expect("valid"));
         }
         assert_eq!(got[0], Message::text("{\"a\":1}"));
         assert_eq!(got[1], Message::text("1\n2\n3"));
         assert_eq!(got[2].len(), big.len());
-        assert!(matches!(got[3], Message::Ping(_)));
-        assert!(matches!(&got[4], Message::Pong(p) if p.as_ref() == b"p"));
-        assert!(matches!(&got[5], Message::Close(Some(f)) if u16::from(f.code) == 4408 && f.reason == "slow consumer"));
+        assert_eq!(got[3], Message::text(format!("a\n{}\nb", "x".repeat(70_000))));
+        assert!(matches!(got[4], Message::Ping(_)));
+        assert!(matches!(&got[5], Message::Pong(p) if p.as_ref() == b"p"));
+        assert!(matches!(&got[6], Message::Close(Some(f)) if u16::from(f.code) == 4408 && f.reason == "slow consumer"));
     }
 }

@@ -1,9 +1,9 @@
 //! The writer task: drains a connection's outbox into the socket.
 //!
-//! Every frame queued since the last wake-up is framed (a header before
-//! each shared payload, see [`super::wire`]) and written with one vectored
-//! write, so a client that is behind gets many frames per syscall and no
-//! payload is copied. Bytes stay counted against the outbox bound until
+//! Every frame queued since the last wake-up is framed and written with
+//! one write (see [`super::wire::Encoder`]: small payloads copied into one
+//! buffer, large ones referenced), so a client that is behind gets many
+//! frames per syscall. Bytes stay counted against the outbox bound until
 //! written. While idle the task holds no buffer.
 //!
 //! A client that said `hello.batch` gets consecutive text messages packed
@@ -11,10 +11,11 @@
 //! up to [`MAX_BATCH_BYTES`]: fewer frames to build, mask-check and parse
 //! on both sides when events come faster than the client reads.
 
-use super::wire::Encoder;
+use super::wire::{Encoder, COPY_MAX};
+use crate::metrics::LatencyHistogram;
 use bytes::Bytes;
 use herald_core::{Frame, Outbox};
-use prometheus_client::metrics::histogram::Histogram;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -24,61 +25,79 @@ use tracing::debug;
 /// does not hold back the first message for long nor need a big buffer.
 pub(crate) const MAX_BATCH_BYTES: usize = 64 * 1024;
 
+/// Encoded bytes after which the writer writes before it encodes more, so
+/// that a deep queue is not copied into the buffer all at once.
+const WRITE_CHUNK: usize = 256 * 1024;
+
 /// Write `outbox` into `io` until a close frame or a write error.
-pub(crate) async fn run<W>(mut io: W, outbox: Arc<Outbox>, latency: Histogram, batch: Arc<AtomicBool>)
+pub(crate) async fn run<W>(mut io: W, outbox: Arc<Outbox>, latency: LatencyHistogram, batch: Arc<AtomicBool>)
 where
     W: AsyncWrite + Unpin,
 {
-    let mut frames: Vec<Frame> = Vec::new();
+    let mut frames: VecDeque<Frame> = VecDeque::new();
     let mut enc = Encoder::default();
-    // Text messages waiting to be packed into one batched frame.
-    let mut lines: Vec<Bytes> = Vec::new();
-    let mut lines_len = 0usize;
     loop {
-        outbox.take(&mut frames);
+        outbox.take_all(&mut frames);
         if frames.is_empty() {
             // Idle: hold no buffers while waiting (the sweeper gives back
             // the outbox's queue buffer of an idle connection).
-            frames = Vec::new();
-            lines = Vec::new();
+            frames = VecDeque::new();
             enc = Encoder::default();
             outbox.ready().await;
             continue;
         }
         let batching = batch.load(Ordering::Relaxed);
+        let frames_now = frames.make_contiguous();
+        // Room for what will be copied (headers and small payloads), so
+        // the buffer is allocated once, not grown frame by frame.
+        let copied: usize = frames_now.iter().map(|f| if f.cost() <= COPY_MAX { f.cost() + 14 } else { 14 }).sum();
+        enc.reserve(copied.min(WRITE_CHUNK + MAX_BATCH_BYTES));
         let mut close = None;
-        for frame in &frames {
+        let mut i = 0;
+        while i < frames_now.len() {
+            let frame = &frames_now[i];
             match frame {
-                Frame::Text(b) | Frame::Event(b, _) if batching => {
-                    // Full: what is packed goes out first.
-                    if !lines.is_empty() && lines_len + 1 + b.len() > MAX_BATCH_BYTES {
-                        flush_lines(&mut enc, &mut lines, &mut lines_len);
-                    }
-                    lines_len += b.len() + usize::from(!lines.is_empty());
-                    lines.push(b.clone());
-                }
-                other => {
-                    // A control frame goes after the text packed before it.
-                    flush_lines(&mut enc, &mut lines, &mut lines_len);
-                    match other {
-                        Frame::Text(b) | Frame::Event(b, _) => enc.text(b.clone()),
-                        Frame::Ping => enc.ping(),
-                        Frame::Pong(body) => enc.pong(body.clone()),
-                        Frame::Close(code, reason) => {
-                            close = Some((*code, reason.clone()));
+                Frame::Text(_) | Frame::Event(..) if batching => {
+                    // The run of text messages that fits one batched frame
+                    // (one alone goes out as itself).
+                    let start = i;
+                    let mut len = text(frame).map_or(0, Bytes::len);
+                    i += 1;
+                    while let Some(b) = frames_now.get(i).and_then(text) {
+                        if len + 1 + b.len() > MAX_BATCH_BYTES {
                             break;
                         }
+                        len += 1 + b.len();
+                        i += 1;
                     }
+                    enc.text_lines(frames_now[start..i].iter().filter_map(text));
+                }
+                Frame::Text(b) | Frame::Event(b, _) => {
+                    enc.text(b);
+                    i += 1;
+                }
+                Frame::Ping => {
+                    enc.ping();
+                    i += 1;
+                }
+                Frame::Pong(body) => {
+                    enc.pong(body);
+                    i += 1;
+                }
+                Frame::Close(code, reason) => {
+                    close = Some((*code, reason.clone()));
+                    i = frames_now.len();
+                }
+            }
+            if enc.pending() >= WRITE_CHUNK || i == frames_now.len() {
+                if let Err(e) = enc.write_to(&mut io).await {
+                    debug!(error = %e, "WebSocket write failed.");
+                    return;
                 }
             }
         }
-        flush_lines(&mut enc, &mut lines, &mut lines_len);
-        if let Err(e) = enc.write_to(&mut io).await {
-            debug!(error = %e, "WebSocket write failed.");
-            return;
-        }
-        outbox.written(&frames);
-        crate::metrics::observe_written(&latency, &frames);
+        outbox.written_bytes(frames.iter().map(Frame::cost).sum());
+        crate::metrics::observe_written(&latency, frames.iter());
         frames.clear();
         if let Some((code, reason)) = close {
             enc.close(code, &reason);
@@ -89,15 +108,12 @@ where
     }
 }
 
-/// Frame the packed lines (one message alone goes out as itself).
-fn flush_lines(enc: &mut Encoder, lines: &mut Vec<Bytes>, len: &mut usize) {
-    match lines.len() {
-        0 => {}
-        1 => enc.text(lines[0].clone()),
-        _ => enc.text_lines(lines),
+/// The bytes of a text message (a reply or an event).
+fn text(frame: &Frame) -> Option<&Bytes> {
+    match frame {
+        Frame::Text(b) | Frame::Event(b, _) => Some(b),
+        _ => None,
     }
-    lines.clear();
-    *len = 0;
 }
 
 #[cfg(test)]
@@ -117,7 +133,7 @@ mod tests {
         outbox.push(Frame::Close(1000, "done".into())).expect("queued");
         let (mut server, client) = tokio::io::duplex(1 << 20);
         // The server's end stays open: the client answers pings into it.
-        run(&mut server, outbox, Histogram::new([1.0]), Arc::new(AtomicBool::new(batch))).await;
+        run(&mut server, outbox, LatencyHistogram::new(&[1.0]), Arc::new(AtomicBool::new(batch))).await;
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         let mut got = Vec::new();
         while let Some(m) = ws.next().await {
