@@ -25,6 +25,7 @@ mod revocation;
 mod state;
 mod streams;
 mod subscription;
+mod writers;
 mod ws;
 
 pub use app::{app, Server, ServerError};

@@ -82,7 +82,12 @@ where
     let (conn_id, handle) = s.connections.add(outbox.clone(), s.now_ms(), false);
     debug!(conn = conn_id, %peer, "WebSocket connected.");
     let batch = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writer = tokio::spawn(writer::run(sink, outbox.clone(), s.metrics.deliver_latency.clone(), batch.clone()));
+    let mut writer = crate::writers::handle().spawn(writer::run(
+        sink,
+        outbox.clone(),
+        s.metrics.deliver_latency.clone(),
+        batch.clone(),
+    ));
     let owner = herald_core::owner_key(None, Some(peer.ip()));
     let mut conn = Connection {
         peer,
