@@ -323,6 +323,16 @@ fn header(opcode: u8, len: usize, out: &mut Vec<u8>) {
 /// ones are written from their shared bytes as they are.
 pub(crate) const COPY_MAX: usize = 2048;
 
+/// The largest buffer a thread keeps for its next writer.
+const MAX_SPARE: usize = 512 * 1024;
+
+thread_local! {
+    /// One copy buffer per thread, lent to an encoder for one write: the
+    /// writers of a thousand connections take turns on a few warm buffers
+    /// instead of each allocating (and faulting in) its own per write.
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// A piece of what is to be written: bytes of the encoder's own buffer,
 /// or a shared payload.
 #[derive(Debug)]
@@ -368,8 +378,12 @@ impl Encoder {
         self.buf.len() + self.shared
     }
 
-    /// Make room for `n` more bytes to be copied.
+    /// Make room for `n` more bytes to be copied. An encoder without a
+    /// buffer takes its thread's spare one (see [`SPARE`]).
     pub(crate) fn reserve(&mut self, n: usize) {
+        if self.buf.capacity() == 0 {
+            self.buf = SPARE.with(|s| s.take());
+        }
         self.buf.reserve(n);
     }
 
@@ -481,6 +495,15 @@ impl Encoder {
         self.buf.clear();
         self.open = 0;
         self.shared = 0;
+        // Written: the buffer goes back to this thread for the next writer
+        // (a connection keeps none between writes).
+        if self.buf.capacity() <= MAX_SPARE {
+            let buf = std::mem::take(&mut self.buf);
+            SPARE.with(|s| {
+                let held = s.take();
+                s.set(if held.capacity() >= buf.capacity() { held } else { buf });
+            });
+        }
         Ok(())
     }
 }
