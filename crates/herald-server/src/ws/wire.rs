@@ -381,10 +381,16 @@ impl Encoder {
     /// Make room for `n` more bytes to be copied. An encoder without a
     /// buffer takes its thread's spare one (see [`SPARE`]).
     pub(crate) fn reserve(&mut self, n: usize) {
+        self.borrow_spare();
+        self.buf.reserve(n);
+    }
+
+    /// An encoder without a buffer (new, or just written) takes its
+    /// thread's spare one before it copies anything.
+    fn borrow_spare(&mut self) {
         if self.buf.capacity() == 0 {
             self.buf = SPARE.with(|s| s.take());
         }
-        self.buf.reserve(n);
     }
 
     /// The buffer's bytes since the last part become a part.
@@ -407,12 +413,14 @@ impl Encoder {
 
     /// One text frame holding `payload` (valid UTF-8).
     pub(crate) fn text(&mut self, payload: &Bytes) {
+        self.borrow_spare();
         header(OP_TEXT, payload.len(), &mut self.buf);
         self.push_payload(payload);
     }
 
     /// One text frame holding the messages one per line (`hello.batch`).
     pub(crate) fn text_lines<'a>(&mut self, lines: impl Iterator<Item = &'a Bytes> + Clone) {
+        self.borrow_spare();
         let n = lines.clone().count();
         let total = lines.clone().map(Bytes::len).sum::<usize>() + n.saturating_sub(1);
         header(OP_TEXT, total, &mut self.buf);
@@ -426,11 +434,13 @@ impl Encoder {
 
     /// A ping with an empty body.
     pub(crate) fn ping(&mut self) {
+        self.borrow_spare();
         header(OP_PING, 0, &mut self.buf);
     }
 
     /// A pong answering a ping's body.
     pub(crate) fn pong(&mut self, body: &[u8]) {
+        self.borrow_spare();
         let body = &body[..body.len().min(125)];
         header(OP_PONG, body.len(), &mut self.buf);
         self.buf.extend_from_slice(body);
@@ -438,6 +448,7 @@ impl Encoder {
 
     /// A close frame with `code` and `reason` (cut to fit a control frame).
     pub(crate) fn close(&mut self, code: u16, reason: &str) {
+        self.borrow_spare();
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
             end -= 1;
@@ -447,8 +458,8 @@ impl Encoder {
         self.buf.extend_from_slice(&reason.as_bytes()[..end]);
     }
 
-    /// Write everything built so far into `io` and forget it (the buffer's
-    /// memory is kept for the next write; drop the encoder to release it).
+    /// Write everything built so far into `io` and forget it (the buffer
+    /// goes back to the thread's spare for the next write).
     pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         self.seal();
         let mut first = 0;
