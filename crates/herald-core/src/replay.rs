@@ -9,7 +9,10 @@
 //! not read holds at most its own connection's turns, and memory for at
 //! most that many chunks. However many subscriptions ask for history at
 //! once, they advance in turns instead of all at once, and the live path
-//! (fan-out, `hello`, publishes) never waits for them.
+//! (fan-out, `hello`, publishes) never waits for them. A catch-up reads its
+//! next chunk while it delivers the current one only with a turn that is
+//! free at once ([`ReplayPermits::try_turn`]), so reading ahead never makes
+//! anyone wait and still holds no more chunks than turns.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,6 +74,20 @@ impl ReplayPermits {
         Arc::new(ReplayPermits { conn: many(), owner: many(), node: many(), stats: Arc::default() })
     }
 
+    /// A turn if all three permits are free now, else `None`, without
+    /// waiting: for reading the next chunk ahead while this one is
+    /// delivered. A task that holds a turn must never wait for another (two
+    /// subscriptions of one connection could then wait on each other), so
+    /// reading ahead only ever tries.
+    pub fn try_turn(&self) -> Option<ReadTurn> {
+        let conn = self.conn.clone().try_acquire_owned().ok()?;
+        let owner = self.owner.clone().try_acquire_owned().ok()?;
+        let node = self.node.clone().try_acquire_owned().ok()?;
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(ReadTurn { _conn: Some(conn), shared: Some((Some(owner), Some(node))), stats: self.stats.clone() })
+    }
+
     /// Wait for a turn to read one chunk.
     pub async fn turn(&self) -> ReadTurn {
         // The semaphores are never closed, so acquiring cannot fail; if it
@@ -117,5 +134,27 @@ mod tests {
         let _ta2 = tokio::time::timeout(Duration::from_millis(20), a.turn()).await.expect("all back");
         assert_eq!(stats.in_flight.load(Ordering::Relaxed), 2, "c's second turn and a's new one");
         assert_eq!(stats.reads.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn trying_for_a_turn_never_waits_and_takes_all_three_permits_or_none() {
+        let owner = Arc::new(Semaphore::new(1));
+        let node = Arc::new(Semaphore::new(8));
+        let stats = Arc::new(ReplayStats::default());
+        let a = ReplayPermits::new(2, owner.clone(), node.clone(), stats.clone());
+        let mut first = a.try_turn().expect("all free");
+        // The owner's only permit is taken: no turn, and the connection's
+        // permit it took on the way is given back.
+        assert!(a.try_turn().is_none());
+        assert_eq!(a.conn.available_permits(), 1);
+        first.read_done();
+        let second = a.try_turn().expect("owner free again");
+        // Both of the connection's permits are held now.
+        assert_eq!(a.conn.available_permits(), 0);
+        assert!(a.try_turn().is_none());
+        drop((first, second));
+        assert_eq!((a.conn.available_permits(), owner.available_permits(), node.available_permits()), (2, 1, 8));
+        assert_eq!(stats.reads.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.in_flight.load(Ordering::Relaxed), 0);
     }
 }

@@ -8,6 +8,8 @@
 //! [`ReplayPermits`](herald_core::ReplayPermits): per connection, per user
 //! and per node, so however many replays are asked for at once they advance
 //! in turns, on the blocking pool, and the live path never waits for them.
+//! While a chunk is delivered the next one is read, when a turn is free at
+//! once (a connection has two by default).
 //! It stops when the subscription is paused or removed, or when the
 //! connection closes.
 
@@ -15,7 +17,7 @@ use crate::config::LimitsConfig;
 use crate::error::ClientError;
 use crate::state::AppState;
 use herald_core::event::parse_time_us;
-use herald_core::{Filter, Frame, GoLive, Pattern, Principal, Registration, Start, SubEntry, SubSpec};
+use herald_core::{Event, Filter, Frame, GoLive, Pattern, Principal, ReadTurn, Registration, Start, SubEntry, SubSpec};
 use herald_log::ReadQuery;
 use herald_protocol::{encode, ErrorCode, ServerMessage};
 use herald_protocol::{Binding, Since};
@@ -230,9 +232,49 @@ pub(crate) fn spawn_catch_up(state: AppState, entry: Arc<SubEntry>) {
     tokio::spawn(catch_up(state, entry));
 }
 
+/// One chunk of a catch-up: what the log holds after `after` (up to its
+/// last event, or up to `upto` when it is empty), read in `turn`.
+struct Chunk {
+    after: u64,
+    upto: u64,
+    events: Result<Vec<Arc<Event>>, herald_log::LogError>,
+    /// The connection's part of the turn is kept while the chunk is delivered.
+    turn: ReadTurn,
+}
+
+/// Read the chunk after `after` up to `upto` in `turn`.
+async fn read_chunk(state: &AppState, exchanges: &[String], after: u64, upto: u64, mut turn: ReadTurn) -> Chunk {
+    let query = ReadQuery {
+        exchanges: Some(exchanges.to_vec()),
+        after,
+        upto,
+        limit: CHUNK,
+        newest_first: false,
+        max_bytes: CHUNK_BYTES,
+    };
+    let events = state.get().log.read(query).await;
+    turn.read_done();
+    Chunk { after, upto, events, turn }
+}
+
+/// How delivering a chunk ended.
+enum Delivered {
+    /// Every frame is queued.
+    All,
+    /// A pause stopped it: the cursor to keep (the last id queued).
+    PausedAt(u64),
+    /// The connection is closed.
+    Closed,
+}
+
 async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
     let s = state.get();
-    let exchanges = entry.spec.exchanges();
+    let exchanges: Arc<[String]> = entry.spec.exchanges().into();
+    // The next chunk, being read while this one is delivered: the read (on
+    // the blocking pool, or a round trip to the cluster) and the framing and
+    // writing of the chunk before it overlap instead of taking turns, which
+    // was most of a replay's time on an idle core (see docs/operations.md).
+    let mut ahead: Option<tokio::task::JoinHandle<Chunk>> = None;
     loop {
         if entry.park_if_pause_requested() {
             return;
@@ -241,26 +283,25 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
             GoLive::Live | GoLive::Stopped => return,
             GoLive::Ahead => {
                 // Committed but not yet dispatched: the fan-out is a moment behind the log.
+                ahead = None;
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
             GoLive::Behind(head) => head,
         };
         let cursor = entry.cursor();
-        let query = ReadQuery {
-            exchanges: Some(exchanges.clone()),
-            after: cursor,
-            upto: target,
-            limit: CHUNK,
-            newest_first: false,
-            max_bytes: CHUNK_BYTES,
+        let read_ahead = match ahead.take() {
+            Some(handle) => handle.await.ok().filter(|c| c.after == cursor),
+            None => None,
         };
-        // Wait for a turn; the connection's part of it is kept while this
-        // chunk is delivered (see `herald_core::replay`).
-        let mut turn = entry.replay.turn().await;
-        let read = s.log.read(query).await;
-        turn.read_done();
-        let events = match read {
+        let chunk = match read_ahead {
+            Some(chunk) => chunk,
+            // Wait for a turn; the connection's part of it is kept while this
+            // chunk is delivered (see `herald_core::replay`).
+            None => read_chunk(&state, &exchanges, cursor, target, entry.replay.turn().await).await,
+        };
+        let Chunk { upto: read_upto, events, turn, .. } = chunk;
+        let events = match events {
             Ok(events) => events,
             Err(e) => {
                 error!(error = %e, sub = %entry.sub, "Replay failed: the log could not be read.");
@@ -280,42 +321,62 @@ async fn catch_up(state: AppState, entry: Arc<SubEntry>) {
         };
         // A chunk may be cut short by its byte budget: read on from its last
         // event; only an empty read proves nothing is left up to the target.
-        let upto = events.last().map_or(target, |last| last.id);
-        let mut stopped_at = None;
-        // The chunk's frames, then offered many at a time (one lock and one
-        // writer wake-up per batch instead of per event).
-        let mut ids = Vec::with_capacity(events.len());
-        let mut frames = Vec::with_capacity(events.len());
-        for event in &events {
-            if !entry.wants(event) {
-                continue;
-            }
-            ids.push(event.id);
-            frames.push(Frame::Text(entry.frame(event)));
-        }
-        let mut next = 0;
-        while next < frames.len() {
-            let need = match &frames[next] {
-                Frame::Text(b) => b.len(),
-                _ => 0,
-            };
-            if !entry.outbox.wait_for_space(need).await {
-                return;
-            }
-            // A pause stops the chunk right after what was queued (checked
-            // after the wait, which may be long for a slow client).
-            if entry.pause_pending() {
-                stopped_at = Some(ids[next] - 1);
-                break;
-            }
-            match entry.outbox.offer_many(&frames[next..]) {
-                Ok(n) => {
-                    s.metrics.replayed.inc_by(n as u64);
-                    next += n;
-                }
-                Err(_) => return,
+        let upto = events.last().map_or(read_upto, |last| last.id);
+        // Read the next chunk meanwhile, with a turn that is free now (never
+        // wait for a second turn while holding one).
+        if upto < target {
+            if let Some(next) = entry.replay.try_turn() {
+                let (state, exchanges) = (state.clone(), exchanges.clone());
+                ahead = Some(tokio::spawn(async move { read_chunk(&state, &exchanges, upto, target, next).await }));
             }
         }
-        entry.set_cursor(stopped_at.unwrap_or(upto));
+        let delivered = deliver(&state, &entry, &events).await;
+        drop(turn);
+        match delivered {
+            Delivered::All => entry.set_cursor(upto),
+            Delivered::PausedAt(cursor) => {
+                entry.set_cursor(cursor);
+                ahead = None;
+            }
+            Delivered::Closed => return,
+        }
     }
+}
+
+/// Queue the frames of the chunk's events the subscription wants, waiting
+/// for space in the outbox, many at a time (one lock and one writer
+/// wake-up per batch instead of per event).
+async fn deliver(state: &AppState, entry: &SubEntry, events: &[Arc<Event>]) -> Delivered {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut frames = Vec::with_capacity(events.len());
+    for event in events {
+        if !entry.wants(event) {
+            continue;
+        }
+        ids.push(event.id);
+        frames.push(Frame::Text(entry.frame(event)));
+    }
+    let mut next = 0;
+    while next < frames.len() {
+        let need = match &frames[next] {
+            Frame::Text(b) => b.len(),
+            _ => 0,
+        };
+        if !entry.outbox.wait_for_space(need).await {
+            return Delivered::Closed;
+        }
+        // A pause stops the chunk right after what was queued (checked
+        // after the wait, which may be long for a slow client).
+        if entry.pause_pending() {
+            return Delivered::PausedAt(ids[next] - 1);
+        }
+        match entry.outbox.offer_many(&frames[next..]) {
+            Ok(n) => {
+                state.get().metrics.replayed.inc_by(n as u64);
+                next += n;
+            }
+            Err(_) => return Delivered::Closed,
+        }
+    }
+    Delivered::All
 }

@@ -53,7 +53,7 @@ where
         let copied: usize = frames_now.iter().map(|f| if f.cost() <= COPY_MAX { f.cost() + 14 } else { 14 }).sum();
         enc.reserve(copied.min(WRITE_CHUNK + MAX_BATCH_BYTES));
         let mut close = None;
-        let mut i = 0;
+        let (mut i, mut reported) = (0, 0);
         while i < frames_now.len() {
             let frame = &frames_now[i];
             match frame {
@@ -94,10 +94,17 @@ where
                     debug!(error = %e, "WebSocket write failed.");
                     return;
                 }
+                // Give the space back as each chunk is written, not after
+                // the whole batch: a replay (or a fan-out to a client that
+                // fell behind) refills the outbox while the rest is written,
+                // instead of waiting for all of up to
+                // `limits.max_outbound_bytes` to drain.
+                let done = &frames_now[reported..i];
+                outbox.written_bytes(done.iter().map(Frame::cost).sum());
+                crate::metrics::observe_written(&latency, done);
+                reported = i;
             }
         }
-        outbox.written_bytes(frames.iter().map(Frame::cost).sum());
-        crate::metrics::observe_written(&latency, frames.iter());
         frames.clear();
         if let Some((code, reason)) = close {
             enc.close(code, &reason);
