@@ -1,7 +1,9 @@
 //! Micro-benchmarks of the embedded log's read paths (`cargo bench -p
 //! herald-log`): a replay chunk of every exchange, a chunk of one exchange
 //! among ten (records of the others skipped inside one read), and the scan
-//! that rebuilds the idempotency window. Whole-system figures come from
+//! that rebuilds the idempotency window; and the decoding of one record in
+//! each body encoding (compact, as written now, and JSON, as written before
+//! and as a clustered log stores messages). Whole-system figures come from
 //! `herald bench`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -63,5 +65,38 @@ fn reads(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, reads);
+/// One record of a 100-byte payload, as the log writes it (compact) and
+/// with the same event in a JSON body, built from the documented format.
+fn decode(c: &mut Criterion) {
+    let event = herald_core::Event::commit(
+        7,
+        1_700_000_000_000_000,
+        NewEvent {
+            exchange: "x3".into(),
+            routing_key: "orders.eu.42".into(),
+            payload: RawValue::from_string(format!(r#"{{"n":42,"pad":"{}"}}"#, "x".repeat(84))).unwrap(),
+            acl: None,
+            headers: None,
+            origin: None,
+            idempotency_key: None,
+        },
+    );
+    let compact = herald_log::encode_record(&event);
+    let mut body = compact[8..8 + 18 + 2].to_vec();
+    serde_json::to_writer(&mut body, &serde_json::json!({"routing_key": event.routing_key, "payload": event.payload}))
+        .unwrap();
+    let mut json = (body.len() as u32).to_le_bytes().to_vec();
+    json.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    json.extend_from_slice(&body);
+    let (_, e) = herald_log::decode_record(&json).unwrap().unwrap();
+    assert_eq!(e.payload.get(), event.payload.get());
+    c.bench_function("record/decode-compact-100B", |b| {
+        b.iter(|| black_box(herald_log::decode_record(black_box(&compact)).unwrap().unwrap().0))
+    });
+    c.bench_function("record/decode-json-100B", |b| {
+        b.iter(|| black_box(herald_log::decode_record(black_box(&json)).unwrap().unwrap().0))
+    });
+}
+
+criterion_group!(benches, reads, decode);
 criterion_main!(benches);

@@ -15,6 +15,13 @@ pub(crate) const FIXED: usize = 18;
 /// Largest body accepted when scanning (anything larger is damage).
 pub(crate) const MAX_BODY: usize = 64 << 20;
 
+/// The byte after the exchange that marks a *compact* body: routing key and
+/// payload length-prefixed, the rare fields as JSON. A JSON body (the first
+/// encoding, still read, and still what a clustered log stores) starts with
+/// `{` there instead.
+pub(crate) const COMPACT: u8 = 0x01;
+
+/// The fields of a JSON body.
 #[derive(Serialize)]
 struct RestOut<'a> {
     routing_key: &'a str,
@@ -29,10 +36,48 @@ struct RestOut<'a> {
     idempotency_key: Option<&'a str>,
 }
 
+impl<'a> RestOut<'a> {
+    fn of(routing_key: &'a str, payload: &'a RawValue, rare: RareOut<'a>) -> Self {
+        let RareOut { acl, headers, origin, idempotency_key } = rare;
+        RestOut { routing_key, payload, acl, headers, origin, idempotency_key }
+    }
+}
+
+/// The fields most events lack: JSON in both encodings, so a compact body
+/// with none of them ends after its payload, and the idempotency-key scan
+/// ([`may_have_key`]) finds the key's field name in either.
+#[derive(Serialize)]
+struct RareOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl: Option<&'a Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<&'a serde_json::Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a Origin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+impl<'a> RareOut<'a> {
+    fn of(
+        acl: Option<&'a Vec<String>>,
+        headers: Option<&'a serde_json::Map<String, Value>>,
+        origin: Option<&'a Origin>,
+        key: Option<&'a str>,
+    ) -> Self {
+        RareOut { acl, headers, origin, idempotency_key: key }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.acl.is_none() && self.headers.is_none() && self.origin.is_none() && self.idempotency_key.is_none()
+    }
+}
+
 #[derive(Deserialize)]
 struct RestIn {
     routing_key: String,
     payload: Box<RawValue>,
+    // Not a flattened `RareIn`: serde cannot flatten next to a `RawValue`.
     #[serde(default)]
     acl: Option<Vec<String>>,
     #[serde(default)]
@@ -43,30 +88,39 @@ struct RestIn {
     idempotency_key: Option<String>,
 }
 
-/// Append the body of a record to `buf` (without the length and CRC header).
-fn encode_body(id: u64, time_us: u64, exchange: &str, rest: &RestOut<'_>, buf: &mut Vec<u8>) {
+#[derive(Deserialize, Default)]
+struct RareIn {
+    #[serde(default)]
+    acl: Option<Vec<String>>,
+    #[serde(default)]
+    headers: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    origin: Option<Origin>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Append the fixed part of a body: id, time and exchange.
+fn encode_fixed(id: u64, time_us: u64, exchange: &str, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&id.to_le_bytes());
     buf.extend_from_slice(&time_us.to_le_bytes());
     // Exchange names are validated to at most 255 bytes before they get here.
     buf.extend_from_slice(&(exchange.len() as u16).to_le_bytes());
     buf.extend_from_slice(exchange.as_bytes());
-    // Writing JSON into a Vec cannot fail for these types.
-    let _ = serde_json::to_writer(&mut *buf, rest);
 }
 
 /// The body of a record for an event not yet given an id (id 0): what a
 /// clustered log stores as a message, the message's sequence being its id.
+///
+/// Messages keep the JSON body: nodes of a cluster read each other's
+/// messages, and one not yet upgraded could not read a compact body.
 pub(crate) fn encode_message(time_us: u64, e: &NewEvent) -> Vec<u8> {
-    let rest = RestOut {
-        routing_key: &e.routing_key,
-        payload: &e.payload,
-        acl: e.acl.as_ref(),
-        headers: e.headers.as_ref(),
-        origin: e.origin.as_ref(),
-        idempotency_key: e.idempotency_key.as_deref(),
-    };
+    let rare = RareOut::of(e.acl.as_ref(), e.headers.as_ref(), e.origin.as_ref(), e.idempotency_key.as_deref());
+    let rest = RestOut::of(&e.routing_key, &e.payload, rare);
     let mut buf = Vec::with_capacity(FIXED + e.exchange.len() + e.payload.get().len() + 64);
-    encode_body(0, time_us, &e.exchange, &rest, &mut buf);
+    encode_fixed(0, time_us, &e.exchange, &mut buf);
+    // Writing JSON into a Vec cannot fail for these types.
+    let _ = serde_json::to_writer(&mut buf, &rest);
     buf
 }
 
@@ -77,19 +131,36 @@ pub(crate) fn decode_message(id: u64, body: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
-/// Append the record for `event` to `buf`.
+/// Append the record for `event` to `buf`, with a compact body.
 pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; HEADER]);
-    let rest = RestOut {
-        routing_key: &event.routing_key,
-        payload: &event.payload,
-        acl: event.acl.as_ref(),
-        headers: event.headers.as_ref(),
-        origin: event.origin.as_ref(),
-        idempotency_key: event.idempotency_key.as_deref(),
-    };
-    encode_body(event.id, event.time_us, &event.exchange, &rest, buf);
+    encode_fixed(event.id, event.time_us, &event.exchange, buf);
+    let rare = RareOut::of(
+        event.acl.as_ref(),
+        event.headers.as_ref(),
+        event.origin.as_ref(),
+        event.idempotency_key.as_deref(),
+    );
+    let (key, payload) = (event.routing_key.as_bytes(), event.payload.get().as_bytes());
+    match (u16::try_from(key.len()), u32::try_from(payload.len())) {
+        (Ok(key_len), Ok(payload_len)) => {
+            buf.push(COMPACT);
+            buf.extend_from_slice(&key_len.to_le_bytes());
+            buf.extend_from_slice(key);
+            buf.extend_from_slice(&payload_len.to_le_bytes());
+            buf.extend_from_slice(payload);
+            if !rare.is_empty() {
+                // Writing JSON into a Vec cannot fail for these types.
+                let _ = serde_json::to_writer(&mut *buf, &rare);
+            }
+        }
+        // Validation keeps both far below these bounds; a JSON body has none.
+        _ => {
+            let rest = RestOut::of(&event.routing_key, &event.payload, rare);
+            let _ = serde_json::to_writer(&mut *buf, &rest);
+        }
+    }
     let body_len = (buf.len() - start - HEADER) as u32;
     let crc = crc32fast::hash(&buf[start + HEADER..]);
     buf[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
@@ -158,20 +229,48 @@ pub(crate) fn may_have_key(body: &[u8]) -> bool {
 /// Decode a verified body into an event.
 pub(crate) fn decode(body: &[u8]) -> Result<Event, String> {
     let m = meta(body).ok_or("malformed record body")?;
-    let rest: RestIn = serde_json::from_slice(&body[FIXED + m.exchange.len()..]).map_err(|e| e.to_string())?;
+    let rest = &body[FIXED + m.exchange.len()..];
+    let (routing_key, payload, rare) = match rest.split_first() {
+        Some((&COMPACT, compact)) => decode_compact(compact)?,
+        _ => {
+            let r: RestIn = serde_json::from_slice(rest).map_err(|e| e.to_string())?;
+            let rare = RareIn { acl: r.acl, headers: r.headers, origin: r.origin, idempotency_key: r.idempotency_key };
+            (r.routing_key, r.payload, rare)
+        }
+    };
     Ok(Event::commit(
         m.id,
         m.time_us,
         NewEvent {
             exchange: m.exchange.to_string(),
-            routing_key: rest.routing_key,
-            payload: rest.payload,
-            acl: rest.acl,
-            headers: rest.headers,
-            origin: rest.origin,
-            idempotency_key: rest.idempotency_key,
+            routing_key,
+            payload,
+            acl: rare.acl,
+            headers: rare.headers,
+            origin: rare.origin,
+            idempotency_key: rare.idempotency_key,
         },
     ))
+}
+
+/// Decode what follows the [`COMPACT`] mark: a copy of the routing key and
+/// payload (the payload checked to be JSON, as the type promises: the CRC
+/// proves the bytes are those written, not who wrote them), then the rare
+/// fields if any bytes are left.
+fn decode_compact(b: &[u8]) -> Result<(String, Box<RawValue>, RareIn), String> {
+    const BAD: &str = "malformed compact record body";
+    let key_len = u16::from_le_bytes(b.get(0..2).ok_or(BAD)?.try_into().map_err(|_| BAD)?) as usize;
+    let key = b.get(2..2 + key_len).ok_or(BAD)?;
+    let at = 2 + key_len;
+    let payload_len = u32::from_le_bytes(b.get(at..at + 4).ok_or(BAD)?.try_into().map_err(|_| BAD)?) as usize;
+    let payload = b.get(at + 4..at + 4 + payload_len).ok_or(BAD)?;
+    let rare = &b[at + 4 + payload_len..];
+    let routing_key = std::str::from_utf8(key).map_err(|_| "routing key is not UTF-8")?.to_owned();
+    let payload = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8")?;
+    let payload = RawValue::from_string(payload.to_owned()).map_err(|e| format!("payload: {e}"))?;
+    let rare =
+        if rare.is_empty() { RareIn::default() } else { serde_json::from_slice(rare).map_err(|e| e.to_string())? };
+    Ok((routing_key, payload, rare))
 }
 
 #[cfg(test)]
@@ -197,5 +296,78 @@ mod tests {
         assert_eq!((e.id, e.exchange.as_str(), e.origin.map(|o| o.stream)), (8, "orders", Some(3)));
         let (_, e) = crate::decode_record(&seed[first..]).expect("second").expect("whole");
         assert_eq!(e.idempotency_key.as_deref(), Some("k-1"));
+    }
+
+    fn event(extra: serde_json::Value) -> Event {
+        let mut v = serde_json::json!({"exchange": "orders", "routing_key": "orders.eu", "payload": {"n": [1, "two"]}});
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            v.extend(extra.clone());
+        }
+        // The origin is the server's to fill in: a submitted event cannot carry one.
+        let origin = v.as_object_mut().and_then(|v| v.remove("origin"));
+        let mut new = serde_json::from_str::<NewEvent>(&v.to_string()).expect("event");
+        new.origin = origin.map(|o| serde_json::from_value(o).expect("origin"));
+        Event::commit(42, 1_700_000_000_000_042, new)
+    }
+
+    #[test]
+    fn records_are_written_compact_and_every_field_survives_with_or_without_the_rare_ones() {
+        let plain = crate::encode_record(&event(serde_json::json!({})));
+        let body = &plain[super::HEADER..];
+        assert_eq!(body[super::FIXED + "orders".len()], super::COMPACT, "compact mark after the exchange");
+        assert!(body.ends_with(br#"{"n":[1,"two"]}"#), "no rare fields: the body ends with the payload");
+        assert!(!super::may_have_key(body));
+        let (_, e) = crate::decode_record(&plain).expect("valid").expect("whole");
+        assert_eq!((e.routing_key.as_str(), e.payload.get()), ("orders.eu", r#"{"n":[1,"two"]}"#));
+        assert!(e.acl.is_none() && e.headers.is_none() && e.origin.is_none() && e.idempotency_key.is_none());
+
+        let rare = serde_json::json!({"acl": ["user:a"], "headers": {"CC": ["x.y"]},
+            "origin": {"peer": "ws", "stream": 3, "seq": 9}, "idempotency_key": "k-9"});
+        let full = crate::encode_record(&event(rare));
+        assert!(super::may_have_key(&full[super::HEADER..]), "the key scan finds a compact record's key");
+        let (len, e) = crate::decode_record(&full).expect("valid").expect("whole");
+        assert_eq!((len, e.id, e.time_us, e.exchange.as_str()), (full.len(), 42, 1_700_000_000_000_042, "orders"));
+        assert_eq!(e.acl, Some(vec!["user:a".to_string()]));
+        assert_eq!(e.routing_keys().collect::<Vec<_>>(), ["orders.eu", "x.y"]);
+        assert_eq!(e.origin.map(|o| (o.peer, o.stream, o.seq)), Some(("ws".to_string(), 3, 9)));
+        assert_eq!(e.idempotency_key.as_deref(), Some("k-9"));
+
+        // The hand-written compact seed decodes too.
+        let seed: &[u8] = include_bytes!("../../../fuzz/seeds/log_record/two-compact-records");
+        let (first, e) = crate::decode_record(seed).expect("seed").expect("whole");
+        assert_eq!((e.id, e.routing_key.as_str(), e.payload.get(), e.acl), (9, "orders.eu.1", r#"{"n":1}"#, None));
+        let (_, e) = crate::decode_record(&seed[first..]).expect("second").expect("whole");
+        assert_eq!((e.id, e.payload.get(), e.idempotency_key.as_deref()), (10, r#"[1,"two"]"#, Some("k-2")));
+    }
+
+    /// A body whose CRC matches but whose compact part does not hold
+    /// together: a record length, checksum and all, with `rest` after the
+    /// exchange.
+    fn forged(rest: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        super::encode_fixed(5, 6, "x", &mut body);
+        body.extend_from_slice(rest);
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_compact_body_that_does_not_hold_together_is_an_error_naming_why() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"\x01\x05", "malformed compact"),                          // key length cut short
+            (b"\x01\x09\x00a.b", "malformed compact"),                   // key longer than the body
+            (b"\x01\x03\x00a.b\x10\x00\x00\x00{}", "malformed compact"), // payload longer than the body
+            (b"\x01\x02\x00\xff\xfe\x02\x00\x00\x00{}", "routing key is not UTF-8"),
+            (b"\x01\x01\x00a\x03\x00\x00\x00{x}", "payload:"), // not JSON
+            (b"\x01\x01\x00a\x02\x00\x00\x00{}{\"acl\":7}", "invalid type"), // rare fields of the wrong type
+        ];
+        for (rest, why) in cases {
+            let err = crate::decode_record(&forged(rest)).err().unwrap_or_default();
+            assert!(err.contains(why), "{rest:?}: {err:?} should say {why:?}");
+        }
+        let (_, e) = crate::decode_record(&forged(b"\x01\x01\x00a\x02\x00\x00\x00{}")).expect("valid").expect("whole");
+        assert_eq!((e.routing_key.as_str(), e.payload.get()), ("a", "{}"));
     }
 }

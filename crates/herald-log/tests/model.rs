@@ -307,3 +307,43 @@ fn idempotency_keys_are_found_in_steps_and_only_where_they_are() {
     let (keys, last) = rt.block_on(log.idempotency_keys(300, 400, 10)).expect("scan");
     assert!(keys.is_empty() && last >= 300);
 }
+
+/// A record with a JSON body, as the log wrote them before the compact
+/// encoding (and as the crate docs describe): `rest` is the JSON object.
+fn json_record(id: u64, exchange: &str, rest: &str) -> Vec<u8> {
+    let mut body = id.to_le_bytes().to_vec();
+    body.extend_from_slice(&(1_700_000_000_000_000 + id).to_le_bytes());
+    body.extend_from_slice(&(exchange.len() as u16).to_le_bytes());
+    body.extend_from_slice(exchange.as_bytes());
+    body.extend_from_slice(rest.as_bytes());
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn a_log_written_with_json_bodies_is_read_and_continued_with_compact_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = rt();
+    let mut seg = b"HRLDSEG1".to_vec();
+    seg.extend(json_record(1, "x", r#"{"routing_key":"k","payload":{"n":0}}"#));
+    seg.extend(json_record(2, "y", r#"{"routing_key":"k","payload":{"n":1},"idempotency_key":"old"}"#));
+    std::fs::write(dir.path().join(format!("{:020}.seg", 1)), &seg).expect("write segment");
+    let cfg = LogConfig { segment_bytes: 1 << 20, ..config(dir.path()) };
+    let (log, _rx) = EmbeddedLog::open(cfg.clone()).expect("open a JSON-bodied segment");
+    assert_eq!(log.bounds().head, 2);
+    let mut keyed = ev("y", "k", 3);
+    keyed.idempotency_key = Some("new".into());
+    rt.block_on(log.append(vec![ev("x", "k", 2), keyed])).expect("append compact records to it");
+    let expected = vec![(1, "x".to_string(), 0), (2, "y".into(), 1), (3, "x".into(), 2), (4, "y".into(), 3)];
+    assert_eq!(all(&log, None), expected);
+    assert_eq!(all(&log, Some(vec!["y".into()])), vec![expected[1].clone(), expected[3].clone()]);
+    rt.block_on(log.close());
+    drop(log);
+    let (log, _rx) = EmbeddedLog::open(cfg).expect("reopen the mixed segment");
+    assert_eq!(all(&log, None), expected);
+    let (keys, _) = rt.block_on(log.idempotency_keys(0, 4, 100)).expect("key scan");
+    let keys: Vec<_> = keys.iter().map(|k| (k.id, k.key.as_str())).collect();
+    assert_eq!(keys, [(2, "old"), (4, "new")], "keys of both encodings are found");
+}
