@@ -65,8 +65,9 @@ fn reads(c: &mut Criterion) {
     });
 }
 
-/// One record of a 100-byte payload, as the log writes it (compact) and
-/// with the same event in a JSON body, built from the documented format.
+/// One record of a 100-byte payload published over WebSocket (so with an
+/// origin), as the log writes it (compact) and with the same event in a
+/// JSON body, built from the documented format.
 fn decode(c: &mut Criterion) {
     let event = herald_core::Event::commit(
         7,
@@ -77,19 +78,19 @@ fn decode(c: &mut Criterion) {
             payload: RawValue::from_string(format!(r#"{{"n":42,"pad":"{}"}}"#, "x".repeat(84))).unwrap(),
             acl: None,
             headers: None,
-            origin: None,
+            origin: Some(herald_core::event::Origin { peer: "ws".into(), stream: 17, seq: 4242 }),
             idempotency_key: None,
         },
     );
     let compact = herald_log::encode_record(&event);
     let mut body = compact[8..8 + 18 + 2].to_vec();
-    serde_json::to_writer(&mut body, &serde_json::json!({"routing_key": event.routing_key, "payload": event.payload}))
-        .unwrap();
+    let rest = serde_json::json!({"routing_key": event.routing_key, "payload": event.payload, "origin": event.origin});
+    serde_json::to_writer(&mut body, &rest).unwrap();
     let mut json = (body.len() as u32).to_le_bytes().to_vec();
     json.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     json.extend_from_slice(&body);
     let (_, e) = herald_log::decode_record(&json).unwrap().unwrap();
-    assert_eq!(e.payload.get(), event.payload.get());
+    assert_eq!((e.payload.get(), e.origin.map(|o| o.seq)), (event.payload.get(), Some(4242)));
     c.bench_function("record/decode-compact-100B", |b| {
         b.iter(|| black_box(herald_log::decode_record(black_box(&compact)).unwrap().unwrap().0))
     });

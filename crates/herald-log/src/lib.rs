@@ -37,8 +37,13 @@
 //! K     routing key, UTF-8
 //! 4     payload length P, u32 LE
 //! P     payload, JSON text
-//! ...   the rare fields, if any: JSON object {acl?, headers?, origin?, idempotency_key?};
-//!       nothing when the event has none of them
+//! 1     origin peer length O (0: no origin, and the next two fields are absent)
+//! O     origin peer, UTF-8
+//! 8     origin stream, u64 LE
+//! 8     origin sequence, u64 LE
+//! ...   the rare fields, if any: JSON object {acl?, headers?, idempotency_key?}
+//!       (and origin?, for a peer name of more than 255 bytes); nothing when
+//!       the event has none of them
 //! ```
 //!
 //! or *JSON* when it starts with `{`: one object `{routing_key, payload,
@@ -48,8 +53,8 @@
 //! two versions read each other's. Reading a compact body copies the key and
 //! payload and checks that the payload is JSON (the CRC proves the bytes are
 //! the ones written, not that Herald wrote them); a JSON body costs a JSON
-//! parse of every field: 250 ns against 142 ns for an event of 100 bytes
-//! (`cargo bench -p herald-log`, `record/decode-*`). A binary from before the
+//! parse of every field: 353 ns against 169 ns for an event of 100 bytes
+//! published over WebSocket (`cargo bench -p herald-log`, `record/decode-*`). A binary from before the
 //! compact encoding refuses to read a compact record (a corruption error
 //! naming the file and offset) but removes nothing: downgrading past it
 //! means restoring the data directory of that time.

@@ -44,8 +44,9 @@ impl<'a> RestOut<'a> {
 }
 
 /// The fields most events lack: JSON in both encodings, so a compact body
-/// with none of them ends after its payload, and the idempotency-key scan
-/// ([`may_have_key`]) finds the key's field name in either.
+/// with none of them ends after its origin, and the idempotency-key scan
+/// ([`may_have_key`]) finds the key's field name in either. (The origin is
+/// here only for a JSON body, or a peer name a compact one cannot hold.)
 #[derive(Serialize)]
 struct RareOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,10 +137,14 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; HEADER]);
     encode_fixed(event.id, event.time_us, &event.exchange, buf);
+    // Every published event has an origin: it is compact too, unless its
+    // peer name is empty or longer than a length byte holds (then JSON).
+    let origin = event.origin.as_ref();
+    let compact_origin = origin.filter(|o| (1..=255).contains(&o.peer.len()));
     let rare = RareOut::of(
         event.acl.as_ref(),
         event.headers.as_ref(),
-        event.origin.as_ref(),
+        origin.filter(|_| compact_origin.is_none()),
         event.idempotency_key.as_deref(),
     );
     let (key, payload) = (event.routing_key.as_bytes(), event.payload.get().as_bytes());
@@ -150,6 +155,15 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
             buf.extend_from_slice(key);
             buf.extend_from_slice(&payload_len.to_le_bytes());
             buf.extend_from_slice(payload);
+            match compact_origin {
+                Some(o) => {
+                    buf.push(o.peer.len() as u8);
+                    buf.extend_from_slice(o.peer.as_bytes());
+                    buf.extend_from_slice(&o.stream.to_le_bytes());
+                    buf.extend_from_slice(&o.seq.to_le_bytes());
+                }
+                None => buf.push(0),
+            }
             if !rare.is_empty() {
                 // Writing JSON into a Vec cannot fail for these types.
                 let _ = serde_json::to_writer(&mut *buf, &rare);
@@ -157,6 +171,7 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
         }
         // Validation keeps both far below these bounds; a JSON body has none.
         _ => {
+            let rare = RareOut { origin, ..rare };
             let rest = RestOut::of(&event.routing_key, &event.payload, rare);
             let _ = serde_json::to_writer(&mut *buf, &rest);
         }
@@ -255,22 +270,63 @@ pub(crate) fn decode(body: &[u8]) -> Result<Event, String> {
 
 /// Decode what follows the [`COMPACT`] mark: a copy of the routing key and
 /// payload (the payload checked to be JSON, as the type promises: the CRC
-/// proves the bytes are those written, not who wrote them), then the rare
-/// fields if any bytes are left.
+/// proves the bytes are those written, not who wrote them), the origin, then
+/// the rare fields if any bytes are left.
 fn decode_compact(b: &[u8]) -> Result<(String, Box<RawValue>, RareIn), String> {
-    const BAD: &str = "malformed compact record body";
-    let key_len = u16::from_le_bytes(b.get(0..2).ok_or(BAD)?.try_into().map_err(|_| BAD)?) as usize;
-    let key = b.get(2..2 + key_len).ok_or(BAD)?;
-    let at = 2 + key_len;
-    let payload_len = u32::from_le_bytes(b.get(at..at + 4).ok_or(BAD)?.try_into().map_err(|_| BAD)?) as usize;
-    let payload = b.get(at + 4..at + 4 + payload_len).ok_or(BAD)?;
-    let rare = &b[at + 4 + payload_len..];
+    let mut b = Bytes(b);
+    let key = b.take_u16_prefixed()?;
+    let payload = b.take_u32_prefixed()?;
+    let peer_len = b.take(1)?[0] as usize;
+    let origin = match peer_len {
+        0 => None,
+        n => {
+            let peer = std::str::from_utf8(b.take(n)?).map_err(|_| "origin peer is not UTF-8")?.to_owned();
+            Some(Origin { peer, stream: b.take_u64()?, seq: b.take_u64()? })
+        }
+    };
     let routing_key = std::str::from_utf8(key).map_err(|_| "routing key is not UTF-8")?.to_owned();
     let payload = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8")?;
     let payload = RawValue::from_string(payload.to_owned()).map_err(|e| format!("payload: {e}"))?;
-    let rare =
-        if rare.is_empty() { RareIn::default() } else { serde_json::from_slice(rare).map_err(|e| e.to_string())? };
+    let mut rare =
+        if b.0.is_empty() { RareIn::default() } else { serde_json::from_slice(b.0).map_err(|e| e.to_string())? };
+    if origin.is_some() {
+        if rare.origin.is_some() {
+            return Err("two origins in a compact record body".into());
+        }
+        rare.origin = origin;
+    }
     Ok((routing_key, payload, rare))
+}
+
+/// The unread part of a compact body.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("malformed compact record body".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn take_u16_prefixed(&mut self) -> Result<&'a [u8], String> {
+        let n = self.take(2)?;
+        self.take(u16::from_le_bytes([n[0], n[1]]) as usize)
+    }
+
+    fn take_u32_prefixed(&mut self) -> Result<&'a [u8], String> {
+        let n = self.take(4)?;
+        self.take(u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize)
+    }
+
+    fn take_u64(&mut self) -> Result<u64, String> {
+        let n = self.take(8)?;
+        let mut v = [0u8; 8];
+        v.copy_from_slice(n);
+        Ok(u64::from_le_bytes(v))
+    }
 }
 
 #[cfg(test)]
@@ -315,7 +371,7 @@ mod tests {
         let plain = crate::encode_record(&event(serde_json::json!({})));
         let body = &plain[super::HEADER..];
         assert_eq!(body[super::FIXED + "orders".len()], super::COMPACT, "compact mark after the exchange");
-        assert!(body.ends_with(br#"{"n":[1,"two"]}"#), "no rare fields: the body ends with the payload");
+        assert!(body.ends_with(b"{\"n\":[1,\"two\"]}\x00"), "no origin or rare fields: the body ends at the payload");
         assert!(!super::may_have_key(body));
         let (_, e) = crate::decode_record(&plain).expect("valid").expect("whole");
         assert_eq!((e.routing_key.as_str(), e.payload.get()), ("orders.eu", r#"{"n":[1,"two"]}"#));
@@ -325,6 +381,8 @@ mod tests {
             "origin": {"peer": "ws", "stream": 3, "seq": 9}, "idempotency_key": "k-9"});
         let full = crate::encode_record(&event(rare));
         assert!(super::may_have_key(&full[super::HEADER..]), "the key scan finds a compact record's key");
+        let text = String::from_utf8_lossy(&full);
+        assert!(text.contains("\x02ws") && !text.contains("origin"), "the origin is compact: {text}");
         let (len, e) = crate::decode_record(&full).expect("valid").expect("whole");
         assert_eq!((len, e.id, e.time_us, e.exchange.as_str()), (full.len(), 42, 1_700_000_000_000_042, "orders"));
         assert_eq!(e.acl, Some(vec!["user:a".to_string()]));
@@ -332,12 +390,18 @@ mod tests {
         assert_eq!(e.origin.map(|o| (o.peer, o.stream, o.seq)), Some(("ws".to_string(), 3, 9)));
         assert_eq!(e.idempotency_key.as_deref(), Some("k-9"));
 
+        // A peer name too long for its length byte goes with the rare fields.
+        let long = serde_json::json!({"origin": {"peer": "p".repeat(300), "stream": 1, "seq": 2}});
+        let (_, e) = crate::decode_record(&crate::encode_record(&event(long))).expect("valid").expect("whole");
+        assert_eq!(e.origin.map(|o| (o.peer.len(), o.stream, o.seq)), Some((300, 1, 2)));
+
         // The hand-written compact seed decodes too.
         let seed: &[u8] = include_bytes!("../../../fuzz/seeds/log_record/two-compact-records");
         let (first, e) = crate::decode_record(seed).expect("seed").expect("whole");
         assert_eq!((e.id, e.routing_key.as_str(), e.payload.get(), e.acl), (9, "orders.eu.1", r#"{"n":1}"#, None));
         let (_, e) = crate::decode_record(&seed[first..]).expect("second").expect("whole");
         assert_eq!((e.id, e.payload.get(), e.idempotency_key.as_deref()), (10, r#"[1,"two"]"#, Some("k-2")));
+        assert_eq!(e.origin.map(|o| (o.peer, o.stream, o.seq)), Some(("ws".to_string(), 3, 12)));
     }
 
     /// A body whose CRC matches but whose compact part does not hold
@@ -355,19 +419,30 @@ mod tests {
 
     #[test]
     fn a_compact_body_that_does_not_hold_together_is_an_error_naming_why() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 9] = [
             (b"\x01\x05", "malformed compact"),                          // key length cut short
             (b"\x01\x09\x00a.b", "malformed compact"),                   // key longer than the body
             (b"\x01\x03\x00a.b\x10\x00\x00\x00{}", "malformed compact"), // payload longer than the body
-            (b"\x01\x02\x00\xff\xfe\x02\x00\x00\x00{}", "routing key is not UTF-8"),
-            (b"\x01\x01\x00a\x03\x00\x00\x00{x}", "payload:"), // not JSON
-            (b"\x01\x01\x00a\x02\x00\x00\x00{}{\"acl\":7}", "invalid type"), // rare fields of the wrong type
+            (b"\x01\x01\x00a\x02\x00\x00\x00{}", "malformed compact"),    // no origin byte
+            (b"\x01\x01\x00a\x02\x00\x00\x00{}\x02ws\x01\x00", "malformed compact"), // origin cut short
+            (b"\x01\x02\x00\xff\xfe\x02\x00\x00\x00{}\x00", "routing key is not UTF-8"),
+            (b"\x01\x01\x00a\x03\x00\x00\x00{x}\x00", "payload:"), // not JSON
+            (b"\x01\x01\x00a\x02\x00\x00\x00{}\x00{\"acl\":7}", "invalid type"), // rare fields of the wrong type
+            (
+                b"\x01\x01\x00a\x02\x00\x00\x00{}\x02ws\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00{\"origin\":{\"peer\":\"x\",\"stream\":1,\"seq\":2}}",
+                "two origins",
+            ),
         ];
         for (rest, why) in cases {
             let err = crate::decode_record(&forged(rest)).err().unwrap_or_default();
             assert!(err.contains(why), "{rest:?}: {err:?} should say {why:?}");
         }
-        let (_, e) = crate::decode_record(&forged(b"\x01\x01\x00a\x02\x00\x00\x00{}")).expect("valid").expect("whole");
-        assert_eq!((e.routing_key.as_str(), e.payload.get()), ("a", "{}"));
+        let (_, e) =
+            crate::decode_record(&forged(b"\x01\x01\x00a\x02\x00\x00\x00{}\x00")).expect("valid").expect("whole");
+        assert_eq!((e.routing_key.as_str(), e.payload.get(), e.origin), ("a", "{}", None));
+        let with_origin =
+            b"\x01\x01\x00a\x02\x00\x00\x00{}\x02ws\x01\x00\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00";
+        let (_, e) = crate::decode_record(&forged(with_origin)).expect("valid").expect("whole");
+        assert_eq!(e.origin.map(|o| (o.peer, o.stream, o.seq)), Some(("ws".to_string(), 1, 2)));
     }
 }

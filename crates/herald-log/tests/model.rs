@@ -162,7 +162,7 @@ fn corruption_in_a_sealed_segment_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = rt();
     let (log, _rx) = EmbeddedLog::open(config(dir.path())).expect("open");
-    for i in 0..20 {
+    for i in 0..50 {
         rt.block_on(log.append((0..10).map(|n| ev("x", "k", i * 10 + n)).collect())).expect("append");
     }
     assert!(log.stats().segments > 2);
