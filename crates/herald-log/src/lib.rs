@@ -54,10 +54,11 @@
 //! payload and checks that the payload is JSON (the CRC proves the bytes are
 //! the ones written, not that Herald wrote them); a JSON body costs a JSON
 //! parse of every field: 353 ns against 169 ns for an event of 100 bytes
-//! published over WebSocket (`cargo bench -p herald-log`, `record/decode-*`). A binary from before the
-//! compact encoding refuses to read a compact record (a corruption error
-//! naming the file and offset) but removes nothing: downgrading past it
-//! means restoring the data directory of that time.
+//! published over WebSocket (`cargo bench -p herald-log`, `record/decode-*`).
+//! A binary from before the compact encoding refuses to read a compact
+//! record (a corruption error naming the file and offset; Herald's start-up
+//! reads the newest record, so it refuses to start) but removes nothing:
+//! downgrading past it means restoring the data directory of that time.
 //!
 //! The exchange and time are outside the JSON so that the start-up scan can
 //! rebuild the indexes without parsing payloads.
