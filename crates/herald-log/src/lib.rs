@@ -28,7 +28,8 @@
 //! ```
 //!
 //! The rest is *compact* when its first byte is `0x01` (what this version
-//! writes):
+//! writes, unless a routing key is longer than 65,535 bytes or a payload
+//! than 4 GiB, which validation refuses long before; then JSON):
 //!
 //! ```text
 //! size  field
@@ -37,12 +38,12 @@
 //! K     routing key, UTF-8
 //! 4     payload length P, u32 LE
 //! P     payload, JSON text
-//! 1     origin peer length O (0: no origin, and the next two fields are absent)
+//! 1     origin peer length O (0: no compact origin; the next three fields are absent)
 //! O     origin peer, UTF-8
 //! 8     origin stream, u64 LE
 //! 8     origin sequence, u64 LE
 //! ...   the rare fields, if any: JSON object {acl?, headers?, idempotency_key?}
-//!       (and origin?, for a peer name of more than 255 bytes); nothing when
+//!       (and origin?, for a peer name that is empty or longer than 255 bytes); nothing when
 //!       the event has none of them
 //! ```
 //!
@@ -55,10 +56,11 @@
 //! the ones written, not that Herald wrote them); a JSON body costs a JSON
 //! parse of every field: 353 ns against 169 ns for an event of 100 bytes
 //! published over WebSocket (`cargo bench -p herald-log`, `record/decode-*`).
-//! A binary from before the compact encoding refuses to read a compact
-//! record (a corruption error naming the file and offset; Herald's start-up
-//! reads the newest record, so it refuses to start) but removes nothing:
-//! downgrading past it means restoring the data directory of that time.
+//! A binary from before the compact encoding (commit cf08c8c) cannot read a
+//! compact record: its reads of one fail with a corruption error naming
+//! the file and offset (see `docs/operations.md` for what that does to its
+//! start-up), and it removes nothing retention would not: downgrading past
+//! it means restoring the data directory of that time.
 //!
 //! The exchange and time are outside the JSON so that the start-up scan can
 //! rebuild the indexes without parsing payloads.

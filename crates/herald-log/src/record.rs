@@ -16,7 +16,7 @@ pub(crate) const FIXED: usize = 18;
 pub(crate) const MAX_BODY: usize = 64 << 20;
 
 /// The byte after the exchange that marks a *compact* body: routing key and
-/// payload length-prefixed, the rare fields as JSON. A JSON body (the first
+/// payload length-prefixed, then the origin, then the rare fields as JSON. A JSON body (the first
 /// encoding, still read, and still what a clustered log stores) starts with
 /// `{` there instead.
 pub(crate) const COMPACT: u8 = 0x01;
@@ -37,6 +37,7 @@ struct RestOut<'a> {
 }
 
 impl<'a> RestOut<'a> {
+    /// A JSON body's fields: the key and payload, and the rare ones.
     fn of(routing_key: &'a str, payload: &'a RawValue, rare: RareOut<'a>) -> Self {
         let RareOut { acl, headers, origin, idempotency_key } = rare;
         RestOut { routing_key, payload, acl, headers, origin, idempotency_key }
@@ -60,6 +61,7 @@ struct RareOut<'a> {
 }
 
 impl<'a> RareOut<'a> {
+    /// The rare fields of an event, borrowed.
     fn of(
         acl: Option<&'a Vec<String>>,
         headers: Option<&'a serde_json::Map<String, Value>>,
@@ -69,11 +71,13 @@ impl<'a> RareOut<'a> {
         RareOut { acl, headers, origin, idempotency_key: key }
     }
 
+    /// Whether there is none: a compact body then ends after its origin.
     fn is_empty(&self) -> bool {
         self.acl.is_none() && self.headers.is_none() && self.origin.is_none() && self.idempotency_key.is_none()
     }
 }
 
+/// A JSON body, decoded.
 #[derive(Deserialize)]
 struct RestIn {
     routing_key: String,
@@ -89,6 +93,7 @@ struct RestIn {
     idempotency_key: Option<String>,
 }
 
+/// The rare fields of a compact body, decoded (and, moved in, a JSON body's).
 #[derive(Deserialize, Default)]
 struct RareIn {
     #[serde(default)]
@@ -173,6 +178,7 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
         _ => {
             let rare = RareOut { origin, ..rare };
             let rest = RestOut::of(&event.routing_key, &event.payload, rare);
+            // Writing JSON into a Vec cannot fail for these types.
             let _ = serde_json::to_writer(&mut *buf, &rest);
         }
     }
@@ -302,6 +308,7 @@ fn decode_compact(b: &[u8]) -> Result<(String, Box<RawValue>, RareIn), String> {
 struct Bytes<'a>(&'a [u8]);
 
 impl<'a> Bytes<'a> {
+    /// The next `n` bytes, or an error if fewer are left.
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err("malformed compact record body".into());
@@ -311,16 +318,19 @@ impl<'a> Bytes<'a> {
         Ok(head)
     }
 
+    /// Bytes after a u16 LE length.
     fn take_u16_prefixed(&mut self) -> Result<&'a [u8], String> {
         let n = self.take(2)?;
         self.take(u16::from_le_bytes([n[0], n[1]]) as usize)
     }
 
+    /// Bytes after a u32 LE length.
     fn take_u32_prefixed(&mut self) -> Result<&'a [u8], String> {
         let n = self.take(4)?;
         self.take(u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize)
     }
 
+    /// A u64 LE.
     fn take_u64(&mut self) -> Result<u64, String> {
         let n = self.take(8)?;
         let mut v = [0u8; 8];
@@ -390,10 +400,26 @@ mod tests {
         assert_eq!(e.origin.map(|o| (o.peer, o.stream, o.seq)), Some(("ws".to_string(), 3, 9)));
         assert_eq!(e.idempotency_key.as_deref(), Some("k-9"));
 
-        // A peer name too long for its length byte goes with the rare fields.
-        let long = serde_json::json!({"origin": {"peer": "p".repeat(300), "stream": 1, "seq": 2}});
-        let (_, e) = crate::decode_record(&crate::encode_record(&event(long))).expect("valid").expect("whole");
-        assert_eq!(e.origin.map(|o| (o.peer.len(), o.stream, o.seq)), Some((300, 1, 2)));
+        // Peer names a length byte holds are compact; an empty one, or one
+        // too long for it, goes with the rare fields (here beside others).
+        for peer_len in [0, 1, 255, 256, 300] {
+            let odd = serde_json::json!({"acl": ["user:b"], "idempotency_key": "k",
+                "origin": {"peer": "p".repeat(peer_len), "stream": 1, "seq": 2}});
+            let bytes = crate::encode_record(&event(odd));
+            let compact = (1..=255).contains(&peer_len);
+            assert_eq!(String::from_utf8_lossy(&bytes).contains("\"origin\""), !compact, "peer of {peer_len}");
+            let (_, e) = crate::decode_record(&bytes).expect("valid").expect("whole");
+            assert_eq!(e.origin.map(|o| (o.peer.len(), o.stream, o.seq)), Some((peer_len, 1, 2)));
+            assert_eq!((e.acl.map(|a| a.len()), e.idempotency_key.as_deref()), (Some(1), Some("k")));
+        }
+        // A routing key longer than its u16 length holds (validation stops
+        // them at 255 bytes) gets a whole JSON body instead.
+        let mut huge = event(serde_json::json!({"origin": {"peer": "ws", "stream": 1, "seq": 2}}));
+        huge.routing_key = "k".repeat(70_000);
+        let bytes = crate::encode_record(&huge);
+        assert_eq!(bytes[super::HEADER + super::FIXED + "orders".len()], b'{');
+        let (_, e) = crate::decode_record(&bytes).expect("valid").expect("whole");
+        assert_eq!((e.routing_key.len(), e.origin.map(|o| o.seq)), (70_000, Some(2)));
 
         // The hand-written compact seed decodes too.
         let seed: &[u8] = include_bytes!("../../../fuzz/seeds/log_record/two-compact-records");
