@@ -21,27 +21,14 @@ pub(crate) const MAX_BODY: usize = 64 << 20;
 /// `{` there instead.
 pub(crate) const COMPACT: u8 = 0x01;
 
-/// The fields of a JSON body.
+/// The fields of a JSON body. (Flattening is fine when serializing; it is
+/// reading a flattened struct beside a `RawValue` that serde cannot do.)
 #[derive(Serialize)]
 struct RestOut<'a> {
     routing_key: &'a str,
     payload: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    acl: Option<&'a Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    headers: Option<&'a serde_json::Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<&'a Origin>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<&'a str>,
-}
-
-impl<'a> RestOut<'a> {
-    /// A JSON body's fields: the key and payload, and the rare ones.
-    fn of(routing_key: &'a str, payload: &'a RawValue, rare: RareOut<'a>) -> Self {
-        let RareOut { acl, headers, origin, idempotency_key } = rare;
-        RestOut { routing_key, payload, acl, headers, origin, idempotency_key }
-    }
+    #[serde(flatten)]
+    rare: RareOut<'a>,
 }
 
 /// The fields most events lack: JSON in both encodings, so a compact body
@@ -122,7 +109,7 @@ fn encode_fixed(id: u64, time_us: u64, exchange: &str, buf: &mut Vec<u8>) {
 /// messages, and one not yet upgraded could not read a compact body.
 pub(crate) fn encode_message(time_us: u64, e: &NewEvent) -> Vec<u8> {
     let rare = RareOut::of(e.acl.as_ref(), e.headers.as_ref(), e.origin.as_ref(), e.idempotency_key.as_deref());
-    let rest = RestOut::of(&e.routing_key, &e.payload, rare);
+    let rest = RestOut { routing_key: &e.routing_key, payload: &e.payload, rare };
     let mut buf = Vec::with_capacity(FIXED + e.exchange.len() + e.payload.get().len() + 64);
     encode_fixed(0, time_us, &e.exchange, &mut buf);
     // Writing JSON into a Vec cannot fail for these types.
@@ -177,7 +164,7 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
         // Validation keeps both far below these bounds; a JSON body has none.
         _ => {
             let rare = RareOut { origin, ..rare };
-            let rest = RestOut::of(&event.routing_key, &event.payload, rare);
+            let rest = RestOut { routing_key: &event.routing_key, payload: &event.payload, rare };
             // Writing JSON into a Vec cannot fail for these types.
             let _ = serde_json::to_writer(&mut *buf, &rest);
         }
@@ -428,6 +415,35 @@ mod tests {
         let (_, e) = crate::decode_record(&seed[first..]).expect("second").expect("whole");
         assert_eq!((e.id, e.payload.get(), e.idempotency_key.as_deref()), (10, r#"[1,"two"]"#, Some("k-2")));
         assert_eq!(e.origin.map(|o| (o.peer, o.stream, o.seq)), Some(("ws".to_string(), 3, 12)));
+    }
+
+    #[test]
+    fn cluster_messages_keep_the_json_body_and_round_trip() {
+        let rare = serde_json::json!({"acl": ["user:a"], "headers": {"CC": ["x.y"]},
+            "origin": {"peer": "ws", "stream": 3, "seq": 9}, "idempotency_key": "k-9"});
+        let e = event(rare);
+        let new = NewEvent {
+            exchange: e.exchange.clone(),
+            routing_key: e.routing_key.clone(),
+            payload: e.payload.clone(),
+            acl: e.acl.clone(),
+            headers: e.headers.clone(),
+            origin: e.origin.clone(),
+            idempotency_key: e.idempotency_key.clone(),
+        };
+        let body = super::encode_message(e.time_us, &new);
+        let rest = &body[super::FIXED + e.exchange.len()..];
+        let expected = r#"{"routing_key":"orders.eu","payload":{"n":[1,"two"]},"acl":["user:a"],"headers":{"CC":["x.y"]},"origin":{"peer":"ws","stream":3,"seq":9},"idempotency_key":"k-9"}"#;
+        assert_eq!(std::str::from_utf8(rest), Ok(expected), "what nodes of earlier versions read");
+        let back = super::decode_message(77, &body).expect("decodes");
+        assert_eq!(
+            (back.id, back.time_us, back.routing_key.as_str(), back.payload.get()),
+            (77, e.time_us, "orders.eu", e.payload.get())
+        );
+        assert_eq!(
+            (back.acl, back.headers, back.origin, back.idempotency_key),
+            (e.acl, e.headers, e.origin, e.idempotency_key)
+        );
     }
 
     /// A body whose CRC matches but whose compact part does not hold
