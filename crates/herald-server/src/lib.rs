@@ -31,3 +31,6 @@ mod ws;
 pub use app::{app, Server, ServerError};
 pub use config::Config;
 pub use state::AppState;
+/// The WebSocket writer's frame encoder, public for its criterion bench
+/// (`cargo bench -p herald-server`); nothing else outside the crate uses it.
+pub use ws::wire::Encoder;

@@ -363,7 +363,7 @@ impl Part {
 /// Copying a few hundred bytes that are in the cache is cheaper than
 /// either; a large payload is still not copied.
 #[derive(Debug, Default)]
-pub(crate) struct Encoder {
+pub struct Encoder {
     buf: Vec<u8>,
     parts: Vec<Part>,
     /// Where the buffer's bytes not yet in `parts` start.
@@ -374,13 +374,13 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     /// Bytes encoded and not yet written.
-    pub(crate) fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.buf.len() + self.shared
     }
 
     /// Make room for `n` more bytes to be copied. An encoder without a
     /// buffer takes its thread's spare one (see [`SPARE`]).
-    pub(crate) fn reserve(&mut self, n: usize) {
+    pub fn reserve(&mut self, n: usize) {
         self.borrow_spare();
         self.buf.reserve(n);
     }
@@ -412,14 +412,14 @@ impl Encoder {
     }
 
     /// One text frame holding `payload` (valid UTF-8).
-    pub(crate) fn text(&mut self, payload: &Bytes) {
+    pub fn text(&mut self, payload: &Bytes) {
         self.borrow_spare();
         header(OP_TEXT, payload.len(), &mut self.buf);
         self.push_payload(payload);
     }
 
     /// One text frame holding the messages one per line (`hello.batch`).
-    pub(crate) fn text_lines<'a>(&mut self, lines: impl Iterator<Item = &'a Bytes> + Clone) {
+    pub fn text_lines<'a>(&mut self, lines: impl Iterator<Item = &'a Bytes> + Clone) {
         self.borrow_spare();
         let n = lines.clone().count();
         let total = lines.clone().map(Bytes::len).sum::<usize>() + n.saturating_sub(1);
@@ -433,13 +433,13 @@ impl Encoder {
     }
 
     /// A ping with an empty body.
-    pub(crate) fn ping(&mut self) {
+    pub fn ping(&mut self) {
         self.borrow_spare();
         header(OP_PING, 0, &mut self.buf);
     }
 
     /// A pong answering a ping's body.
-    pub(crate) fn pong(&mut self, body: &[u8]) {
+    pub fn pong(&mut self, body: &[u8]) {
         self.borrow_spare();
         let body = &body[..body.len().min(125)];
         header(OP_PONG, body.len(), &mut self.buf);
@@ -447,7 +447,7 @@ impl Encoder {
     }
 
     /// A close frame with `code` and `reason` (cut to fit a control frame).
-    pub(crate) fn close(&mut self, code: u16, reason: &str) {
+    pub fn close(&mut self, code: u16, reason: &str) {
         self.borrow_spare();
         let mut end = reason.len().min(123);
         while !reason.is_char_boundary(end) {
@@ -460,7 +460,7 @@ impl Encoder {
 
     /// Write everything built so far into `io` and forget it (the buffer
     /// goes back to the thread's spare for the next write).
-    pub(crate) async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+    pub async fn write_to<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
         self.seal();
         let mut first = 0;
         while first < self.parts.len() {
