@@ -10,6 +10,12 @@ mod token;
 
 use clap::Parser;
 
+/// With the `mimalloc` feature, mimalloc is the allocator (trade-off in
+/// docs/operations.md, "The allocator"); glibc's otherwise.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
