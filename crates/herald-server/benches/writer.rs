@@ -2,6 +2,9 @@
 //! herald-server`): framing a writer's queue of event messages and handing
 //! it to the socket, here a sink that discards it, so what is measured is
 //! the framing and copying a delivery costs in Herald, not the kernel's.
+//! Each iteration includes a `block_on` of the write (most of the one
+//! message case), and it all runs on one thread, so the cross-core traffic
+//! on a shared payload's reference count is not in these figures.
 //! S1-sized messages (a 200-byte body in an `event` of about 330 bytes):
 //! one alone, 64 batched into one frame (`hello.batch`), 64 in a frame
 //! each; and 16 of 8 KiB, which are written from the shared bytes instead
@@ -26,6 +29,14 @@ fn writer(c: &mut Criterion) {
     let large: Vec<Bytes> = (0..16).map(|i| message(1_000_000 + i, 8192)).collect();
     let mut sink = tokio::io::sink();
     let mut enc = Encoder::default();
+    // What is benched writes the right bytes: one unmasked text frame,
+    // a 16-bit length, then the message.
+    let mut out: Vec<u8> = Vec::new();
+    enc.text(&small[0]);
+    rt.block_on(enc.write_to(&mut out)).unwrap();
+    let len = small[0].len();
+    assert_eq!(out[..4], [0x81, 126, (len >> 8) as u8, len as u8]);
+    assert_eq!(&out[4..], &small[0][..]);
 
     let mut g = c.benchmark_group("writer");
     g.throughput(Throughput::Elements(1));
@@ -62,7 +73,6 @@ fn writer(c: &mut Criterion) {
         })
     });
     g.finish();
-    assert_eq!(enc.pending(), 0, "everything encoded was written");
 }
 
 criterion_group!(benches, writer);

@@ -33,4 +33,5 @@ pub use config::Config;
 pub use state::AppState;
 /// The WebSocket writer's frame encoder, public for its criterion bench
 /// (`cargo bench -p herald-server`); nothing else outside the crate uses it.
+#[doc(hidden)]
 pub use ws::wire::Encoder;

@@ -11,7 +11,7 @@ mod token;
 use clap::Parser;
 
 /// With the `mimalloc` feature, mimalloc is the allocator (trade-off in
-/// docs/operations.md, "The allocator"); glibc's otherwise.
+/// docs/operations.md, "The allocator"); the system's otherwise.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -379,7 +379,7 @@ impl Encoder {
     }
 
     /// Make room for `n` more bytes to be copied. An encoder without a
-    /// buffer takes its thread's spare one (see [`SPARE`]).
+    /// buffer takes its thread's spare one (see `SPARE`).
     pub fn reserve(&mut self, n: usize) {
         self.borrow_spare();
         self.buf.reserve(n);
