@@ -31,12 +31,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Most messages asked for in one direct get.
 const BATCH: usize = 1000;
 /// How long one direct get may take before the read fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Retries of a read that no server answered (503), 50 ms apart and then
+/// longer: 2.75 s in all, the time a replica takes to start answering.
+const NO_RESPONDERS_RETRIES: u64 = 10;
+
+/// Why one direct get failed: no server answered it (worth a retry), or
+/// anything else.
+enum Refused {
+    NoResponders(LogError),
+    Other(LogError),
+}
+
+impl From<LogError> for Refused {
+    fn from(e: LogError) -> Refused {
+        Refused::Other(e)
+    }
+}
 
 /// The log on a JetStream stream.
 pub struct JetStreamLog {
@@ -220,6 +237,11 @@ impl JetStreamLog {
 
     /// One batched direct get: returns the events, their bytes, and whether
     /// more may follow (the batch was full).
+    ///
+    /// A direct get can find no server to answer it (status 503, NATS's "no
+    /// responders") for a moment after the stream is created or while a
+    /// replica starts; that is retried a few times, briefly, before the
+    /// read fails (a replay that fails closes its connection with 1011).
     async fn direct_batch(
         &self,
         filter: &str,
@@ -228,6 +250,29 @@ impl JetStreamLog {
         batch: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Arc<Event>>, usize, bool), LogError> {
+        let mut attempt = 0u64;
+        loop {
+            match self.direct_batch_once(filter, after, upto, batch, max_bytes).await {
+                Err(Refused::NoResponders(e)) if attempt < NO_RESPONDERS_RETRIES => {
+                    attempt += 1;
+                    debug!(error = %e, attempt, "No server answered a read of the cluster log yet; retrying.");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(Refused::NoResponders(e) | Refused::Other(e)) => return Err(e),
+                Ok(batch) => return Ok(batch),
+            }
+        }
+    }
+
+    /// [`Self::direct_batch`], tried once.
+    async fn direct_batch_once(
+        &self,
+        filter: &str,
+        after: u64,
+        upto: u64,
+        batch: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Arc<Event>>, usize, bool), Refused> {
         let inbox = self.client.new_inbox();
         let mut sub =
             self.client.subscribe(inbox.clone()).await.map_err(|e| unavailable("cannot read the cluster log", e))?;
@@ -277,9 +322,9 @@ impl JetStreamLog {
                 Some(code) => {
                     let why = msg.description.unwrap_or_default();
                     let _ = sub.unsubscribe().await;
-                    return Err(LogError::Unavailable(format!(
-                        "the cluster log refused a read ({code} {why}; request {req})"
-                    )));
+                    let e =
+                        LogError::Unavailable(format!("the cluster log refused a read ({code} {why}; request {req})"));
+                    return Err(if code == 503 { Refused::NoResponders(e) } else { Refused::Other(e) });
                 }
             }
         }
