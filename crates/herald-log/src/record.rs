@@ -16,9 +16,9 @@ pub(crate) const FIXED: usize = 18;
 pub(crate) const MAX_BODY: usize = 64 << 20;
 
 /// The byte after the exchange that marks a *compact* body: routing key and
-/// payload length-prefixed, then the origin, then the rare fields as JSON. A JSON body (the first
-/// encoding, still read, and still what a clustered log stores) starts with
-/// `{` there instead.
+/// payload length-prefixed, then the origin, then the rare fields as JSON.
+/// A JSON body (the first encoding, still read, and still what a clustered
+/// log stores) starts with `{` there instead.
 pub(crate) const COMPACT: u8 = 0x01;
 
 /// The fields of a JSON body. (Flattening is fine when serializing; it is
@@ -47,17 +47,7 @@ struct RareOut<'a> {
     idempotency_key: Option<&'a str>,
 }
 
-impl<'a> RareOut<'a> {
-    /// The rare fields of an event, borrowed.
-    fn of(
-        acl: Option<&'a Vec<String>>,
-        headers: Option<&'a serde_json::Map<String, Value>>,
-        origin: Option<&'a Origin>,
-        key: Option<&'a str>,
-    ) -> Self {
-        RareOut { acl, headers, origin, idempotency_key: key }
-    }
-
+impl RareOut<'_> {
     /// Whether there is none: a compact body then ends after its origin.
     fn is_empty(&self) -> bool {
         self.acl.is_none() && self.headers.is_none() && self.origin.is_none() && self.idempotency_key.is_none()
@@ -108,7 +98,12 @@ fn encode_fixed(id: u64, time_us: u64, exchange: &str, buf: &mut Vec<u8>) {
 /// Messages keep the JSON body: nodes of a cluster read each other's
 /// messages, and one not yet upgraded could not read a compact body.
 pub(crate) fn encode_message(time_us: u64, e: &NewEvent) -> Vec<u8> {
-    let rare = RareOut::of(e.acl.as_ref(), e.headers.as_ref(), e.origin.as_ref(), e.idempotency_key.as_deref());
+    let rare = RareOut {
+        acl: e.acl.as_ref(),
+        headers: e.headers.as_ref(),
+        origin: e.origin.as_ref(),
+        idempotency_key: e.idempotency_key.as_deref(),
+    };
     let rest = RestOut { routing_key: &e.routing_key, payload: &e.payload, rare };
     let mut buf = Vec::with_capacity(FIXED + e.exchange.len() + e.payload.get().len() + 64);
     encode_fixed(0, time_us, &e.exchange, &mut buf);
@@ -133,12 +128,12 @@ pub(crate) fn encode(event: &Event, buf: &mut Vec<u8>) {
     // peer name is empty or longer than a length byte holds (then JSON).
     let origin = event.origin.as_ref();
     let compact_origin = origin.filter(|o| (1..=255).contains(&o.peer.len()));
-    let rare = RareOut::of(
-        event.acl.as_ref(),
-        event.headers.as_ref(),
-        origin.filter(|_| compact_origin.is_none()),
-        event.idempotency_key.as_deref(),
-    );
+    let rare = RareOut {
+        acl: event.acl.as_ref(),
+        headers: event.headers.as_ref(),
+        origin: origin.filter(|_| compact_origin.is_none()),
+        idempotency_key: event.idempotency_key.as_deref(),
+    };
     let (key, payload) = (event.routing_key.as_bytes(), event.payload.get().as_bytes());
     match (u16::try_from(key.len()), u32::try_from(payload.len())) {
         (Ok(key_len), Ok(payload_len)) => {
