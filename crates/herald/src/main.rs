@@ -10,8 +10,8 @@ mod token;
 
 use clap::Parser;
 
-/// With the `mimalloc` feature (the default), mimalloc is the allocator
-/// (why, in docs/operations.md, "The allocator"); the system's otherwise.
+/// With the `mimalloc` feature, mimalloc is the allocator (trade-off in
+/// docs/operations.md, "The allocator"); the system's otherwise.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
