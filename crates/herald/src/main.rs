@@ -1,5 +1,6 @@
 //! The `herald` command: run the gateway and talk to one.
 
+mod allocator;
 mod cli;
 mod config;
 mod publish;
@@ -10,13 +11,8 @@ mod token;
 
 use clap::Parser;
 
-/// With the `mimalloc` feature, mimalloc is the allocator (trade-off in
-/// docs/operations.md, "The allocator"); the system's otherwise.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
+    allocator::configure();
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
