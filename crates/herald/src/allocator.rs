@@ -24,7 +24,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// throughput (every free of a page is then a system call); 100 kept the
 /// slow-consumer test's growth at 13 MB with throughput within noise of
 /// mimalloc's own 1,000.
-pub(crate) const PURGE_DELAY_MS: i64 = 100;
+#[cfg(feature = "mimalloc")]
+pub(crate) const PURGE_DELAY_MS: std::os::raw::c_long = 100;
 
 /// `mi_option_purge_delay`: its place in `mi_option_e` of mimalloc 3's
 /// `mimalloc.h` (the sys crate has no constant for it; the test below
@@ -44,7 +45,7 @@ pub(crate) fn configure() {
         // start-up applies to everything freed from here on.
         #[allow(unsafe_code)]
         unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         }
     }
 }
@@ -65,6 +66,6 @@ mod tests {
         // holds before `configure`: no neighbouring option defaults to it.
         assert_eq!(get(), 1000, "option {MI_OPTION_PURGE_DELAY} is not mimalloc's purge delay");
         configure();
-        assert_eq!(get(), PURGE_DELAY_MS as _);
+        assert_eq!(get(), PURGE_DELAY_MS);
     }
 }
