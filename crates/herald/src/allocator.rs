@@ -10,20 +10,21 @@
 //!   `no_thp` feature in the workspace manifest): every huge page it
 //!   touched counted whole in resident memory, 1.5 KB more per idle
 //!   connection;
-//! - it gives freed memory back to the system after [`PURGE_DELAY_MS`]
-//!   instead of a second, and a second only once the owning thread
-//!   allocates again: after a burst an idle gateway stayed at its peak (48 MB
-//!   of events through a client that did not read left 35–39 MB resident).
+//! - it gives freed memory back to the system after `PURGE_DELAY_MS`
+//!   (100 ms) instead of its own 1 s, which it applies only when the owning
+//!   thread allocates again: after a burst an idle gateway stayed at its
+//!   peak (48 MB of events through a client that did not read left
+//!   35–39 MB resident).
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Milliseconds mimalloc keeps freed memory before giving it back to the
-/// system. 0 gives it back at once, at a tenth of publishing and replay
-/// throughput (every free of a page is then a system call); 100 kept the
-/// slow-consumer test's growth at 13 MB with throughput within noise of
-/// mimalloc's own 1,000.
+/// system. 0 gives it back at once but cost a tenth to a sixth of
+/// publishing and replay throughput (every page freed is then a system
+/// call); 100 kept the slow-consumer test's growth at 13 MB with throughput
+/// within noise of mimalloc's own 1,000.
 #[cfg(feature = "mimalloc")]
 pub(crate) const PURGE_DELAY_MS: std::os::raw::c_long = 100;
 
