@@ -43,7 +43,8 @@ test('kill -9 of the node a client is on: it resumes on the next URL, every even
   await until(() => seen.length >= published.length, `all ${published.length} events (got ${seen.length})`, 30000);
   assert.deepEqual(seen, published, 'every event once, in order');
   assert.equal(client.url, new URL('/v1/ws', c.httpUrl.replace('http', 'ws')).href, 'now on node c');
-  assert.equal(welcomes.at(-1).resumed, true, 'the session was resumed on another node');
+  // Node c's log says why, should it start afresh instead (seen once in CI).
+  assert.equal(welcomes.at(-1).resumed, true, `the session was resumed on another node; node c logged:\n${c.stderr().slice(-4000)}`);
   client.close();
 });
 
