@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the fan-out's hot paths: pattern matching, the
 //! pattern index with many subscriptions, and dispatching one event to
-//! many subscribers (`cargo bench -p herald-core`). Whole-system figures
+//! many subscribers, and one delivery's trip through an outbox
+//! (`cargo bench -p herald-core`). Whole-system figures
 //! come from `herald bench`.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -113,6 +114,43 @@ fn dispatch(c: &mut Criterion) {
     }
 }
 
+/// One delivery's trip through an outbox, as the shared bench's S4 makes
+/// it (one event at a time to an idle writer): the fan-out's offer, the
+/// writer's take, and after the write its report and look for more,
+/// as two locked steps or as one (`written_and_take`, what the writer does).
+/// All on one thread: the cache-line traffic between the fan-out's core
+/// and the writer's is not in these figures.
+fn outbox(c: &mut Criterion) {
+    use herald_core::Frame;
+    use std::collections::VecDeque;
+    let o = Outbox::new(1 << 20, Bytes::new(), (4408, ""));
+    let frame = Frame::Event(Bytes::from(vec![b'x'; 330]), 0);
+    let now = tokio::time::Instant::now();
+    let mut q: VecDeque<Frame> = VecDeque::new();
+    c.bench_function("outbox/deliver-one (take, written, take)", |b| {
+        b.iter(|| {
+            o.offer_deferred(black_box(frame.clone()), now).unwrap();
+            o.take_all(&mut q);
+            let n: usize = q.iter().map(Frame::cost).sum();
+            q.clear();
+            o.written_bytes(n);
+            o.take_all(&mut q);
+            black_box(q.len())
+        })
+    });
+    c.bench_function("outbox/deliver-one (take, written_and_take)", |b| {
+        b.iter(|| {
+            o.offer_deferred(black_box(frame.clone()), now).unwrap();
+            o.take_all(&mut q);
+            let n: usize = q.iter().map(Frame::cost).sum();
+            q.clear();
+            o.written_and_take(n, &mut q);
+            black_box(q.len())
+        })
+    });
+    assert_eq!(o.queued_bytes(), 0, "every byte reported written");
+}
+
 /// Building an event's frame tail (id, names, RFC 3339 time, payload), as
 /// every live delivery and every replayed event does once per event.
 fn frame_tail(c: &mut Criterion) {
@@ -163,5 +201,5 @@ fn rendezvous(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, patterns, index, dispatch, frame_tail, rendezvous);
+criterion_group!(benches, patterns, index, dispatch, outbox, frame_tail, rendezvous);
 criterion_main!(benches);

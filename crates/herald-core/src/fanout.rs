@@ -520,7 +520,16 @@ impl FanOut {
         // Writers to wake once the whole batch is queued (see
         // `Outbox::offer_deferred`).
         let mut wake: Vec<Arc<Outbox>> = Vec::new();
+        // One clock read for the batch (when an outbox's stall would start).
+        let now = tokio::time::Instant::now();
+        let last_id = batch.last().map_or(0, |e| e.id);
         for event in batch {
+            // A writer woken for the batch's last event has nothing more to
+            // wait for: it is woken at once, so the first writes start
+            // while the fan-out still queues for the others (on a commit of
+            // one event, the common case when not saturated, that is every
+            // writer).
+            let last = event.id == last_id;
             if event.id <= *head {
                 continue;
             }
@@ -561,9 +570,11 @@ impl FanOut {
                         b
                     }
                 };
-                match entry.outbox.offer_deferred(Frame::Event(frame, event.time_us)) {
+                match entry.outbox.offer_deferred(Frame::Event(frame, event.time_us), now) {
                     Ok(owed) => {
-                        if owed {
+                        if owed && last {
+                            entry.outbox.wake();
+                        } else if owed {
                             wake.push(entry.outbox.clone());
                         }
                         delivered += 1;
@@ -639,6 +650,37 @@ mod tests {
         let mut v = Vec::new();
         o.take(&mut v);
         v.len()
+    }
+
+    #[tokio::test]
+    async fn every_writer_a_batch_reaches_is_woken_whichever_event_reached_it() {
+        let fan = FanOut::new(0);
+        let outbox = || Arc::new(Outbox::new(1 << 20, Bytes::new(), (4408, "")));
+        // `first` matches only the batch's first event (woken after the
+        // batch), `last` only its last (woken at once), `both` both (woken
+        // once, after the batch, and then takes both frames together).
+        let (first, last, both) = (outbox(), outbox(), outbox());
+        fan.register(reg(&first, "a"), Start::Live, |_| {});
+        fan.register(reg(&last, "b"), Start::Live, |_| {});
+        fan.register(reg(&both, "#"), Start::Live, |_| {});
+        let waiting: Vec<_> = [&first, &last, &both]
+            .into_iter()
+            .map(|o| {
+                let o = o.clone();
+                tokio::spawn(async move {
+                    o.ready().await;
+                    count(&o)
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        fan.dispatch(&[event(1, "a"), event(2, "b")]);
+        let mut taken = Vec::new();
+        for w in waiting {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), w).await.expect("woken").expect("ran");
+            taken.push(n);
+        }
+        assert_eq!(taken, [1, 1, 2]);
     }
 
     #[test]

@@ -72,6 +72,10 @@ struct State {
     /// The writer was (or is about to be) woken for what is queued since it
     /// last took: a deferred offer owes no second wake-up.
     woken: bool,
+    /// A producer waits in [`Outbox::wait_for_space`]: only then does a
+    /// write owe the `space` notification (its lock is a cost on every
+    /// write otherwise).
+    space_wanted: bool,
 }
 
 /// Bounded outbound queue for one connection.
@@ -101,7 +105,7 @@ impl Outbox {
 
     /// Queue an event frame if it fits under the bound. Never waits.
     pub fn offer(&self, frame: Frame) -> Result<(), Overflow> {
-        if self.offer_deferred(frame)? {
+        if self.offer_deferred(frame, Instant::now())? {
             self.wake();
         }
         Ok(())
@@ -111,10 +115,14 @@ impl Outbox {
     /// queues a whole committed batch for every subscriber first and then
     /// wakes each writer once ([`Outbox::wake`]): the writer then takes the
     /// batch's frames in one go (one write, one batched frame) instead of
-    /// racing the fan-out frame by frame on the other core. Returns whether
+    /// racing the fan-out frame by frame on the other core. (A writer
+    /// first owed a wake-up by the batch's last event is woken at once:
+    /// nothing more is coming for it.) Returns whether
     /// the caller owes this outbox a wake-up (the first frame queued since
-    /// the writer last took).
-    pub fn offer_deferred(&self, frame: Frame) -> Result<bool, Overflow> {
+    /// the writer last took). `now` is the time the fan-out read once for
+    /// the whole batch (when a stall would start), not a clock read per
+    /// subscriber.
+    pub fn offer_deferred(&self, frame: Frame, now: Instant) -> Result<bool, Overflow> {
         let mut st = self.state.lock();
         if st.closed {
             return Err(Overflow::Closed);
@@ -123,7 +131,7 @@ impl Outbox {
             return Err(Overflow::Full);
         }
         if st.bytes == 0 {
-            st.stalled_since = Some(Instant::now());
+            st.stalled_since = Some(now);
         }
         st.bytes += frame.cost();
         st.frames.push_back(frame);
@@ -314,11 +322,37 @@ impl Outbox {
     /// Report frames of [`Frame::cost`] `n` in all written to the socket.
     pub fn written_bytes(&self, n: usize) {
         let mut st = self.state.lock();
+        let notify = Self::free(&mut st, n);
+        drop(st);
+        if notify {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// [`Outbox::written_bytes`] and then [`Outbox::take_all`], under one
+    /// lock: the writer's step after each write, when it looks for more.
+    pub fn written_and_take(&self, n: usize, out: &mut VecDeque<Frame>) {
+        let mut st = self.state.lock();
+        let notify = Self::free(&mut st, n);
+        st.woken = false;
+        if out.is_empty() {
+            std::mem::swap(&mut st.frames, out);
+        } else {
+            out.extend(st.frames.drain(..));
+        }
+        drop(st);
+        if notify {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// Free `n` written bytes; whether a producer waiting for space is owed
+    /// a notification.
+    fn free(st: &mut State, n: usize) -> bool {
         st.bytes = st.bytes.saturating_sub(n);
         // Progress: the stall clock restarts (or stops when nothing is left).
         st.stalled_since = (st.bytes > 0).then(Instant::now);
-        drop(st);
-        self.space.notify_waiters();
+        std::mem::take(&mut st.space_wanted)
     }
 
     /// Wait until something is queued (for the writer task).
@@ -334,13 +368,16 @@ impl Outbox {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let st = self.state.lock();
+                let mut st = self.state.lock();
                 if st.closed {
                     return false;
                 }
                 if st.bytes == 0 || st.bytes + need <= self.max_bytes {
                     return true;
                 }
+                // Checked and set under the lock that frees bytes: a write
+                // after this line sees the flag and notifies.
+                st.space_wanted = true;
             }
             notified.await;
         }
@@ -391,19 +428,19 @@ mod tests {
     fn deferred_offers_owe_one_wake_up_until_the_writer_takes() {
         let o = Outbox::new(10, Bytes::new(), (4408, ""));
         let frame = |s: &'static str| Frame::Event(Bytes::from_static(s.as_bytes()), 0);
-        assert_eq!(o.offer_deferred(frame("ab")), Ok(true), "the first frame owes a wake-up");
-        assert_eq!(o.offer_deferred(frame("cd")), Ok(false), "one is owed already");
-        assert_eq!(o.offer_deferred(frame("0123456")), Err(Overflow::Full), "the bound holds");
+        assert_eq!(o.offer_deferred(frame("ab"), Instant::now()), Ok(true), "the first frame owes a wake-up");
+        assert_eq!(o.offer_deferred(frame("cd"), Instant::now()), Ok(false), "one is owed already");
+        assert_eq!(o.offer_deferred(frame("0123456"), Instant::now()), Err(Overflow::Full), "the bound holds");
         let mut out = Vec::new();
         o.take(&mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!(o.offer_deferred(frame("ef")), Ok(true), "taken: the next frame owes one again");
+        assert_eq!(o.offer_deferred(frame("ef"), Instant::now()), Ok(true), "taken: the next frame owes one again");
         o.push(Frame::Ping).expect("fits");
         o.take(&mut out);
         o.push(Frame::Ping).expect("fits");
-        assert_eq!(o.offer_deferred(frame("gh")), Ok(false), "a push woke the writer already");
+        assert_eq!(o.offer_deferred(frame("gh"), Instant::now()), Ok(false), "a push woke the writer already");
         o.close_with(None, 1000, "bye");
-        assert_eq!(o.offer_deferred(frame("ij")), Err(Overflow::Closed));
+        assert_eq!(o.offer_deferred(frame("ij"), Instant::now()), Err(Overflow::Closed));
     }
 
     #[tokio::test]
@@ -419,11 +456,38 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        assert_eq!(o.offer_deferred(Frame::Event(Bytes::from_static(b"a"), 0)), Ok(true));
-        assert_eq!(o.offer_deferred(Frame::Event(Bytes::from_static(b"b"), 0)), Ok(false));
+        assert_eq!(o.offer_deferred(Frame::Event(Bytes::from_static(b"a"), 0), Instant::now()), Ok(true));
+        assert_eq!(o.offer_deferred(Frame::Event(Bytes::from_static(b"b"), 0), Instant::now()), Ok(false));
         o.wake();
         let taken = tokio::time::timeout(Duration::from_secs(5), writer).await.expect("woken").expect("ran");
         assert_eq!(taken, 2, "both frames taken at one wake-up");
+    }
+
+    #[tokio::test]
+    async fn a_write_wakes_a_producer_waiting_for_space_and_takes_what_came_meanwhile() {
+        let o = Arc::new(Outbox::new(10, Bytes::new(), (4408, "")));
+        o.push(Frame::Text(Bytes::from_static(b"12345678"))).expect("fits");
+        let mut out = VecDeque::new();
+        o.take_all(&mut out);
+        let waiter = {
+            let o = o.clone();
+            tokio::spawn(async move { o.wait_for_space(5).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "8 + 5 bytes do not fit under 10");
+        // A reply queued while the first frame is being written.
+        o.push(Frame::Text(Bytes::from_static(b"ab"))).expect("fits");
+        out.clear();
+        o.written_and_take(8, &mut out);
+        assert_eq!(out.len(), 1, "what came meanwhile is taken");
+        assert_eq!(o.queued_bytes(), 2, "its bytes stay counted until written");
+        let fits = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("ran");
+        assert!(fits);
+        // Nobody waits now: a write notifies no one, and a later waiter
+        // still sees the space at once.
+        o.written_and_take(2, &mut out);
+        assert_eq!(o.queued_bytes(), 0);
+        assert!(tokio::time::timeout(Duration::from_secs(5), o.wait_for_space(10)).await.expect("at once"));
     }
 
     #[test]

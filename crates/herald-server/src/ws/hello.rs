@@ -49,15 +49,31 @@ impl Connection {
             if matches!(found, Err(ResumeError::NotFound)) && s.config.cluster.is_some() {
                 // Held by another node, or by one that died: load it from the
                 // shared store, and take it over from there.
-                match s.store.get(&creds.id).await {
+                // Once more after a short pause if the store does not
+                // answer: a client whose node just died comes here, when
+                // NATS may be busy electing and a resume lost to one slow
+                // read would make the client start afresh.
+                let mut looked_up = s.store.get(&creds.id).await;
+                if let Err(e) = &looked_up {
+                    warn!(conn = self.conn_id, error = %e, "Could not look the session up in the cluster; trying again.");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    looked_up = s.store.get(&creds.id).await;
+                }
+                match looked_up {
                     Ok(Some(stored)) => {
                         let restored = s.sessions.restore(vec![stored], |b| crate::peers::lease(&s.peers, b));
                         if restored.sessions == 1 {
                             debug!(conn = self.conn_id, "Session loaded from the cluster for a resume.");
+                        } else {
+                            info!(
+                                conn = self.conn_id,
+                                expired = restored.expired.len(),
+                                "A session found in the cluster could not be restored."
+                            );
                         }
                         found = s.sessions.find(&creds.id, &creds.secret, user.as_deref());
                     }
-                    Ok(None) => {}
+                    Ok(None) => info!(conn = self.conn_id, "A session to resume is not in the cluster's store."),
                     Err(e) => warn!(conn = self.conn_id, error = %e, "Could not look the session up in the cluster."),
                 }
             }
@@ -145,6 +161,7 @@ impl Connection {
         });
         let Some(att) = session.attach(self.outbox.clone(), closing.into()) else {
             // Ended or expired since it was found: start afresh, as for an unknown session.
+            info!(conn = self.conn_id, session = %session.id(), "The session ended while it was being resumed; starting a new one.");
             return self.start_session(reference);
         };
         // The client may come back with other grants: a subscription they no

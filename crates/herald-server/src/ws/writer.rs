@@ -36,14 +36,15 @@ where
 {
     let mut frames: VecDeque<Frame> = VecDeque::new();
     let mut enc = Encoder::default();
+    outbox.take_all(&mut frames);
     loop {
-        outbox.take_all(&mut frames);
         if frames.is_empty() {
             // Idle: hold no buffers while waiting (the sweeper gives back
             // the outbox's queue buffer of an idle connection).
             frames = VecDeque::new();
             enc = Encoder::default();
             outbox.ready().await;
+            outbox.take_all(&mut frames);
             continue;
         }
         let batching = batch.load(Ordering::Relaxed);
@@ -89,24 +90,33 @@ where
                     i = frames_now.len();
                 }
             }
-            if enc.pending() >= WRITE_CHUNK || i == frames_now.len() {
+            if close.is_none() && (enc.pending() >= WRITE_CHUNK || i == frames_now.len()) {
                 if let Err(e) = enc.write_to(&mut io).await {
                     debug!(error = %e, "WebSocket write failed.");
                     return;
                 }
-                // Give the space back as each chunk is written, not after
-                // the whole batch: a replay (or a fan-out to a client that
-                // fell behind) refills the outbox while the rest is written,
-                // instead of waiting for all of up to
-                // `limits.max_outbound_bytes` to drain.
                 let done = &frames_now[reported..i];
-                outbox.written_bytes(done.iter().map(Frame::cost).sum());
                 crate::metrics::observe_written(&latency, done);
+                let bytes = done.iter().map(Frame::cost).sum();
                 reported = i;
+                if i < frames_now.len() {
+                    // Give the space back as each chunk is written, not
+                    // after the whole batch: a replay (or a fan-out to a
+                    // client that fell behind) refills the outbox while the
+                    // rest is written, instead of waiting for all of up to
+                    // `limits.max_outbound_bytes` to drain.
+                    outbox.written_bytes(bytes);
+                } else {
+                    // All written: free the bytes and take what came
+                    // meanwhile under one lock.
+                    frames.clear();
+                    outbox.written_and_take(bytes, &mut frames);
+                    break;
+                }
             }
         }
-        frames.clear();
         if let Some((code, reason)) = close {
+            // What came before the close is encoded and not yet written.
             enc.close(code, &reason);
             let _ = enc.write_to(&mut io).await;
             let _ = io.shutdown().await;
