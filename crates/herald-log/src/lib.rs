@@ -110,6 +110,7 @@ mod config;
 mod embedded;
 mod error;
 mod io;
+#[cfg(feature = "nats")]
 mod nats;
 mod record;
 mod sessions;
@@ -118,6 +119,9 @@ pub use config::{duration, opt_duration, LogConfig};
 pub use embedded::{EmbeddedLog, RETENTION_INTERVAL};
 pub use error::LogError;
 pub use io::{FaultyIo, LogIo, RealIo};
+// Cluster mode; off only in builds that need the embedded log alone (the
+// fuzz targets, which then build without NATS's client and its TLS stack).
+#[cfg(feature = "nats")]
 pub use nats::{
     connect as connect_nats, open_bucket, subject, ClusterConfig, JetStreamLog, KvSessionStore, MIN_SERVER,
 };

@@ -97,6 +97,7 @@ fn encode_fixed(id: u64, time_us: u64, exchange: &str, buf: &mut Vec<u8>) {
 ///
 /// Messages keep the JSON body: nodes of a cluster read each other's
 /// messages, and one not yet upgraded could not read a compact body.
+#[cfg(feature = "nats")]
 pub(crate) fn encode_message(time_us: u64, e: &NewEvent) -> Vec<u8> {
     let rare = RareOut {
         acl: e.acl.as_ref(),
@@ -113,6 +114,7 @@ pub(crate) fn encode_message(time_us: u64, e: &NewEvent) -> Vec<u8> {
 }
 
 /// Decode a message made by [`encode_message`], giving it its id.
+#[cfg(feature = "nats")]
 pub(crate) fn decode_message(id: u64, body: &[u8]) -> Result<Event, String> {
     let mut event = decode(body)?;
     event.id = id;
@@ -413,6 +415,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "nats")]
     fn cluster_messages_keep_the_json_body_and_round_trip() {
         let rare = serde_json::json!({"acl": ["user:a"], "headers": {"CC": ["x.y"]},
             "origin": {"peer": "ws", "stream": 3, "seq": 9}, "idempotency_key": "k-9"});
