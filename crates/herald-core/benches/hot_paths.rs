@@ -127,26 +127,25 @@ fn outbox(c: &mut Criterion) {
     let frame = Frame::Event(Bytes::from(vec![b'x'; 330]), 0);
     let now = tokio::time::Instant::now();
     let mut q: VecDeque<Frame> = VecDeque::new();
+    // Offer, take, and hand the written bytes to `finish` (which looks for more).
+    let mut deliver = |finish: &dyn Fn(&Outbox, usize, &mut VecDeque<Frame>)| {
+        o.offer_deferred(black_box(frame.clone()), now).unwrap();
+        o.take_all(&mut q);
+        let n: usize = q.iter().map(Frame::cost).sum();
+        q.clear();
+        finish(&o, n, &mut q);
+        black_box(q.len())
+    };
     c.bench_function("outbox/deliver-one (take, written, take)", |b| {
         b.iter(|| {
-            o.offer_deferred(black_box(frame.clone()), now).unwrap();
-            o.take_all(&mut q);
-            let n: usize = q.iter().map(Frame::cost).sum();
-            q.clear();
-            o.written_bytes(n);
-            o.take_all(&mut q);
-            black_box(q.len())
+            deliver(&|o, n, q| {
+                o.written_bytes(n);
+                o.take_all(q);
+            })
         })
     });
     c.bench_function("outbox/deliver-one (take, written_and_take)", |b| {
-        b.iter(|| {
-            o.offer_deferred(black_box(frame.clone()), now).unwrap();
-            o.take_all(&mut q);
-            let n: usize = q.iter().map(Frame::cost).sum();
-            q.clear();
-            o.written_and_take(n, &mut q);
-            black_box(q.len())
-        })
+        b.iter(|| deliver(&|o, n, q| o.written_and_take(n, q)))
     });
     assert_eq!(o.queued_bytes(), 0, "every byte reported written");
 }
