@@ -212,7 +212,9 @@ impl Connection {
             },
         };
         let url = self.config.urls.get(self.url_index).cloned().unwrap_or_default();
-        let ws = match tokio::time::timeout(self.config.connect_timeout, tokio_tungstenite::connect_async(&url)).await {
+        // Nagle off, as in `wire::connect`: acks and publishes are small writes.
+        let connecting = tokio_tungstenite::connect_async_with_config(&url, None, true);
+        let ws = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(e)) => return Ended::Lost(1006, format!("cannot connect to {url}: {e}"), false),
             Err(_) => return Ended::Lost(1006, format!("no connection to {url} in time"), false),

@@ -29,7 +29,9 @@ pub type Rx = SplitStream<Ws>;
 /// and wait for `welcome`; returns the two halves and the welcome.
 pub async fn connect(url: &str, hello: Hello) -> Result<(Tx, Rx, ServerMessage), Error> {
     let url = crate::websocket_url(url);
-    let (ws, _) = tokio_tungstenite::connect_async(&url)
+    // Nagle off: an ack or a publish is a small write that should not wait
+    // for the server's ACK of the one before.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
         .await
         .map_err(|e| Error::Json(format!("cannot connect to {url}: {e}")))?;
     let (mut tx, mut rx) = ws.split();

@@ -8,7 +8,8 @@ use crate::ws;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use herald_core::FanOut;
 use herald_core::{MemoryStore, SessionStore, StoreOp, StoredSession};
 use herald_log::{CommittedBatch, DiskSessionStore, EmbeddedLog, EventLog, JetStreamLog, RETENTION_INTERVAL};
@@ -301,15 +302,10 @@ impl Server {
             drain_handle.graceful_shutdown(Some(grace));
         });
         let listener = listener.into_std().map_err(ServerError::Serve)?;
+        let server = axum_server::from_tcp(listener).map_err(ServerError::Serve)?.handle(handle);
         let result = match tls {
-            Some(config) => {
-                axum_server::from_tcp_rustls(listener, config)
-                    .map_err(ServerError::Serve)?
-                    .handle(handle)
-                    .serve(router)
-                    .await
-            }
-            None => axum_server::from_tcp(listener).map_err(ServerError::Serve)?.handle(handle).serve(router).await,
+            Some(config) => server.acceptor(RustlsAcceptor::new(config).acceptor(tcp_acceptor())).serve(router).await,
+            None => server.acceptor(tcp_acceptor()).serve(router).await,
         };
         let remaining = state.get().connections.len();
         if remaining > 0 {
@@ -533,4 +529,31 @@ pub enum ServerError {
     /// The fan-out's thread could not be started.
     #[error("cannot start the fan-out thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// What every accepted TCP connection goes through first, before TLS and
+/// HTTP: `TCP_NODELAY`. An event is written the moment it is committed;
+/// Nagle's algorithm would hold a small write while the previous one is
+/// unacknowledged, and a client's delayed ACK stretches that to tens of
+/// milliseconds (docs/operations.md, "Nagle's algorithm").
+fn tcp_acceptor() -> NoDelayAcceptor {
+    NoDelayAcceptor::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum_server::accept::Accept;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let (stream, _) = listener.accept().await?;
+        // The kernel's default is Nagle on: the acceptor is what turns it off.
+        assert!(!stream.nodelay()?);
+        let (stream, ()) = tcp_acceptor().accept(stream, ()).await?;
+        assert!(stream.nodelay()?);
+        Ok(())
+    }
 }
