@@ -400,12 +400,7 @@ impl Broker {
     /// like a local request: answer deadline, responder gone.
     pub fn offer(&self, id: String, service: &str, body: Body, overall: Option<Instant>) -> Result<Pending, Body> {
         let mut st = self.state.lock();
-        let free = st.services.get(service).is_some_and(|svc| {
-            svc.rotation.iter().any(|r| st.responders.get(r).is_some_and(|r| r.busy < r.concurrency))
-        });
-        // An id already handed over is an offer made twice (its first
-        // answer was late): the request runs once.
-        if !free || st.in_flight.contains_key(&id) {
+        if !Self::takes(&st, &id, service) {
             return Err(body);
         }
         let (tx, pending) = Pending::channel(id.clone());
@@ -421,6 +416,25 @@ impl Broker {
             Some(w) => Err(w.body),
             None => Ok(pending), // refused (the line is full): `pending` says so
         }
+    }
+
+    /// Whether [`offer`](Self::offer) would take a request with this id
+    /// now: a responder of `service` has a free slot, and the id was not
+    /// handed over already. The node taking a request from another one
+    /// tells that node so before it hands the request over, so that a
+    /// responder never holds a request its requester's node does not know
+    /// the holder of.
+    pub fn can_take(&self, id: &str, service: &str) -> bool {
+        Self::takes(&self.state.lock(), id, service)
+    }
+
+    fn takes(st: &State, id: &str, service: &str) -> bool {
+        let free = st.services.get(service).is_some_and(|svc| {
+            svc.rotation.iter().any(|r| st.responders.get(r).is_some_and(|r| r.busy < r.concurrency))
+        });
+        // An id already handed over is an offer made twice (its first
+        // answer was late): the request runs once.
+        free && !st.in_flight.contains_key(id)
     }
 
     /// Call `hook` with the service's name whenever one of its responders
@@ -833,13 +847,17 @@ mod tests {
         let freed = Arc::new(Mutex::new(Vec::<String>::new()));
         let f = freed.clone();
         b.on_slot_freed(Arc::new(move |s: &str| f.lock().push(s.to_string())));
+        assert!(!b.can_take("x.n1", "s"));
         assert!(b.offer("x.n1".into(), "s", body("1"), None).is_err(), "no responder: refused, not queued");
         let (sink, got) = collector();
         b.serve("s", 1, sink);
         assert_eq!(b.capacity(), vec![ServiceCapacity { service: "s".into(), responders: 1, free: 1 }]);
+        assert!(b.can_take("r1.n1", "s"));
+        assert!(got.lock().is_empty(), "asking hands nothing over");
         let p = b.offer("r1.n1".into(), "s", body("2"), None).expect("taken");
         assert_eq!(got.lock()[0].request, "r1.n1", "the responder quotes the offered id");
         assert_eq!(b.capacity()[0].free, 0);
+        assert!(!b.can_take("r2.n1", "s"), "no free slot");
         assert!(b.offer("r2.n1".into(), "s", body("3"), None).is_err(), "busy: the body comes back");
         assert_eq!(b.service_of("r1.n1").as_deref(), Some("s"));
         b.answer("r1.n1", body("4"), |_| true).expect("answered");
@@ -853,6 +871,7 @@ mod tests {
         let (sink, got) = collector();
         b.serve("s", 2, sink);
         let _p = b.offer("r1.n1".into(), "s", body("1"), None).expect("taken");
+        assert!(!b.can_take("r1.n1", "s"), "a free slot, but this id is handed over already");
         assert!(b.offer("r1.n1".into(), "s", body("1"), None).is_err(), "the same id again is not run twice");
         assert_eq!(got.lock().len(), 1);
         let b = Broker::new(limits(10_000, 10_000));

@@ -4,9 +4,11 @@
 //! when the requester's own node has responders: a node subscribes, in the
 //! queue group `rdv`, to `<prefix>.rdv.free.<service>` while one of its
 //! responders of that service has a free slot, and NATS hands each request
-//! to one such node at random. A node that took it hands it to its
-//! broker, which picks the next free responder in rotation; one whose slot
-//! went in the meantime answers `busy`. While no node has a free
+//! to one such node at random. A node that took it answers `taken` (and
+//! flushes that) *before* it hands the request to its broker, which picks
+//! the next free responder in rotation, so that the requester's node
+//! always knows the holder of a request a responder has seen; a node
+//! whose slot went in the meantime answers `busy`. While no node has a free
 //! responder, the request waits on the requester's node, and tries again
 //! when any node says a slot came free (`<prefix>.rdv.freed.<service>`,
 //! published as responders register or answer), and otherwise every
@@ -407,22 +409,51 @@ impl ClusterRendezvous {
         let local = format!("{rid}.{}", self.me);
         // The same offer again (our first answer came too late): it is ours.
         let again = self.held.lock().contains_key(&local);
-        let outcome = match body {
-            _ if again => "taken",
-            Some(body) => match self.broker.offer(local.clone(), service, body, overall) {
-                Ok(pending) => {
-                    self.hold(local, requester.to_string(), rid.to_string(), pending);
-                    "taken"
-                }
-                Err(_) => "busy",
-            },
-            None => "busy",
+        let body = match body {
+            _ if again => return self.answer_offer(reply, "taken").await,
+            Some(body) if self.broker.can_take(&local, service) => body,
+            _ => return self.answer_offer(reply, "busy").await,
         };
+        // "taken" leaves this node before the responder can see the
+        // request: were this node killed between the two, the requester's
+        // node would otherwise not know who held the request, and would
+        // wait out the sweep's slack (answer timeout and more) instead of
+        // failing it as `unavailable` one node timeout after the loss.
+        self.answer_offer(reply, "taken").await;
+        if let Err(e) = self.client.flush().await {
+            warn!(error = %e, "Could not flush the answer to a rendezvous offer.");
+        }
+        match self.broker.offer(local.clone(), service, body, overall) {
+            Ok(pending) => self.hold(local, requester.to_string(), rid.to_string(), pending),
+            // The free slot went in the meantime (a request of this node's
+            // own, or the responder's connection closing): the requester's
+            // node was told "taken", so it gets an outcome, one it retries.
+            Err(_) => {
+                self.broker.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                let why = format!("the responder of `{service}` went busy or away as it was handed the request; retry");
+                self.send_outcome(requester, rid, "unavailable", why.into()).await;
+            }
+        }
+    }
+
+    /// Answer a node's offer of a request: `taken` or `busy`.
+    async fn answer_offer(&self, reply: async_nats::Subject, outcome: &str) {
         let mut h = HeaderMap::new();
         h.insert(H_OUTCOME, outcome);
         h.insert(H_NODE, self.me.as_str());
         if let Err(e) = self.client.publish_with_headers(reply, h, Bytes::new()).await {
-            warn!(error = %e, "Could not tell a requester's node that its request was taken.");
+            warn!(error = %e, "Could not answer a requester's node's offer.");
+        }
+    }
+
+    /// Send the outcome of a request taken here to its requester's node.
+    async fn send_outcome(&self, to: &str, rid: &str, outcome: &str, payload: Bytes) {
+        let mut h = HeaderMap::new();
+        h.insert(H_REQUEST, rid);
+        h.insert(H_OUTCOME, outcome);
+        let subject = self.subject(&format!("rdv.res.{to}"));
+        if let Err(e) = self.client.publish_with_headers(subject, h, payload).await {
+            warn!(error = %e, node = %to, "Could not send a rendezvous outcome to the requester's node.");
         }
     }
 
@@ -441,13 +472,7 @@ impl ClusterRendezvous {
                 Err(e @ RendezvousError::LimitExceeded(_)) => ("limit_exceeded", e.to_string()),
                 Err(e @ RendezvousError::Unavailable(_)) => ("unavailable", e.to_string()),
             };
-            let mut h = HeaderMap::new();
-            h.insert(H_REQUEST, rid.as_str());
-            h.insert(H_OUTCOME, outcome);
-            let subject = me.subject(&format!("rdv.res.{to}"));
-            if let Err(e) = me.client.publish_with_headers(subject, h, payload.into()).await {
-                warn!(error = %e, node = %to, "Could not send a rendezvous outcome to the requester's node.");
-            }
+            me.send_outcome(&to, &rid, outcome, payload.into()).await;
         });
         held.insert(local, Held { requester, since: Instant::now(), task: task.abort_handle() });
     }
