@@ -425,6 +425,10 @@ impl ClusterRendezvous {
         }
         match self.broker.offer(local.clone(), service, body, overall) {
             Ok(pending) => self.hold(local, requester.to_string(), rid.to_string(), pending),
+            // The same offer made again meanwhile (the requester's node
+            // heard nothing for a second) and taken by that second call:
+            // it runs there, once.
+            Err(_) if self.held.lock().contains_key(&local) => {}
             // The free slot went in the meantime (a request of this node's
             // own, or the responder's connection closing): the requester's
             // node was told "taken", so it gets an outcome, one it retries.
