@@ -22,10 +22,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// At most this many events of consecutive committed batches are merged
-/// into one dispatch (a single bigger batch is dispatched whole).
-const MERGE_EVENTS: usize = 1024;
-
 /// The router, with every endpoint.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.get().config.limits.max_request_bytes;
@@ -80,17 +76,16 @@ impl Server {
         config.log.dir = config.data.join("log");
         // Cluster mode puts the log on NATS JetStream; without `[cluster]`
         // it is the embedded log in the data directory.
-        let (log, mut committed): (Arc<dyn EventLog>, tokio::sync::mpsc::Receiver<CommittedBatch>) =
-            match &config.cluster {
-                Some(c) => {
-                    let (log, rx) = JetStreamLog::open(c, &config.log).await?;
-                    (log, rx)
-                }
-                None => {
-                    let (log, rx) = EmbeddedLog::open(config.log.clone())?;
-                    (log, rx)
-                }
-            };
+        let (log, committed): (Arc<dyn EventLog>, tokio::sync::mpsc::Receiver<CommittedBatch>) = match &config.cluster {
+            Some(c) => {
+                let (log, rx) = JetStreamLog::open(c, &config.log).await?;
+                (log, rx)
+            }
+            None => {
+                let (log, rx) = EmbeddedLog::open(config.log.clone())?;
+                (log, rx)
+            }
+        };
         let fanout = Arc::new(FanOut::new(log.bounds().head));
         let (drain_tx, drain_rx) = watch::channel(false);
         let revoked =
@@ -162,57 +157,10 @@ impl Server {
             spawn_cluster_session_tasks(&state, kv).await?;
         }
 
-        // Log -> fan-out: committed batches in id order. Subscriptions whose
-        // client is behind continue from the log.
-        //
-        // The dispatcher runs on a thread of its own, not as a task: right
-        // after a commit it wakes every subscriber's writer, and as a task it
-        // would wait in the runtime's queue behind the writers woken for the
-        // previous batch (1,000 of them for one event to 1,000 subscribers),
-        // which under load added milliseconds to every delivery. Its work is
-        // all synchronous (queueing frames, waking writers); catch-ups are
-        // spawned on the runtime through its handle.
-        let dispatcher = state.clone();
-        let runtime = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("herald-fanout".into())
-            .spawn(move || {
-                let _runtime = runtime.enter();
-                // The batches committed meanwhile are dispatched in one go (up
-                // to MERGE_EVENTS events), so each subscriber's writer is woken
-                // once for all of them; the bound keeps the fan-out lock's hold
-                // and a writer's wait for its first frame short.
-                let mut batches: Vec<CommittedBatch> = Vec::new();
-                let mut events: Vec<Arc<herald_core::Event>> = Vec::new();
-                while let Some(first) = committed.blocking_recv() {
-                    let mut n = first.len();
-                    batches.push(first);
-                    while n < MERGE_EVENTS {
-                        match committed.try_recv() {
-                            Ok(more) => {
-                                n += more.len();
-                                batches.push(more);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let lagging = if let [one] = &batches[..] {
-                        fanout.dispatch(one)
-                    } else {
-                        for b in &batches {
-                            events.extend(b.iter().cloned());
-                        }
-                        let lagging = fanout.dispatch(&events);
-                        events.clear();
-                        lagging
-                    };
-                    batches.clear();
-                    for entry in lagging {
-                        crate::subscription::spawn_catch_up(dispatcher.clone(), entry);
-                    }
-                }
-            })
-            .map_err(ServerError::Thread)?;
+        // Log -> fan-out: committed batches in id order (see `dispatch` for
+        // where that runs). Subscriptions whose client is behind continue
+        // from the log.
+        crate::dispatch::start(state.clone(), fanout, committed).map_err(ServerError::Thread)?;
 
         // The log's reachability (cluster mode: NATS), told to every client
         // as `status {source: "log"}` when it changes.

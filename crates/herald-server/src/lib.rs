@@ -12,6 +12,7 @@ mod client_addr;
 mod cluster;
 pub mod config;
 mod connections;
+mod dispatch;
 mod error;
 mod http;
 #[cfg(test)]

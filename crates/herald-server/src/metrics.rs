@@ -28,6 +28,12 @@ pub(crate) struct Transport {
     pub(crate) transport: &'static str,
 }
 
+/// An `on` label: where a fan-out dispatch ran (`writer` or `thread`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DispatchOn {
+    pub(crate) on: &'static str,
+}
+
 /// An `op` label (session store writes).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StoreOpLabel {
@@ -65,6 +71,8 @@ pub(crate) struct Metrics {
     pub(crate) session_write_errors: Counter,
     /// Sessions or subscriptions refused by a budget, by limit.
     pub(crate) limit_refusals: Family<LimitLabel, Counter>,
+    /// Fan-out dispatches of committed batches, by where they ran.
+    pub(crate) dispatches: Family<DispatchOn, Counter>,
 }
 
 /// A registry whose every metric carries `node="<name>"` in a cluster.
@@ -121,8 +129,15 @@ impl Metrics {
         );
         let session_write_errors = Counter::default();
         registry.register("session_write_errors", "Session store writes that failed", session_write_errors.clone());
+        let dispatches = Family::<DispatchOn, Counter>::default();
+        registry.register(
+            "fanout_dispatches",
+            "Committed batches dispatched to live subscribers, by where: on a writer thread (writers idle) or on the fan-out thread (writers busy)",
+            dispatches.clone(),
+        );
         Metrics {
             registry,
+            dispatches,
             deliver_latency,
             drops,
             slow_consumer_closes,

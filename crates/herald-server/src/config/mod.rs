@@ -253,6 +253,25 @@ pub struct ServerConfig {
     /// logged, as the client address the proxy names. From anywhere else
     /// those headers are ignored.
     pub trusted_proxies: Vec<String>,
+    /// Where committed events are dispatched to live subscribers (see
+    /// docs/operations.md, "Where the fan-out runs"): `auto` (on a writer
+    /// thread while the writers are idle, on the fan-out thread while they
+    /// are busy), `writer` or `thread` (always there).
+    pub fanout_dispatch: FanoutDispatch,
+}
+
+/// `server.fanout_dispatch`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FanoutDispatch {
+    /// On a writer thread while no other writer thread runs; otherwise on
+    /// the `herald-fanout` thread.
+    #[default]
+    Auto,
+    /// Always on a writer thread (lowest latency on an idle gateway).
+    Writer,
+    /// Always on the `herald-fanout` thread (the order of wakes under load).
+    Thread,
 }
 
 /// Publish settings (`[publish]`).

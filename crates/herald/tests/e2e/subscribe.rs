@@ -1,7 +1,7 @@
 //! Live subscriptions: bindings, several per socket, unsubscribe, filters, pause/resume.
 
 use crate::common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn bindings_select_events_and_subscriptions_are_independent() {
@@ -136,4 +136,60 @@ async fn acl_events_are_not_shown_to_anonymous_clients() {
     .await;
     assert_eq!(ids(&c.events(1).await), vec![2]);
     c.expect_sentinel_next(&g, "a", "k", &["s"]).await;
+}
+
+/// Publishers in parallel and many subscribers: wherever the fan-out ran
+/// (`server.fanout_dispatch`: on a writer thread, on its own thread, or
+/// either by load), every subscriber gets every event once and in id order.
+#[tokio::test]
+async fn a_burst_to_many_subscribers_arrives_whole_and_in_order_wherever_the_fanout_runs() {
+    for (mode, writer_only, thread_only) in [("writer", true, false), ("thread", false, true), ("auto", false, false)] {
+        let g = Gateway::start_with(&format!("[server]\nfanout_dispatch = \"{mode}\"\n"));
+        let (writer, thread) = burst(&g, mode).await;
+        assert!(writer + thread >= 1.0, "{mode}: dispatches counted: writer {writer}, thread {thread}");
+        assert!(!writer_only || thread == 0.0, "{mode}: all on a writer thread, {thread} on the thread");
+        assert!(!thread_only || writer == 0.0, "{mode}: all on the thread, {writer} on a writer thread");
+    }
+    let err = Gateway::try_start_with("[server]\nfanout_dispatch = \"fast\"\n");
+    assert!(err.contains("fanout_dispatch") && err.contains("auto"), "names the key and the choices: {err}");
+}
+
+/// 40 subscribers, 4 publishers of 250 events each in batches of 10;
+/// checks that each subscriber got them all in id order, and returns the
+/// dispatches counted on a writer thread and on the fan-out thread.
+async fn burst(g: &Gateway, mode: &str) -> (f64, f64) {
+    const SUBS: usize = 40;
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 250;
+    let mut readers = Vec::new();
+    for _ in 0..SUBS {
+        let (mut c, _) = g.hello().await;
+        let s = c.subscribe("s", binding("burst", "#"), json!({})).await;
+        assert_eq!(s["type"], "subscribed", "{s}");
+        readers.push(tokio::spawn(async move { ids(&c.events((PUBLISHERS * EACH) as usize).await) }));
+    }
+    // Small batches from several publishers at once: commits follow each
+    // other while the writers still write the earlier ones.
+    let published = futures_util::future::join_all((0..PUBLISHERS).map(|p| async move {
+        let mut ids = Vec::new();
+        for chunk in 0..EACH / 10 {
+            let events: Vec<Value> = (0..10)
+                .map(|i| json!({"exchange": "burst", "routing_key": format!("p{p}"), "payload": chunk * 10 + i}))
+                .collect();
+            ids.extend(g.publish(Value::Array(events)).await);
+        }
+        ids
+    }))
+    .await;
+    let mut all: Vec<u64> = published.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(all.len() as u64, PUBLISHERS * EACH);
+    for (n, r) in readers.into_iter().enumerate() {
+        let got = r.await.expect("reader");
+        assert_eq!(got, all, "{mode}, subscriber {n}: every event once, in id order");
+    }
+    let writer = g.metric("herald_fanout_dispatches_total{on=\"writer\"}").await;
+    let thread = g.metric("herald_fanout_dispatches_total{on=\"thread\"}").await;
+    assert!(writer + thread <= all.len() as f64, "{mode}: at most one dispatch per event: {writer} + {thread}");
+    (writer, thread)
 }
