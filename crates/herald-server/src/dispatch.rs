@@ -4,24 +4,26 @@
 //! One event to a thousand subscribers wakes a thousand writer tasks, and
 //! where those wakes come from decides what they cost:
 //!
-//! - **Idle writers: on a writer thread.** When no writer thread is busy
-//!   (the gateway is not saturated), the dispatch runs as a task on the
-//!   writers' runtime ([`crate::writers`]). Its wakes go to that thread's
-//!   own run queue: no lock on the runtime's shared queue per writer, the
-//!   other writer thread steals half, and the writers run while the
-//!   dispatch goes on. In the shared bench's S4 (1,000 subscribers, 20
-//!   events a second) this cut the server's CPU per delivery by about a
-//!   tenth and the last subscriber's wait by about 0.7 ms.
-//! - **Busy writers: on a thread of its own.** When a writer thread is
-//!   already running writers for earlier events, the batch goes to the
-//!   `herald-fanout` thread, whose wakes go through the runtime's shared
-//!   queue in order. Woken from a writer thread instead, the new wakes
-//!   would run first (a thread prefers its own queue) and the writers
-//!   still owed an earlier event would wait behind them: in S2 (100 events
-//!   a second, machine saturated) that put the p99 up by about a quarter.
+//! - **Idle writers: on a writer thread.** When every writer thread is
+//!   parked (the gateway is not saturated), the `herald-fanout` thread has
+//!   a task on the writers' runtime ([`crate::writers`]) dispatch the
+//!   batch, and waits for it. The task's wakes go to its own thread's run
+//!   queue: no lock on the runtime's shared queue per writer, the other
+//!   writer thread steals half, and the writers run while the dispatch
+//!   goes on. In the shared bench's S4 (1,000 subscribers, 20 events a
+//!   second) this cut the server's CPU per delivery by about a tenth and
+//!   the last subscriber's wait by about 0.7 ms.
+//! - **Busy writers: on the `herald-fanout` thread.** When a writer
+//!   thread is at work, the thread dispatches the batch itself, and its
+//!   wakes go through the runtime's shared queue in order. Woken from a
+//!   writer thread instead, the new wakes would run first (a thread
+//!   prefers its own queue) and the writers still owed an earlier event
+//!   would wait behind them (S2, 100 events a second on a saturated
+//!   machine: p99 up by about a quarter); and under full load (S1) a task
+//!   per batch costs a thread hand-off each time.
 //!
-//! Batches keep their order across the two: while the thread has batches
-//! to dispatch, every new one goes to it too. `[server] fanout_dispatch`
+//! Batches keep their order: the thread waits for a writer thread's
+//! dispatch before it takes the next batch. `[server] fanout_dispatch`
 //! (`auto`, `writer`, `thread`) can pin either.
 
 use crate::config::FanoutDispatch;
@@ -29,9 +31,8 @@ use crate::metrics::DispatchOn;
 use crate::state::AppState;
 use herald_core::{Event, FanOut};
 use herald_log::CommittedBatch;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc;
 
 /// At most this many events of consecutive committed batches are merged
@@ -40,13 +41,10 @@ use tokio::sync::mpsc;
 /// fan-out lock's hold and a writer's wait for its first frame short.
 const MERGE_EVENTS: usize = 1024;
 
-/// Merged batches waiting for the fan-out thread before the dispatcher
-/// waits (and, behind it, the log).
-const THREAD_QUEUE: usize = 64;
-
-/// Start the dispatcher: a task on the writers' runtime reading
-/// `committed`, and the `herald-fanout` thread it hands batches to under
-/// load. Catch-ups of subscribers that fell behind are spawned on the
+/// Start the `herald-fanout` thread: it reads `committed` and dispatches
+/// each batch itself, or, while the writers are idle, has a task on a
+/// writer thread dispatch it and waits until that is done (so batches stay
+/// in order). Catch-ups of subscribers that fell behind are spawned on the
 /// current (main) runtime.
 pub(crate) fn start(
     state: AppState,
@@ -56,27 +54,18 @@ pub(crate) fn start(
     let mode = state.get().config.server.fanout_dispatch;
     let main = Handle::current();
     let writers = crate::writers::handle();
-    let outstanding = Arc::new(AtomicUsize::new(0));
-    let (to_thread, mut thread_rx) = mpsc::channel::<Vec<CommittedBatch>>(THREAD_QUEUE);
-    {
-        let (state, fanout, main, outstanding) = (state.clone(), fanout.clone(), main.clone(), outstanding.clone());
-        std::thread::Builder::new().name("herald-fanout".into()).spawn(move || {
-            let _runtime = main.enter();
-            let mut events = Vec::new();
-            let counted = state.get().metrics.dispatches.get_or_create(&DispatchOn { on: "thread" }).clone();
-            while let Some(batches) = thread_rx.blocking_recv() {
-                dispatch(&state, &fanout, &main, &batches, &mut events);
-                counted.inc();
-                outstanding.fetch_sub(1, Ordering::AcqRel);
-            }
-        })?;
-    }
-    writers.clone().spawn(async move {
-        let counted = state.get().metrics.dispatches.get_or_create(&DispatchOn { on: "writer" }).clone();
+    // A gateway on a current-thread runtime (the in-process tests) has no
+    // writer threads to dispatch from.
+    let threaded = writers.runtime_flavor() == RuntimeFlavor::MultiThread;
+    let counted = |on| state.get().metrics.dispatches.get_or_create(&DispatchOn { on }).clone();
+    let (on_thread, on_writer) = (counted("thread"), counted("writer"));
+    std::thread::Builder::new().name("herald-fanout".into()).spawn(move || {
+        let _runtime = main.enter();
+        let mut batches: Vec<CommittedBatch> = Vec::new();
         let mut events = Vec::new();
-        while let Some(first) = committed.recv().await {
-            let mut batches = vec![first];
-            let mut n = batches[0].len();
+        while let Some(first) = committed.blocking_recv() {
+            let mut n = first.len();
+            batches.push(first);
             while n < MERGE_EVENTS {
                 match committed.try_recv() {
                     Ok(more) => {
@@ -86,33 +75,44 @@ pub(crate) fn start(
                     Err(_) => break,
                 }
             }
-            let here = match mode {
-                FanoutDispatch::Writer => true,
-                FanoutDispatch::Thread => false,
-                FanoutDispatch::Auto => !writers_busy(&writers),
-            };
-            if here && outstanding.load(Ordering::Acquire) == 0 {
+            let on_writers = threaded
+                && match mode {
+                    FanoutDispatch::Writer => true,
+                    FanoutDispatch::Thread => false,
+                    FanoutDispatch::Auto => writers_idle(&writers),
+                };
+            if !on_writers {
                 dispatch(&state, &fanout, &main, &batches, &mut events);
-                counted.inc();
+                batches.clear();
+                on_thread.inc();
                 continue;
             }
-            outstanding.fetch_add(1, Ordering::AcqRel);
-            if to_thread.send(batches).await.is_err() {
-                // The thread is gone (it only ends when this task does).
+            let (done, wait) = std::sync::mpsc::sync_channel::<()>(1);
+            let job = (state.clone(), fanout.clone(), main.clone(), std::mem::take(&mut batches));
+            writers.spawn(async move {
+                let (state, fanout, main, batches) = job;
+                dispatch(&state, &fanout, &main, &batches, &mut Vec::new());
+                let _ = done.send(());
+            });
+            // Until it is done: the next batch must not overtake this one.
+            // (An error means the task was dropped: the runtime is
+            // shutting down.)
+            if wait.recv().is_err() {
                 return;
             }
+            on_writer.inc();
         }
-    });
+    })?;
     Ok(())
 }
 
-/// Whether a writer thread other than this one is running (not parked):
-/// writers woken for earlier events are still at work.
-fn writers_busy(writers: &Handle) -> bool {
+/// Whether every writer thread is parked: no writer is at work, so a
+/// dispatch from a writer thread wakes no writer ahead of one still owed
+/// an earlier event.
+fn writers_idle(writers: &Handle) -> bool {
     let metrics = writers.metrics();
-    // An odd count means parked; the thread running this task is not.
-    let running = (0..metrics.num_workers()).filter(|&w| metrics.worker_park_unpark_count(w).is_multiple_of(2)).count();
-    running > 1
+    // An odd count means parked.
+    (0..metrics.num_workers()).all(|w| !metrics.worker_park_unpark_count(w).is_multiple_of(2))
 }
 
 /// Dispatch `batches` (merged into one run when there are several) and
