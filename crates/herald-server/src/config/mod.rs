@@ -264,8 +264,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FanoutDispatch {
-    /// On a writer thread while no other writer thread runs; otherwise on
-    /// the `herald-fanout` thread.
+    /// On a writer thread while every writer thread is parked; otherwise
+    /// on the `herald-fanout` thread.
     #[default]
     Auto,
     /// Always on a writer thread (lowest latency on an idle gateway).
