@@ -95,9 +95,11 @@ pub(crate) fn start(
                 let _ = done.send(());
             });
             // Until it is done: the next batch must not overtake this one.
-            // (An error means the task was dropped: the runtime is
-            // shutting down.)
+            // An error means the task ended without saying so: the runtime
+            // is shutting down, or the dispatch panicked, which ends the
+            // fan-out as a panic on this thread would.
             if wait.recv().is_err() {
+                tracing::debug!("A dispatch on a writer thread did not finish; the fan-out stops.");
                 return;
             }
             on_writer.inc();
